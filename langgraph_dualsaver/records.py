@@ -1,0 +1,473 @@
+"""The pure core: input checks, record packing and versions. No I/O.
+
+Both tiers store the same records, so a checkpoint copied from Redis to PostgreSQL is
+the same bytes:
+
+* a checkpoint is stored without its channel values (``encode_checkpoint``, msgpack);
+* each channel value is one blob per ``(thread, namespace, channel, version)``
+  (``dump_blobs``, through the saver's own serde, so ``serde=`` and the allowlist apply);
+* metadata is JSON (PostgreSQL keeps it as JSONB, so ``list(filter=...)`` is ``@>``);
+* pending writes are ``WriteRecord`` rows, ordered by ``writes_sort_key``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    PendingWrite,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from langgraph_dualsaver.errors import (
+    CheckpointTooLargeError,
+    InvalidIdError,
+    InvalidMetadataError,
+    MissingThreadIdError,
+    SerializationError,
+)
+
+__all__ = [
+    "EMPTY_TYPE",
+    "BlobRecord",
+    "CheckpointRecord",
+    "Limits",
+    "WriteRecord",
+    "WritesRecord",
+    "checkpoint_ids",
+    "checkpoint_record",
+    "decode_checkpoint",
+    "decode_metadata",
+    "dump_blobs",
+    "dump_writes",
+    "encode_checkpoint",
+    "encode_metadata",
+    "load_blobs",
+    "load_writes",
+    "metadata_matches",
+    "next_version",
+    "pack_record",
+    "resolve_writes",
+    "saved_config",
+    "unpack_record",
+    "validate_id",
+    "validate_metadata",
+    "version_key",
+    "writes_record",
+]
+
+EMPTY_TYPE = "empty"
+"""Blob type of a channel that has a version but no value (it was cleared)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input limits, checked before any I/O, identically in both tiers.
+
+    The id limit keeps PostgreSQL's primary-key index entries under its 2,704-byte row
+    limit with room to spare: three ids of 800 bytes each.
+    """
+
+    max_id_bytes: int = 800
+    """Longest thread_id, checkpoint_ns or checkpoint_id, in UTF-8 bytes."""
+    max_value_bytes: int = 64 * 1024 * 1024
+    """Largest serialized channel value or pending write, in bytes."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# -- input checks ---------------------------------------------------------------------
+
+
+def validate_id(kind: str, value: object, limits: Limits, *, allow_empty: bool = False) -> str:
+    """Return ``value`` if it is a usable id, else raise a specific error."""
+    if not isinstance(value, str):
+        if kind == "thread_id" and value is None:
+            raise MissingThreadIdError("config['configurable']['thread_id'] is missing")
+        raise InvalidIdError(f"{kind} must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        if kind == "thread_id":
+            raise MissingThreadIdError("config['configurable']['thread_id'] is empty")
+        raise InvalidIdError(f"{kind} must not be empty")
+    if "\x00" in value:
+        raise InvalidIdError(f"{kind} contains a NUL character")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limits.max_id_bytes:
+        raise InvalidIdError(
+            f"{kind} is {size} bytes long; the limit is {limits.max_id_bytes} (Limits.max_id_bytes)"
+        )
+    return value
+
+
+def checkpoint_ids(
+    config: RunnableConfig, limits: Limits, *, need_thread: bool = True
+) -> tuple[str, str, str | None]:
+    """Validated ``(thread_id, checkpoint_ns, checkpoint_id)`` of a config."""
+    configurable = config.get("configurable") or {}
+    thread_id = configurable.get("thread_id")
+    if thread_id is None and not need_thread:
+        thread_id = ""
+    else:
+        thread_id = validate_id("thread_id", thread_id, limits)
+    ns = configurable.get("checkpoint_ns") or ""
+    validate_id("checkpoint_ns", ns, limits, allow_empty=True)
+    checkpoint_id = configurable.get("checkpoint_id") or None
+    if checkpoint_id is not None:
+        validate_id("checkpoint_id", checkpoint_id, limits)
+    return thread_id, ns, checkpoint_id
+
+
+def validate_metadata(metadata: Mapping[str, Any], path: str = "metadata") -> None:
+    """Reject NUL characters anywhere in metadata keys or string values."""
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise InvalidMetadataError(f"{path} keys must be strings, got {key!r}")
+        if "\x00" in key:
+            raise InvalidMetadataError(f"{path} key {key!r} contains a NUL character")
+        _validate_metadata_value(value, f"{path}[{key!r}]")
+
+
+def _validate_metadata_value(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidMetadataError(f"{path} contains a NUL character")
+    elif isinstance(value, Mapping):
+        validate_metadata(value, path)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _validate_metadata_value(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidMetadataError(f"{path} is {value}, which JSON cannot represent")
+
+
+# -- metadata -------------------------------------------------------------------------
+
+
+def encode_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> bytes:
+    """Metadata as stored: LangGraph's serializable form, as compact UTF-8 JSON."""
+    validate_metadata(metadata)
+    merged = get_serializable_checkpoint_metadata(config, metadata)
+    try:
+        return json.dumps(
+            merged, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadataError(f"metadata cannot be stored as JSON: {exc}") from exc
+
+
+def decode_metadata(data: bytes | str) -> CheckpointMetadata:
+    return json.loads(data)
+
+
+def metadata_matches(metadata: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
+    """JSONB ``@>`` containment of ``filter`` in ``metadata``, for tiers without SQL."""
+    if not filter:
+        return True
+    return _contains(metadata, filter)
+
+
+def _contains(value: Any, pattern: Any) -> bool:
+    if isinstance(pattern, Mapping):
+        return isinstance(value, Mapping) and all(
+            k in value and _contains(value[k], v) for k, v in pattern.items()
+        )
+    if isinstance(pattern, (list, tuple)):
+        return isinstance(value, (list, tuple)) and all(
+            any(_contains(item, p) for item in value) for p in pattern
+        )
+    if isinstance(pattern, bool) or isinstance(value, bool):
+        return type(pattern) is type(value) and pattern == value
+    return value == pattern
+
+
+# -- checkpoints ----------------------------------------------------------------------
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """The checkpoint without its channel values, packed with msgpack."""
+    body = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_checkpoint(data: bytes, channel_values: dict[str, Any]) -> Checkpoint:
+    body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    body["channel_values"] = channel_values
+    return body
+
+
+# -- versions -------------------------------------------------------------------------
+
+
+def next_version(current: str | int | float | None) -> str:
+    """The official savers' ``"%032d.%016f"`` version; integer versions are accepted."""
+    if current is None:
+        major = 0
+    elif isinstance(current, (int, float)):
+        major = int(current)
+    else:
+        major = int(current.split(".")[0])
+    return f"{major + 1:032}.{random.random():016}"
+
+
+def version_key(version: str | int | float) -> str:
+    """A version as stored in blob keys: integers from callers become their decimal text."""
+    return version if isinstance(version, str) else str(version)
+
+
+# -- blobs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """One channel value at one version. ``type == EMPTY_TYPE`` means no value."""
+
+    channel: str
+    version: str
+    type: str
+    data: bytes | None
+
+
+def _dumps(serde: SerializerProtocol, value: Any, what: str, limits: Limits) -> tuple[str, bytes]:
+    try:
+        type_, data = serde.dumps_typed(value)
+    except Exception as exc:  # serde raises whatever its encoder raises
+        raise SerializationError(
+            f"cannot serialize {what} ({type(value).__name__}): {exc}"
+        ) from exc
+    if len(data) > limits.max_value_bytes:
+        raise CheckpointTooLargeError(
+            f"{what} serializes to {len(data)} bytes; the limit is "
+            f"{limits.max_value_bytes} (Limits.max_value_bytes)"
+        )
+    return type_, data
+
+
+def dump_blobs(
+    serde: SerializerProtocol,
+    values: Mapping[str, Any],
+    new_versions: ChannelVersions,
+    limits: Limits,
+) -> list[BlobRecord]:
+    """Blobs for the channels whose version changed in this checkpoint, and only those."""
+    blobs = []
+    for channel, version in new_versions.items():
+        if channel in values:
+            type_, data = _dumps(serde, values[channel], f"channel {channel!r}", limits)
+            blobs.append(BlobRecord(channel, version_key(version), type_, data))
+        else:
+            blobs.append(BlobRecord(channel, version_key(version), EMPTY_TYPE, None))
+    return blobs
+
+
+def load_blobs(
+    serde: SerializerProtocol,
+    versions: ChannelVersions,
+    blobs: Mapping[tuple[str, str], tuple[str, bytes | None]],
+) -> dict[str, Any]:
+    """Channel values of a checkpoint from the blobs at its versions.
+
+    ``blobs`` maps ``(channel, version_key)`` to ``(type, data)``.
+    """
+    values = {}
+    for channel, version in versions.items():
+        found = blobs.get((channel, version_key(version)))
+        if found is not None and found[0] != EMPTY_TYPE:
+            values[channel] = serde.loads_typed(found)
+    return values
+
+
+# -- pending writes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRecord:
+    task_id: str
+    task_path: str
+    idx: int
+    channel: str
+    type: str
+    data: bytes
+
+    @property
+    def overwrites(self) -> bool:
+        """Special channels (error, interrupt, resume, scheduled) replace; others don't."""
+        return self.idx < 0
+
+
+def dump_writes(
+    serde: SerializerProtocol,
+    task_id: str,
+    task_path: str,
+    writes: Sequence[tuple[str, Any]],
+    limits: Limits,
+) -> list[WriteRecord]:
+    if not isinstance(task_id, str):
+        raise InvalidIdError(f"task_id must be a string, got {type(task_id).__name__}")
+    records = []
+    for idx, (channel, value) in enumerate(writes):
+        type_, data = _dumps(serde, value, f"write to {channel!r}", limits)
+        records.append(
+            WriteRecord(task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
+        )
+    return records
+
+
+def resolve_writes(records: Iterable[WriteRecord]) -> list[WriteRecord]:
+    """Apply the write rules to records in arrival order, then sort them.
+
+    Per ``(task_id, idx)``: a special channel's last write wins, an ordinary write's
+    first wins. The result is in ``writes_sort_key`` order.
+    """
+    kept: dict[tuple[str, int], WriteRecord] = {}
+    for record in records:
+        key = (record.task_id, record.idx)
+        if record.overwrites or key not in kept:
+            kept[key] = record
+    return sorted(kept.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+
+
+def load_writes(serde: SerializerProtocol, records: Iterable[WriteRecord]) -> list[PendingWrite]:
+    return [(w.task_id, w.channel, serde.loads_typed((w.type, w.data))) for w in records]
+
+
+# -- whole records, as the outbox carries them ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A ``put``: the checkpoint, its metadata and the blobs it introduced."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    checkpoint: bytes
+    metadata: bytes
+    blobs: tuple[BlobRecord, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class WritesRecord:
+    """A ``put_writes``: one task's writes against one checkpoint."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    writes: tuple[WriteRecord, ...]
+
+
+_KIND_CHECKPOINT = 1
+_KIND_WRITES = 2
+
+
+def pack_record(record: CheckpointRecord | WritesRecord) -> bytes:
+    """One record as msgpack bytes, e.g. an outbox entry."""
+    if isinstance(record, CheckpointRecord):
+        body: list[Any] = [
+            _KIND_CHECKPOINT,
+            record.thread_id,
+            record.checkpoint_ns,
+            record.checkpoint_id,
+            record.parent_checkpoint_id,
+            record.checkpoint,
+            record.metadata,
+            [[b.channel, b.version, b.type, b.data] for b in record.blobs],
+        ]
+    else:
+        body = [
+            _KIND_WRITES,
+            record.thread_id,
+            record.checkpoint_ns,
+            record.checkpoint_id,
+            [[w.task_id, w.task_path, w.idx, w.channel, w.type, w.data] for w in record.writes],
+        ]
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack_record(data: bytes) -> CheckpointRecord | WritesRecord:
+    body = msgpack.unpackb(data, raw=False)
+    kind = body[0]
+    if kind == _KIND_CHECKPOINT:
+        _, thread_id, ns, checkpoint_id, parent, checkpoint, metadata, blobs = body
+        return CheckpointRecord(
+            thread_id,
+            ns,
+            checkpoint_id,
+            parent,
+            checkpoint,
+            metadata,
+            tuple(BlobRecord(*b) for b in blobs),
+        )
+    if kind == _KIND_WRITES:
+        _, thread_id, ns, checkpoint_id, writes = body
+        return WritesRecord(thread_id, ns, checkpoint_id, tuple(WriteRecord(*w) for w in writes))
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+# -- building records from the saver interface's arguments ----------------------------
+
+
+def checkpoint_record(
+    serde: SerializerProtocol,
+    limits: Limits,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    new_versions: ChannelVersions,
+) -> CheckpointRecord:
+    """Validate and encode a ``put``. Raises before any I/O; the result is what both
+    tiers store."""
+    thread_id, ns, _ = checkpoint_ids(config, limits)
+    checkpoint_id = validate_id("checkpoint_id", checkpoint.get("id"), limits)
+    parent_id = (config.get("configurable") or {}).get("checkpoint_id") or None
+    blobs = dump_blobs(serde, checkpoint.get("channel_values") or {}, new_versions, limits)
+    return CheckpointRecord(
+        thread_id=thread_id,
+        checkpoint_ns=ns,
+        checkpoint_id=checkpoint_id,
+        parent_checkpoint_id=parent_id,
+        checkpoint=encode_checkpoint(checkpoint),
+        metadata=encode_metadata(config, metadata),
+        blobs=tuple(blobs),
+    )
+
+
+def writes_record(
+    serde: SerializerProtocol,
+    limits: Limits,
+    config: RunnableConfig,
+    writes: Sequence[tuple[str, Any]],
+    task_id: str,
+    task_path: str = "",
+) -> WritesRecord:
+    """Validate and encode a ``put_writes`` against the checkpoint in ``config``."""
+    thread_id, ns, checkpoint_id = checkpoint_ids(config, limits)
+    if checkpoint_id is None:
+        raise InvalidIdError("put_writes needs config['configurable']['checkpoint_id']")
+    records = dump_writes(serde, task_id, task_path, writes, limits)
+    return WritesRecord(thread_id, ns, checkpoint_id, tuple(records))
+
+
+def saved_config(record: CheckpointRecord) -> RunnableConfig:
+    """The config ``put`` returns for a stored checkpoint."""
+    return {
+        "configurable": {
+            "thread_id": record.thread_id,
+            "checkpoint_ns": record.checkpoint_ns,
+            "checkpoint_id": record.checkpoint_id,
+        }
+    }

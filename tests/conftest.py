@@ -1,0 +1,46 @@
+"""Session-wide real servers. Set DUALSAVER_REDIS_URL / DUALSAVER_POSTGRES_URL to use
+running servers instead of the embedded ones. A server that does not start fails the run:
+nothing here skips."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import fresh_database, fresh_prefix, postgres_server, valkey_server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("DUALSAVER_REDIS_URL")
+    if url:
+        yield url
+        return
+    with valkey_server() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = os.environ.get("DUALSAVER_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    with postgres_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+def pg_dsn(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    with fresh_database(postgres_url) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix for one test; its keys are removed afterwards."""
+    with fresh_prefix(redis_url) as prefix:
+        yield prefix
