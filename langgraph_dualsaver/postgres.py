@@ -1,0 +1,535 @@
+"""``PostgresDurableSaver``: the durable tier, on asyncpg.
+
+Complete history, audit trail, survives everything. Written once, async; the sync
+methods are the bridge in ``_base``. Connections come from an asyncpg pool per event
+loop (``LoopLocal``), or from the caller's pool, which the caller keeps (never closed
+here). There is no instance-wide lock: concurrent calls use concurrent connections.
+
+Every write goes through ``awrite_batch``, the path the chain's flusher uses too: one
+statement per batch (``INSERT ... SELECT FROM unnest(...)`` into all tables), idempotent,
+so a replayed batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from langgraph_dualsaver import postgres_delta as delta
+from langgraph_dualsaver import postgres_sql as sql
+from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver._loops import LoopLocal
+from langgraph_dualsaver.audit import AuditEntry, ThreadSummary, audit_entry
+from langgraph_dualsaver.errors import (
+    ConfigurationError,
+    DualSaverError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
+from langgraph_dualsaver.records import (
+    CheckpointRecord,
+    Limits,
+    WriteRecord,
+    WritesRecord,
+    checkpoint_ids,
+    checkpoint_record,
+    decode_checkpoint,
+    decode_metadata,
+    load_blobs,
+    load_writes,
+    saved_config,
+    validate_id,
+    writes_record,
+)
+from langgraph_dualsaver.settings import Timeouts
+
+__all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver"]
+
+logger = logging.getLogger(__name__)
+
+PRUNE_STRATEGIES = ("keep_latest", "delete")
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+SETUP_TIMEOUT_S = 60.0
+"""Statement timeout for migrations and for waiting on another process's migration run."""
+
+# Errors that mean the server is down, unreachable, restarting or not answering.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable; TimeoutError is an OSError from 3.11
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08, incl. ConnectionDoesNotExistError
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, cancel, cannot connect
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+)
+# Errors that mean the input cannot be stored: NUL or invalid text, an index row too
+# large, a value the wire codec rejects.
+_BAD_INPUT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    ClientDataError,
+)
+_BAD_CONFIG: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.ClientConfigurationError,
+)
+
+
+class PostgresDurableSaver(AsyncFirstSaver):
+    """A LangGraph checkpointer on PostgreSQL (asyncpg), sync and async in one object.
+
+    Args:
+        pool: an asyncpg pool the caller owns (bound to its event loop), or ``None``.
+        dsn: a PostgreSQL URL; the saver then opens a pool per event loop and closes it.
+        serde: the serializer for channel values (LangGraph's default when ``None``).
+        limits: input limits (``records.Limits``).
+        timeouts: how long to wait for a connection and for each statement.
+        min_size: connections each owned pool keeps open.
+        max_size: connections each owned pool may open.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None = None,
+        *,
+        dsn: str | None = None,
+        serde: SerializerProtocol | None = None,
+        limits: Limits | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        super().__init__(serde=serde, limits=limits)
+        if (pool is None) == (dsn is None):
+            raise ConfigurationError("give exactly one of pool= or dsn=")
+        if dsn is not None and (not isinstance(dsn, str) or not dsn):
+            raise ConfigurationError("dsn must be a non-empty PostgreSQL URL")
+        self.timeouts = timeouts
+        self.counters: Counter[str] = Counter()
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._where = _server_name(dsn)
+        self._res: LoopLocal[asyncpg.Pool] = (
+            LoopLocal(fixed=pool)
+            if pool is not None
+            else LoopLocal(open=self._open_pool, close=self._close_pool)
+        )
+
+    @classmethod
+    def from_conn_string(cls, dsn: str, **options: Any) -> PostgresDurableSaver:
+        """A saver on its own pools; use it as ``async with`` or ``with`` (which closes them)."""
+        return cls(dsn=dsn, **options)
+
+    @classmethod
+    def from_pool(cls, pool: asyncpg.Pool, **options: Any) -> PostgresDurableSaver:
+        """A saver on the caller's pool, which it never closes."""
+        return cls(pool, **options)
+
+    async def __aenter__(self) -> PostgresDurableSaver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> PostgresDurableSaver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._res.home
+
+    # -- connections ----------------------------------------------------------------
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self.timeouts.connect_s,
+            command_timeout=self.timeouts.command_s,
+            server_settings={"application_name": "langgraph-dualsaver"},
+        )
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), self.timeouts.command_s)
+        except (asyncio.TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            logger.warning("closing the PostgreSQL pool failed (%r); terminating it", exc)
+            self.counters["pool_terminated"] += 1
+            pool.terminate()
+
+    async def aclose(self) -> None:
+        """Close the pools this saver opened (never the caller's)."""
+        await self._res.aclose()
+
+    @asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection (in a transaction if asked); store errors translated."""
+        try:
+            pool = await self._res.get()
+            async with pool.acquire() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except DualSaverError:
+            raise
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        except _BAD_INPUT as exc:
+            raise InvalidInputError(f"PostgreSQL rejected the input: {exc}") from exc
+        except _BAD_CONFIG as exc:
+            raise ConfigurationError(f"cannot use {self._where}: {exc}") from exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return StoreUnavailableError(
+                f"{self._where} did not answer within the timeout (connect "
+                f"{self.timeouts.connect_s:g} s, command {self.timeouts.command_s:g} s)"
+            )
+        return StoreUnavailableError(
+            f"{self._where} is unavailable ({type(exc).__name__}: {exc}); "
+            "check that the server is running and the URL is right"
+        )
+
+    # -- setup ----------------------------------------------------------------------
+
+    async def asetup(self) -> None:
+        """Create or migrate the tables. Idempotent, and safe from several processes at
+        once: the run holds a session advisory lock, so the others wait, then find
+        nothing left to do."""
+        async with self._connection() as conn:
+            await conn.execute(sql.ADVISORY_LOCK_SETUP, timeout=SETUP_TIMEOUT_S)
+            try:
+                await conn.execute(sql.MIGRATIONS[0], timeout=SETUP_TIMEOUT_S)
+                current = await conn.fetchval(sql.CURRENT_MIGRATION)
+                for version in range(current + 1, len(sql.MIGRATIONS)):
+                    async with conn.transaction():
+                        await conn.execute(sql.MIGRATIONS[version], timeout=SETUP_TIMEOUT_S)
+                        await conn.execute(sql.RECORD_MIGRATION, version)
+                    logger.info("applied dualsaver migration %d", version)
+            finally:
+                if not conn.is_closed():
+                    await conn.execute(sql.ADVISORY_UNLOCK_SETUP)
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def awrite_batch(
+        self,
+        records: Sequence[CheckpointRecord | WritesRecord],
+        seqs: Sequence[int] | None = None,
+    ) -> int:
+        """Write records in one transaction; return how many were applied.
+
+        Idempotent: replaying a batch changes nothing. With ``seqs`` (one per record,
+        e.g. outbox positions), the batch takes each thread's advisory lock (in key order,
+        so batches never deadlock) and skips every record whose seq is at or below the
+        thread's tombstone: a flush still queued when ``delete_thread`` ran never brings
+        the thread back. Without ``seqs`` there is no tombstone to honour, so the batch
+        is a single statement with no lock (one round trip).
+        """
+        if seqs is not None and len(seqs) != len(records):
+            raise InvalidInputError(f"got {len(seqs)} seqs for {len(records)} records")
+        if not records:
+            return 0
+        if seqs is None:
+            async with self._connection() as conn:
+                await conn.execute(sql.INSERT_RECORDS, *sql.batch_params(records))
+            return len(records)
+        threads = sorted({record.thread_id for record in records})
+        async with self._connection(transaction=True) as conn:
+            await conn.execute(sql.LOCK_THREADS, threads)
+            rows = await conn.fetch(sql.SELECT_TOMBSTONES, threads)
+            deleted = {r["thread_id"]: r["deleted_seq"] for r in rows}
+            applied = [
+                record
+                for record, seq in zip(records, seqs, strict=True)
+                if record.thread_id not in deleted or seq > deleted[record.thread_id]
+            ]
+            if applied:
+                await conn.execute(sql.INSERT_RECORDS, *sql.batch_params(applied))
+        return len(applied)
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        record = checkpoint_record(
+            self.serde, self.limits, config, checkpoint, metadata, new_versions
+        )
+        await self.awrite_batch([record])
+        return saved_config(record)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
+        if record.writes:
+            await self.awrite_batch([record])
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint in ``config`` (the latest when it has no id), with its channel
+        values and pending writes, in one query."""
+        thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
+        async with self._connection() as conn:
+            if checkpoint_id is None:
+                row = await conn.fetchrow(sql.GET_LATEST, thread_id, ns)
+            else:
+                row = await conn.fetchrow(sql.GET_BY_ID, thread_id, ns, checkpoint_id)
+        return None if row is None else self._tuple(row)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Checkpoints newest first, with values and pending writes, in one query.
+
+        ``config=None`` lists every thread; a namespace in ``config`` is matched exactly.
+        ``filter`` is JSONB containment (``metadata @> filter``), sent as a parameter.
+        """
+        configurable = (config or {}).get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        if thread_id is not None:
+            validate_id("thread_id", thread_id, self.limits)
+        ns = configurable.get("checkpoint_ns")
+        if ns is not None:
+            validate_id("checkpoint_ns", ns, self.limits, allow_empty=True)
+        checkpoint_id = configurable.get("checkpoint_id") or None
+        if checkpoint_id is not None:
+            validate_id("checkpoint_id", checkpoint_id, self.limits)
+        before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id") or None
+        if before_id is not None:
+            validate_id("checkpoint_id", before_id, self.limits)
+        filter_json = sql.filter_param(filter)
+        if (filter and filter_json is None) or (limit is not None and limit <= 0):
+            return  # a filter holding NUL matches nothing: no metadata can hold NUL
+        args = [
+            arg
+            for arg in (thread_id, ns, checkpoint_id, filter_json, before_id, limit)
+            if arg is not None
+        ]
+        query = sql.list_sql(
+            thread=thread_id is not None,
+            namespace=ns is not None,
+            checkpoint=checkpoint_id is not None,
+            filter=filter_json is not None,
+            before=before_id is not None,
+            limit=limit is not None,
+        )
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, *args)
+        for row in rows:
+            yield self._tuple(row)
+
+    def _tuple(self, row: Mapping[str, Any]) -> CheckpointTuple:
+        blobs: dict[tuple[str, str], tuple[str, bytes | None]] = {}
+        if row["blob_channels"]:
+            columns = ("blob_channels", "blob_versions", "blob_types", "blob_data")
+            for channel, version, type_, data in zip(*(row[c] for c in columns), strict=True):
+                blobs[(channel, version)] = (type_, data)
+        checkpoint = decode_checkpoint(row["checkpoint"], {})
+        checkpoint["channel_values"] = load_blobs(
+            self.serde, checkpoint.get("channel_versions") or {}, blobs
+        )
+        writes: list[WriteRecord] = []
+        if row["task_ids"]:
+            columns = (
+                "task_ids", "task_paths", "idxs", "write_channels", "write_types", "write_data"
+            )  # fmt: skip
+            writes = [WriteRecord(*w) for w in zip(*(row[c] for c in columns), strict=True)]
+            writes.sort(key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+        thread_id, ns = row["thread_id"], row["checkpoint_ns"]
+        parent = row["parent_checkpoint_id"]
+        return CheckpointTuple(
+            config=_config(thread_id, ns, row["checkpoint_id"]),
+            checkpoint=checkpoint,
+            metadata=decode_metadata(row["metadata"]),
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=load_writes(self.serde, writes),
+        )
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """DeltaChannel history, walking the parent chain in SQL (one query)."""
+        if not channels:
+            return {}
+        thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
+        async with self._connection() as conn:
+            return await delta.history(conn, self.serde, thread_id, ns, checkpoint_id, channels)
+
+    # -- deletes, copies, prune ------------------------------------------------------
+
+    async def adelete_thread(self, thread_id: str, *, tombstone_seq: int | None = None) -> None:
+        """Delete every row of the thread. With ``tombstone_seq``, also record it (the
+        highest one wins), so ``awrite_batch`` skips records queued at or before it."""
+        validate_id("thread_id", thread_id, self.limits)
+        async with self._connection(transaction=True) as conn:
+            await conn.execute(sql.LOCK_THREADS, [thread_id])
+            await delta.delete_threads(conn, [thread_id])
+            if tombstone_seq is not None:
+                await conn.execute(sql.UPSERT_TOMBSTONE, thread_id, tombstone_seq)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints whose metadata ``run_id`` is listed, with their writes
+        and the blobs no remaining checkpoint uses."""
+        runs = [str(run_id) for run_id in run_ids]
+        if not runs:
+            return
+        async with self._connection(transaction=True) as conn:
+            threads = sorted(r["thread_id"] for r in await conn.fetch(sql.RUN_THREADS, runs))
+            if not threads:
+                return
+            await conn.execute(sql.LOCK_THREADS, threads)
+            deleted = await conn.fetch(sql.DELETE_FOR_RUNS, runs, threads)
+            if not deleted:
+                return
+            columns = ("thread_id", "checkpoint_ns", "checkpoint_id")
+            await conn.execute(sql.DELETE_RUN_WRITES, *([r[c] for r in deleted] for c in columns))
+            freed: dict[tuple[str, str], list[str]] = {}
+            for r in deleted:
+                freed.setdefault((r["thread_id"], r["checkpoint_ns"]), []).append(
+                    r["channel_versions"]
+                )
+            for (thread_id, ns), versions in sorted(freed.items()):
+                await delta.gc_blobs(conn, thread_id, ns, versions)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy the complete chain (checkpoints, blobs, writes; same ids and times)."""
+        validate_id("thread_id", source_thread_id, self.limits)
+        validate_id("thread_id", target_thread_id, self.limits)
+        async with self._connection(transaction=True) as conn:
+            await conn.execute(sql.LOCK_THREADS, [source_thread_id, target_thread_id])
+            await conn.execute(sql.COPY_THREAD, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"delete"`` removes the threads; ``"keep_latest"`` keeps the latest checkpoint
+        per namespace and, for DeltaChannels, its ancestors back to the nearest stored
+        value, so the kept state still rebuilds."""
+        if isinstance(thread_ids, str):
+            raise InvalidInputError("thread_ids must be a sequence of thread ids, not a str")
+        if strategy not in PRUNE_STRATEGIES:
+            raise InvalidInputError(
+                f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
+            )
+        threads = sorted({validate_id("thread_id", t, self.limits) for t in thread_ids})
+        if not threads:
+            return
+        if strategy == "delete":
+            async with self._connection(transaction=True) as conn:
+                await conn.execute(sql.LOCK_THREADS, threads)
+                await delta.delete_threads(conn, threads)
+            return
+        for thread_id in threads:  # one short transaction per thread
+            async with self._connection(transaction=True) as conn:
+                await conn.execute(sql.LOCK_THREADS, [thread_id])
+                await delta.keep_latest(conn, thread_id)
+
+    # -- audit and introspection ------------------------------------------------------
+
+    async def aaudit(self, thread_id: str) -> list[AuditEntry]:
+        """Every pending write of the thread, oldest first: who wrote what, at which step."""
+        validate_id("thread_id", thread_id, self.limits)
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.AUDIT, thread_id)
+        return [audit_entry(row, self.serde, self.counters) for row in rows]
+
+    def audit(self, thread_id: str) -> list[AuditEntry]:
+        return self._sync(self.aaudit(thread_id))
+
+    async def athreads(
+        self, *, limit: int | None = None, filter: dict[str, Any] | None = None
+    ) -> list[ThreadSummary]:
+        """Threads by their latest root checkpoint, newest first; ``filter`` is matched
+        against that checkpoint's metadata (JSONB containment)."""
+        filter_json = sql.filter_param(filter)
+        if filter and filter_json is None:
+            return []
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.THREADS, filter_json, limit)
+        return [
+            ThreadSummary(
+                thread_id=r["thread_id"],
+                checkpoint_id=r["checkpoint_id"],
+                step=r["step"],
+                created_at=r["created_at"],
+                checkpoints=r["checkpoints"],
+            )
+            for r in rows
+        ]
+
+    def threads(
+        self, *, limit: int | None = None, filter: dict[str, Any] | None = None
+    ) -> list[ThreadSummary]:
+        return self._sync(self.athreads(limit=limit, filter=filter))
+
+    async def athread_info(self, thread_id: str) -> dict[str, int]:
+        """Row counts of the thread: ``checkpoints``, ``blobs``, ``writes``."""
+        validate_id("thread_id", thread_id, self.limits)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.THREAD_INFO, thread_id)
+        return {key: int(row[key]) for key in ("checkpoints", "blobs", "writes")}
+
+    def thread_info(self, thread_id: str) -> dict[str, int]:
+        return self._sync(self.athread_info(thread_id))
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def _server_name(dsn: str | None) -> str:
+    """``PostgreSQL at host:port/db`` for messages; never the password."""
+    if not dsn:
+        return "PostgreSQL"
+    try:
+        parts = urlsplit(dsn)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    except ValueError:
+        return "PostgreSQL"
+    return f"PostgreSQL at {where}"

@@ -1,0 +1,575 @@
+"""Every SQL statement of the PostgreSQL tier, as named constants, its migrations, and
+the pure functions that lay out their parameters.
+
+Tables are named ``dualsaver_*`` so they never clash with the official saver's tables
+in the same database. Ids are ``COLLATE "C"``: bytewise order, which is Python's order
+for ``str`` (the Redis tier and the chain sort the same way) and cheaper to compare.
+
+Every statement is parameterized; values never become SQL text. The only composed
+statement is ``list_sql``, which joins fixed predicates chosen by which arguments are
+present.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from langgraph_dualsaver.errors import InvalidMetadataError
+from langgraph_dualsaver.records import (
+    CheckpointRecord,
+    WritesRecord,
+    decode_checkpoint,
+    version_key,
+)
+
+__all__ = [
+    "ADVISORY_LOCK_SETUP",
+    "ADVISORY_UNLOCK_SETUP",
+    "AUDIT",
+    "COPY_THREAD",
+    "CURRENT_MIGRATION",
+    "DELETE_FOR_RUNS",
+    "DELETE_RUN_WRITES",
+    "DELETE_THREADS",
+    "DELTA_HISTORY_BY_ID",
+    "DELTA_HISTORY_LATEST",
+    "DELTA_KEEP_CHAIN",
+    "GC_BLOBS",
+    "GET_BY_ID",
+    "GET_LATEST",
+    "INSERT_RECORDS",
+    "LOCK_THREADS",
+    "MIGRATIONS",
+    "PRUNE_CHECKPOINTS",
+    "PRUNE_HEADS",
+    "PRUNE_PARENTS",
+    "PRUNE_WRITES",
+    "RECORD_MIGRATION",
+    "RUN_THREADS",
+    "SELECT_TOMBSTONES",
+    "THREADS",
+    "THREAD_INFO",
+    "UPSERT_TOMBSTONE",
+    "batch_params",
+    "filter_param",
+    "list_sql",
+]
+
+# -- migrations -----------------------------------------------------------------------
+
+MIGRATIONS: list[str] = [
+    # 0: the migrations table itself, run on every setup (idempotent).
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_migrations (
+        v INTEGER PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+    # 1: one row per checkpoint; channel values live in dualsaver_blobs.
+    # channel_versions repeats the checkpoint's versions (which are inside the msgpack
+    # bytes) as JSONB, so the blobs can be joined in SQL: one round trip per read.
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_checkpoints (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        parent_checkpoint_id TEXT COLLATE "C",
+        checkpoint BYTEA NOT NULL,
+        channel_versions JSONB NOT NULL DEFAULT '{}',
+        metadata JSONB NOT NULL DEFAULT '{}',
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    )
+    """,
+    # 2: one row per (thread, namespace, channel, version): an unchanged channel is
+    # never written again.
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_blobs (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        channel TEXT COLLATE "C" NOT NULL,
+        version TEXT COLLATE "C" NOT NULL,
+        type TEXT NOT NULL,
+        blob BYTEA,
+        PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+    )
+    """,
+    # 3: pending writes, kept after their step: they are the audit trail.
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_writes (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        task_id TEXT COLLATE "C" NOT NULL,
+        task_path TEXT COLLATE "C" NOT NULL DEFAULT '',
+        idx INTEGER NOT NULL,
+        channel TEXT COLLATE "C" NOT NULL,
+        type TEXT NOT NULL,
+        blob BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+    )
+    """,
+    # 4: delete_thread's high-water mark, so a queued flush never resurrects a thread.
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_tombstones (
+        thread_id TEXT COLLATE "C" PRIMARY KEY,
+        deleted_seq BIGINT NOT NULL,
+        deleted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+    # 5: delete_for_runs looks checkpoints up by run.
+    """
+    CREATE INDEX IF NOT EXISTS dualsaver_checkpoints_run_id_idx
+    ON dualsaver_checkpoints ((metadata ->> 'run_id'))
+    """,
+]
+"""Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
+so later numbers never shift."""
+
+# One key for the whole migration run (session lock: held across the per-migration
+# transactions, released in ``finally`` or when the session ends).
+ADVISORY_LOCK_SETUP = "SELECT pg_advisory_lock(hashtextextended('langgraph-dualsaver:setup', 0))"
+ADVISORY_UNLOCK_SETUP = (
+    "SELECT pg_advisory_unlock(hashtextextended('langgraph-dualsaver:setup', 0))"
+)
+CURRENT_MIGRATION = "SELECT coalesce(max(v), -1) FROM dualsaver_migrations"
+RECORD_MIGRATION = "INSERT INTO dualsaver_migrations (v) VALUES ($1) ON CONFLICT (v) DO NOTHING"
+
+# -- writes ---------------------------------------------------------------------------
+
+# Per-thread transaction locks, taken in key order so two batches never deadlock.
+LOCK_THREADS = """
+SELECT count(pg_advisory_xact_lock(k))
+FROM (
+    SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest($1::text[]) AS t ORDER BY k
+) AS keys
+"""
+
+SELECT_TOMBSTONES = """
+SELECT thread_id, deleted_seq FROM dualsaver_tombstones WHERE thread_id = ANY($1::text[])
+"""
+
+UPSERT_TOMBSTONE = """
+INSERT INTO dualsaver_tombstones (thread_id, deleted_seq) VALUES ($1, $2)
+ON CONFLICT (thread_id) DO UPDATE
+SET deleted_seq = GREATEST(dualsaver_tombstones.deleted_seq, EXCLUDED.deleted_seq),
+    deleted_at = now()
+"""
+
+# A whole batch in one statement (one round trip, atomic): blobs and ordinary writes
+# insert-if-absent, special writes (idx < 0) overwrite, checkpoints upsert but leave a
+# row that is already identical untouched, so a replay rewrites nothing.
+INSERT_RECORDS = """
+WITH blobs AS (
+    INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+    ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+), special_writes AS (
+    INSERT INTO dualsaver_writes
+        (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+    SELECT * FROM unnest(
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[],
+        $13::text[], $14::text[], $15::bytea[])
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+    SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+        type = EXCLUDED.type, blob = EXCLUDED.blob
+    WHERE (dualsaver_writes.task_path, dualsaver_writes.channel,
+           dualsaver_writes.type, dualsaver_writes.blob)
+        IS DISTINCT FROM (EXCLUDED.task_path, EXCLUDED.channel, EXCLUDED.type, EXCLUDED.blob)
+), plain_writes AS (
+    INSERT INTO dualsaver_writes
+        (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+    SELECT * FROM unnest(
+        $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::int[],
+        $22::text[], $23::text[], $24::bytea[])
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+)
+INSERT INTO dualsaver_checkpoints
+    (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+     channel_versions, metadata)
+SELECT r.t, r.ns, r.id, r.parent, r.cp, r.versions::jsonb, r.meta::jsonb
+FROM unnest($25::text[], $26::text[], $27::text[], $28::text[], $29::bytea[],
+            $30::text[], $31::text[]) AS r(t, ns, id, parent, cp, versions, meta)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
+    checkpoint = EXCLUDED.checkpoint,
+    channel_versions = EXCLUDED.channel_versions,
+    metadata = EXCLUDED.metadata
+WHERE (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpoint,
+       dualsaver_checkpoints.metadata)
+    IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint, EXCLUDED.metadata)
+"""
+
+# -- reads ----------------------------------------------------------------------------
+
+# The columns of a checkpoint tuple: the row, the blobs at its channel versions and its
+# pending writes, aggregated per checkpoint by LATERAL joins (one query for any number
+# of checkpoints). ``c`` is a subquery that picks the checkpoints.
+_TUPLE_COLUMNS = """
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint,
+       c.metadata::text AS metadata,
+       bl.channels AS blob_channels, bl.versions AS blob_versions,
+       bl.types AS blob_types, bl.blobs AS blob_data,
+       wr.task_ids, wr.task_paths, wr.idxs, wr.channels AS write_channels,
+       wr.types AS write_types, wr.blobs AS write_data
+FROM ({pick}) AS c
+LEFT JOIN LATERAL (
+    SELECT array_agg(b.channel) AS channels, array_agg(b.version) AS versions,
+           array_agg(b.type) AS types, array_agg(b.blob) AS blobs
+    FROM jsonb_each_text(c.channel_versions) AS v
+    JOIN dualsaver_blobs AS b
+      ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+     AND b.channel = v.key AND b.version = v.value
+) AS bl ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(w.task_id) AS task_ids, array_agg(w.task_path) AS task_paths,
+           array_agg(w.idx) AS idxs, array_agg(w.channel) AS channels,
+           array_agg(w.type) AS types, array_agg(w.blob) AS blobs
+    FROM dualsaver_writes AS w
+    WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+      AND w.checkpoint_id = c.checkpoint_id
+) AS wr ON true
+ORDER BY c.checkpoint_id DESC, c.thread_id, c.checkpoint_ns
+"""
+
+_PICK_COLUMNS = (
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+    "channel_versions, metadata"
+)
+
+# Latest: a backward scan of the primary key, flat in the thread's history length.
+GET_LATEST = _TUPLE_COLUMNS.format(
+    pick=f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints "
+    "WHERE thread_id = $1 AND checkpoint_ns = $2 ORDER BY checkpoint_id DESC LIMIT 1"
+)
+
+GET_BY_ID = _TUPLE_COLUMNS.format(
+    pick=f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints "
+    "WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
+)
+
+
+def list_sql(
+    *, thread: bool, namespace: bool, checkpoint: bool, filter: bool, before: bool, limit: bool
+) -> str:
+    """The ``alist`` query for the arguments present; parameters are numbered in the
+    order of the keyword arguments."""
+    wheres: list[str] = []
+    n = 0
+    for present, predicate in (
+        (thread, "thread_id = ${}"),
+        (namespace, "checkpoint_ns = ${}"),
+        (checkpoint, "checkpoint_id = ${}"),
+        (filter, "metadata @> ${}::jsonb"),
+        (before, "checkpoint_id < ${}"),
+    ):
+        if present:
+            n += 1
+            wheres.append(predicate.format(n))
+    pick = f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints"
+    if wheres:
+        pick += " WHERE " + " AND ".join(wheres)
+    pick += " ORDER BY checkpoint_id DESC, thread_id, checkpoint_ns"
+    if limit:
+        pick += f" LIMIT ${n + 1}"
+    return _TUPLE_COLUMNS.format(pick=pick)
+
+
+# -- deletes and copies ---------------------------------------------------------------
+
+DELETE_THREADS = """
+WITH c AS (
+    DELETE FROM dualsaver_checkpoints WHERE thread_id = ANY($1::text[])
+), b AS (
+    DELETE FROM dualsaver_blobs WHERE thread_id = ANY($1::text[])
+)
+DELETE FROM dualsaver_writes WHERE thread_id = ANY($1::text[])
+"""
+
+RUN_THREADS = """
+SELECT DISTINCT thread_id FROM dualsaver_checkpoints
+WHERE metadata ->> 'run_id' = ANY($1::text[])
+"""
+
+DELETE_FOR_RUNS = """
+DELETE FROM dualsaver_checkpoints
+WHERE metadata ->> 'run_id' = ANY($1::text[]) AND thread_id = ANY($2::text[])
+RETURNING thread_id, checkpoint_ns, checkpoint_id, channel_versions::text AS channel_versions
+"""
+
+DELETE_RUN_WRITES = """
+DELETE FROM dualsaver_writes AS w
+USING unnest($1::text[], $2::text[], $3::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
+WHERE w.thread_id = d.thread_id AND w.checkpoint_ns = d.checkpoint_ns
+  AND w.checkpoint_id = d.checkpoint_id
+"""
+
+# Blobs a deleted checkpoint used that no remaining checkpoint of the namespace uses.
+GC_BLOBS = """
+DELETE FROM dualsaver_blobs AS b
+USING unnest($3::text[], $4::text[]) AS f(channel, version)
+WHERE b.thread_id = $1 AND b.checkpoint_ns = $2
+  AND b.channel = f.channel AND b.version = f.version
+  AND NOT EXISTS (
+      SELECT 1 FROM dualsaver_checkpoints AS c
+      WHERE c.thread_id = $1 AND c.checkpoint_ns = $2
+        AND c.channel_versions ->> f.channel = f.version
+  )
+"""
+
+# The complete chain (checkpoints, blobs and writes), keeping ids and timestamps.
+COPY_THREAD = """
+WITH c AS (
+    INSERT INTO dualsaver_checkpoints
+        (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+         channel_versions, metadata, created_at)
+    SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+           channel_versions, metadata, created_at
+    FROM dualsaver_checkpoints WHERE thread_id = $1
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO NOTHING
+), b AS (
+    INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT $2, checkpoint_ns, channel, version, type, blob
+    FROM dualsaver_blobs WHERE thread_id = $1
+    ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+)
+INSERT INTO dualsaver_writes
+    (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob,
+     created_at)
+SELECT $2, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob,
+       created_at
+FROM dualsaver_writes WHERE thread_id = $1
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+"""
+
+# -- prune ----------------------------------------------------------------------------
+
+# Per namespace: the latest checkpoint and the DeltaChannels it still has history for.
+PRUNE_HEADS = """
+SELECT DISTINCT ON (checkpoint_ns) checkpoint_ns, checkpoint_id,
+       metadata -> 'counters_since_delta_snapshot' AS counters
+FROM dualsaver_checkpoints
+WHERE thread_id = $1
+ORDER BY checkpoint_ns, checkpoint_id DESC
+"""
+
+PRUNE_CHECKPOINTS = """
+DELETE FROM dualsaver_checkpoints
+WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id <> ALL($3::text[])
+RETURNING checkpoint_id, channel_versions::text AS channel_versions
+"""
+
+# By the checkpoints deleted: writes may be saved before their checkpoint is.
+PRUNE_WRITES = """
+DELETE FROM dualsaver_writes
+WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = ANY($3::text[])
+"""
+
+PRUNE_PARENTS = """
+UPDATE dualsaver_checkpoints SET parent_checkpoint_id = NULL
+WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = ANY($3::text[])
+  AND parent_checkpoint_id <> ALL($3::text[])
+"""
+
+# -- DeltaChannel ancestor walk ---------------------------------------------------------
+
+# The parent chain of one checkpoint, walked in SQL. Each row carries ``remaining``: the
+# requested channels with no stored value (a non-empty blob) at this row or any row
+# between it and the start. The walk stops once nothing remains. Ancestors have smaller
+# ids (uuid6 is time-ordered), which also guarantees the walk ends.
+# $1 thread, $2 namespace, $3 start id (or NULL: latest), $4 channels,
+# $5 whether the start's own blobs count.
+_CHAIN = """
+WITH RECURSIVE start AS (
+    SELECT checkpoint_id FROM dualsaver_checkpoints
+    WHERE thread_id = $1 AND checkpoint_ns = $2 {start}
+), chain AS (
+    SELECT c.checkpoint_id, c.parent_checkpoint_id, c.channel_versions, 0 AS depth,
+           CASE WHEN $5::bool THEN ARRAY(
+               SELECT ch FROM unnest($4::text[]) AS ch
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM dualsaver_blobs AS b
+                   WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = ch
+                     AND b.version = c.channel_versions ->> ch AND b.type <> 'empty'))
+           ELSE $4::text[] END AS remaining
+    FROM dualsaver_checkpoints AS c JOIN start AS s ON c.checkpoint_id = s.checkpoint_id
+    WHERE c.thread_id = $1 AND c.checkpoint_ns = $2
+    UNION ALL
+    SELECT p.checkpoint_id, p.parent_checkpoint_id, p.channel_versions, chain.depth + 1,
+           ARRAY(
+               SELECT ch FROM unnest(chain.remaining) AS ch
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM dualsaver_blobs AS b
+                   WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = ch
+                     AND b.version = p.channel_versions ->> ch AND b.type <> 'empty'))
+    FROM chain
+    JOIN dualsaver_checkpoints AS p
+      ON p.thread_id = $1 AND p.checkpoint_ns = $2
+     AND p.checkpoint_id = chain.parent_checkpoint_id
+     AND p.checkpoint_id < chain.checkpoint_id
+    WHERE cardinality(chain.remaining) > 0
+)
+"""
+
+_START_LATEST = "ORDER BY checkpoint_id DESC LIMIT 1"
+_START_BY_ID = "AND checkpoint_id = $3"
+
+# prune keep_latest: the head and the ancestors its DeltaChannels still need.
+DELTA_KEEP_CHAIN = _CHAIN.format(start=_START_BY_ID) + "SELECT checkpoint_id FROM chain"
+
+# get_delta_channel_history in one round trip: per channel, the writes on the path
+# from the target's parent back to the nearest ancestor holding a value (the seed,
+# whose own writes count too), and that seed blob.
+_HISTORY = """
+, seeds AS (
+    SELECT s.ch, min(chain.depth) AS depth
+    FROM chain CROSS JOIN unnest($4::text[]) AS s(ch)
+    WHERE chain.depth >= 1 AND NOT (s.ch = ANY(chain.remaining))
+    GROUP BY s.ch
+)
+SELECT 'w' AS kind, chain.depth, w.channel, w.task_id, w.task_path, w.idx, w.type, w.blob
+FROM chain
+JOIN dualsaver_writes AS w
+  ON w.thread_id = $1 AND w.checkpoint_ns = $2 AND w.checkpoint_id = chain.checkpoint_id
+LEFT JOIN seeds ON seeds.ch = w.channel
+WHERE chain.depth >= 1 AND w.channel = ANY($4::text[])
+  AND (seeds.depth IS NULL OR chain.depth <= seeds.depth)
+UNION ALL
+SELECT 'b', seeds.depth, b.channel, NULL, NULL, NULL, b.type, b.blob
+FROM seeds
+JOIN chain ON chain.depth = seeds.depth
+JOIN dualsaver_blobs AS b
+  ON b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = seeds.ch
+ AND b.version = chain.channel_versions ->> seeds.ch
+"""
+
+# $3 is unused by the latest form but kept so both take the same parameters.
+DELTA_HISTORY_LATEST = _CHAIN.format(start="AND $3::text IS NULL " + _START_LATEST) + _HISTORY
+DELTA_HISTORY_BY_ID = _CHAIN.format(start=_START_BY_ID) + _HISTORY
+
+# -- audit and introspection ------------------------------------------------------------
+
+AUDIT = """
+SELECT w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel,
+       w.type, w.blob, w.created_at,
+       CASE WHEN jsonb_typeof(c.metadata -> 'step') = 'number'
+            THEN (c.metadata ->> 'step')::numeric::bigint END AS step
+FROM dualsaver_writes AS w
+LEFT JOIN dualsaver_checkpoints AS c
+  ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+ AND c.checkpoint_id = w.checkpoint_id
+WHERE w.thread_id = $1
+ORDER BY w.created_at, w.checkpoint_id, w.checkpoint_ns, w.task_path, w.task_id, w.idx
+"""
+
+# The latest root-namespace checkpoint of each thread, newest thread first.
+THREADS = """
+SELECT t.thread_id, t.checkpoint_id, t.step, t.created_at, t.checkpoints
+FROM (
+    SELECT DISTINCT ON (thread_id) thread_id, checkpoint_id, metadata, created_at,
+           CASE WHEN jsonb_typeof(metadata -> 'step') = 'number'
+                THEN (metadata ->> 'step')::numeric::bigint END AS step,
+           count(*) OVER (PARTITION BY thread_id) AS checkpoints
+    FROM dualsaver_checkpoints
+    WHERE checkpoint_ns = ''
+    ORDER BY thread_id, checkpoint_id DESC
+) AS t
+WHERE $1::jsonb IS NULL OR t.metadata @> $1::jsonb
+ORDER BY t.created_at DESC, t.thread_id
+LIMIT $2
+"""
+
+THREAD_INFO = """
+SELECT (SELECT count(*) FROM dualsaver_checkpoints WHERE thread_id = $1) AS checkpoints,
+       (SELECT count(*) FROM dualsaver_blobs WHERE thread_id = $1) AS blobs,
+       (SELECT count(*) FROM dualsaver_writes WHERE thread_id = $1) AS writes
+"""
+
+
+# -- parameters -----------------------------------------------------------------------
+
+
+def filter_param(filter: Mapping[str, Any] | None) -> str | None:
+    """A metadata filter as a JSONB parameter, or ``None`` when there is none or it
+    holds NUL (which no stored metadata can)."""
+    if not filter:
+        return None
+    if _has_nul(filter):
+        return None
+    try:
+        return json.dumps(filter, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadataError(f"filter cannot be sent as JSON: {exc}") from exc
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    rows = list(rows)
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def batch_params(records: Iterable[CheckpointRecord | WritesRecord]) -> list[list[Any]]:
+    """The 31 column arrays of ``INSERT_RECORDS``, in arrival order.
+
+    Rows that would hit one key twice in the statement are merged first, by the same
+    rules as the tables: a checkpoint's last version wins, a blob and an ordinary write
+    keep their first, a special write (idx < 0) its last.
+    """
+    blobs: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    special: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    plain: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    checkpoints: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    for record in records:
+        thread_id, ns = record.thread_id, record.checkpoint_ns
+        if isinstance(record, CheckpointRecord):
+            versions = decode_checkpoint(record.checkpoint, {}).get("channel_versions") or {}
+            versions_json = json.dumps(
+                {channel: version_key(v) for channel, v in versions.items()},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            key = (thread_id, ns, record.checkpoint_id)
+            checkpoints.pop(key, None)  # keep arrival order for the last version
+            checkpoints[key] = (
+                *key,
+                record.parent_checkpoint_id,
+                record.checkpoint,
+                versions_json,
+                record.metadata.decode("utf-8"),
+            )
+            for blob in record.blobs:
+                blobs.setdefault(
+                    (thread_id, ns, blob.channel, blob.version),
+                    (thread_id, ns, blob.channel, blob.version, blob.type, blob.data),
+                )
+            continue
+        for write in record.writes:
+            key = (thread_id, ns, record.checkpoint_id, write.task_id, write.idx)
+            row = (
+                thread_id, ns, record.checkpoint_id, write.task_id, write.task_path,
+                write.idx, write.channel, write.type, write.data,
+            )  # fmt: skip
+            if write.overwrites:
+                special[key] = row
+            else:
+                plain.setdefault(key, row)
+    return [
+        *_columns(blobs.values(), 6),
+        *_columns(special.values(), 9),
+        *_columns(plain.values(), 9),
+        *_columns(checkpoints.values(), 7),
+    ]
