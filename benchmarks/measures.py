@@ -1,0 +1,309 @@
+"""The measurements, one coroutine each: ``(saver, grid) -> records``.
+
+Every record is a flat dict with a ``measure`` key; latencies are milliseconds.
+Times are wall-clock around the awaited call (``time.perf_counter``), after a few
+unrecorded warm-up calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from benchmarks.grid import Grid
+from benchmarks.savers import OpenSaver
+from benchmarks.workloads import (
+    CHANNELS,
+    CaseGraph,
+    CheckpointChain,
+    conversation_graph,
+    conversation_steps_per_turn,
+    human_turn,
+    new_thread,
+    percentiles,
+    small_state,
+    text_of_size,
+    thread_config,
+)
+
+__all__ = [
+    "bytes_per_step",
+    "floors",
+    "graph_throughput",
+    "history_scaling",
+    "raw_ops",
+    "state_size_scaling",
+]
+
+Record = dict[str, Any]
+FILL_CONCURRENCY = 8
+
+
+async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return time.perf_counter() - started
+
+
+async def _samples(call: Callable[[], Awaitable[Any]], n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        await call()
+    return [await _timed(call) for _ in range(n)]
+
+
+async def _self_timed(call: Callable[[], Awaitable[float]], n: int, warmup: int) -> list[float]:
+    """Samples of a call that times itself (``CheckpointChain.put`` times only ``aput``,
+    not the building of the checkpoint)."""
+    for _ in range(warmup):
+        await call()
+    return [await call() for _ in range(n)]
+
+
+# -- 1. the case_8842 graph ------------------------------------------------------------
+
+
+async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> list[Record]:
+    """Steps/s and per-invoke latency at each concurrency (one thread per worker)."""
+    graph = case.build(handle.saver)
+    await graph.ainvoke(case.new_input(), thread_config(new_thread("warm")))
+    records = []
+    for concurrency in grid.graph_concurrency:
+        turns = max(1, grid.graph_invokes // concurrency)
+        latencies: list[float] = []
+
+        async def worker(
+            index: int,
+            label: str = f"graph-c{concurrency}",
+            turns: int = turns,
+            out: list[float] = latencies,
+        ) -> None:
+            config = thread_config(new_thread(f"{label}-{index}"))
+            for _ in range(turns):
+                started = time.perf_counter()
+                await graph.ainvoke(case.new_input(), config)
+                out.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        invokes = len(latencies)
+        steps = invokes * case.steps_per_invoke
+        records.append(
+            {
+                "measure": "graph",
+                "saver": handle.name,
+                "concurrency": concurrency,
+                "invokes": invokes,
+                "steps": steps,
+                "seconds": round(elapsed, 4),
+                "steps_per_s": round(steps / elapsed, 2),
+                **percentiles(latencies),
+            }
+        )
+        await handle.settle()
+    return records
+
+
+# -- 2. raw operations -------------------------------------------------------------------
+
+
+async def _op_samples(chain: CheckpointChain, grid: Grid, n: int) -> dict[str, list[float]]:
+    """Samples of the five operations on ``chain``'s thread, reads first."""
+    saver = chain.saver
+    latest = thread_config(chain.thread_id)
+    by_id = thread_config(chain.thread_id, chain.ids[len(chain.ids) // 2])
+
+    async def list10() -> None:
+        async for _ in saver.alist(latest, limit=10):
+            pass
+
+    samples = {
+        "aget_tuple_latest": await _samples(lambda: saver.aget_tuple(latest), n, grid.warmup),
+        "aget_tuple_by_id": await _samples(lambda: saver.aget_tuple(by_id), n, grid.warmup),
+        "alist_10": await _samples(list10, n, grid.warmup),
+    }
+    step = chain.step
+    samples["aput"] = await _self_timed(lambda: chain.put(small_state(step)), n, grid.warmup)
+
+    async def put_writes() -> None:
+        writes = [("messages", {"role": "assistant", "content": "ok"}), ("current_step", "x")]
+        await saver.aput_writes(chain.config, writes, str(uuid.uuid4()), "~__pregel_pull, node")
+
+    samples["aput_writes"] = await _samples(put_writes, n, grid.warmup)
+    return samples
+
+
+async def raw_ops(handle: OpenSaver, grid: Grid) -> list[Record]:
+    """p50/p99 of each operation on a thread of 10 checkpoints with about 1 KB of state."""
+    chain = CheckpointChain(handle.saver, new_thread("ops"))
+    for step in range(10):
+        await chain.put(small_state(step))
+    samples = await _op_samples(chain, grid, grid.op_samples)
+    return [
+        {"measure": "ops", "saver": handle.name, "op": op, **percentiles(values)}
+        for op, values in samples.items()
+    ]
+
+
+# -- 3. scaling curves -------------------------------------------------------------------
+
+
+async def _fill(chain: CheckpointChain, count: int) -> None:
+    """Put ``count`` more checkpoints, a few at a time (ids stay in order: uuid6)."""
+    pending: set[asyncio.Task[float]] = set()
+    for _ in range(count):
+        if len(pending) >= FILL_CONCURRENCY:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        checkpoint, metadata, versions = chain.next(small_state(chain.step + 1))
+        pending.add(
+            asyncio.ensure_future(chain.saver.aput(chain.config, checkpoint, metadata, versions))
+        )
+    if pending:
+        await asyncio.gather(*pending)
+    chain.config = thread_config(chain.thread_id, chain.ids[-1])
+
+
+async def history_scaling(handle: OpenSaver, grid: Grid) -> list[Record]:
+    """Each operation's latency on one thread as its history grows."""
+    chain = CheckpointChain(handle.saver, new_thread("history"))
+    records = []
+    for length in grid.history_lengths:
+        await _fill(chain, length - len(chain.ids))
+        await handle.settle()
+        samples = await _op_samples(chain, grid, grid.history_samples)
+        for op, values in samples.items():
+            records.append(
+                {
+                    "measure": "history",
+                    "saver": handle.name,
+                    "history": length,
+                    "op": op,
+                    **percentiles(values),
+                }
+            )
+        await handle.settle()
+    return records
+
+
+async def state_size_scaling(handle: OpenSaver, grid: Grid) -> list[Record]:
+    """Each operation's latency when every put writes a state of the given size."""
+    records = []
+    for size in grid.state_sizes:
+        n = grid.samples_for_size(size)
+        payload = text_of_size(size, seed=size)
+        chain = CheckpointChain(handle.saver, new_thread(f"size{size}"))
+        for step in range(2):
+            await chain.put({"document": payload, "step": step})
+        latest = thread_config(chain.thread_id)
+        by_id = thread_config(chain.thread_id, chain.ids[0])
+
+        async def list10(latest: dict = latest) -> None:
+            async for _ in handle.saver.alist(latest, limit=10):
+                pass
+
+        samples = {
+            "aput": await _self_timed(
+                lambda chain=chain, payload=payload: chain.put({"document": payload}), n, 1
+            ),
+        }
+        await handle.settle()
+        samples["aget_tuple_latest"] = await _samples(
+            lambda latest=latest: handle.saver.aget_tuple(latest), n, 1
+        )
+        samples["aget_tuple_by_id"] = await _samples(
+            lambda by_id=by_id: handle.saver.aget_tuple(by_id), n, 1
+        )
+        samples["alist_10"] = await _samples(list10, n, 1)
+        for op, values in samples.items():
+            records.append(
+                {
+                    "measure": "state_size",
+                    "saver": handle.name,
+                    "size_bytes": size,
+                    "op": op,
+                    **percentiles(values),
+                }
+            )
+        await handle.saver.adelete_thread(chain.thread_id)
+        await handle.settle()
+    return records
+
+
+async def bytes_per_step(handle: OpenSaver, grid: Grid) -> list[Record]:
+    """Bytes written per graph step as a conversation grows, plain vs DeltaChannel."""
+    records = []
+    turns = max(1, grid.conversation_messages // 2)
+    for channel in CHANNELS:
+        graph = conversation_graph(channel, handle.saver)
+        steps_per_turn = conversation_steps_per_turn(channel)
+        config = thread_config(new_thread(f"chat-{channel}"))
+        messages, per_step, seconds = [], [], []
+        before = await handle.stored_bytes()
+        for turn in range(turns):
+            started = time.perf_counter()
+            await graph.ainvoke(human_turn(turn), config)
+            seconds.append(round(time.perf_counter() - started, 6))
+            after = await handle.stored_bytes()
+            per_step.append(round((after - before) / steps_per_turn, 1))
+            messages.append(2 * (turn + 1))
+            before = after
+        records.append(
+            {
+                "measure": "bytes_per_step",
+                "saver": handle.name,
+                "channel": channel,
+                "metric": handle.spec.bytes_metric,
+                "messages": messages,
+                "bytes_per_step": per_step,
+                "seconds_per_turn": seconds,
+            }
+        )
+    return records
+
+
+# -- the floors: what one round trip costs ---------------------------------------------
+
+
+async def floors(redis_url: str, postgres_dsn: str, grid: Grid) -> list[Record]:
+    """One Redis MULTI/EXEC pipeline (HSET + ZADD) and one asyncpg INSERT (autocommit)."""
+    payload = text_of_size(1024).encode()
+    client = aioredis.Redis.from_url(redis_url)
+    counter = iter(range(10**9))
+    try:
+
+        async def pipeline() -> None:
+            i = next(counter)
+            pipe = client.pipeline(transaction=True)
+            pipe.hset("bench-floor:{t}:h", str(i), payload)
+            pipe.zadd("bench-floor:{t}:z", {str(i): i})
+            await pipe.execute()
+
+        redis_samples = await _samples(pipeline, grid.floor_samples, grid.warmup)
+        await client.delete("bench-floor:{t}:h", "bench-floor:{t}:z")
+    finally:
+        await client.aclose()
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute("CREATE TABLE bench_floor (id text PRIMARY KEY, data bytea NOT NULL)")
+
+        async def insert() -> None:
+            await conn.execute(
+                "INSERT INTO bench_floor (id, data) VALUES ($1, $2)", str(next(counter)), payload
+            )
+
+        pg_samples = await _samples(insert, grid.floor_samples, grid.warmup)
+        await conn.execute("DROP TABLE bench_floor")
+    finally:
+        await conn.close()
+    return [
+        {"measure": "floor", "floor": "redis_pipeline", **percentiles(redis_samples)},
+        {"measure": "floor", "floor": "asyncpg_insert_commit", **percentiles(pg_samples)},
+    ]

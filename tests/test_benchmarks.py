@@ -1,0 +1,213 @@
+"""The benchmark harness: the quick grid end to end, and the report from JSON.
+
+Nothing here asserts a timing: only that the harness runs every saver, writes well-formed
+JSON, a report and plots, reports failures loudly, and stops the servers it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.aims import compute_aims
+from benchmarks.grid import GRIDS
+from benchmarks.plots import OPS
+from benchmarks.report import render_markdown
+from benchmarks.savers import SAVERS
+from benchmarks.workloads import percentiles
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK_TIMEOUT_S = 150
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PER_SAVER = ("graph", "ops", "history", "state_size", "bytes_per_step")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not running; /proc tells the difference.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the quick grid once in a subprocess; stop it (SIGTERM, then SIGKILL) if it
+    overruns, so the servers it started are stopped too."""
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--grid",
+        "quick",
+        "--out",
+        str(out),
+        "--markdown",
+        str(out / "RESULTS.md"),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=QUICK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        pytest.fail(f"the quick grid overran {QUICK_TIMEOUT_S}s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    doc = json.loads((out / "results.json").read_text())
+    return {"doc": doc, "out": out, "output": output}
+
+
+def test_quick_grid_measures_every_saver_without_errors(quick_run: dict) -> None:
+    doc = quick_run["doc"]
+    assert doc["grid"] == "quick"
+    assert doc["finished_at"]
+    assert set(doc["savers"]) == {spec.name for spec in SAVERS}
+    modules_error = doc["servers"]["redis"]["modules_error"]
+    for name, entry in doc["savers"].items():
+        if name == "official_redis" and modules_error:
+            assert modules_error in entry["error"]
+            continue
+        assert entry["available"], f"{name}: {entry['error']}"
+    errors = [f"{e['measure']}/{e['saver']}: {e['error']}" for e in doc["errors"]]
+    assert errors == [], "\n".join(errors)
+
+
+def test_quick_grid_records_are_well_formed(quick_run: dict) -> None:
+    doc = quick_run["doc"]
+    grid = GRIDS["quick"]
+    available = [name for name, entry in doc["savers"].items() if entry["available"]]
+    by_measure: dict[str, list[dict]] = {}
+    for record in doc["results"]:
+        by_measure.setdefault(record["measure"], []).append(record)
+        if "p50_ms" in record:
+            assert 0 < record["p50_ms"] <= record["p99_ms"], record
+    for measure in PER_SAVER:
+        savers = {r["saver"] for r in by_measure.get(measure, [])}
+        assert savers == set(available), measure
+    for saver in available:
+        graph = [r for r in by_measure["graph"] if r["saver"] == saver]
+        assert sorted(r["concurrency"] for r in graph) == sorted(grid.graph_concurrency)
+        assert all(r["steps_per_s"] > 0 and r["invokes"] >= r["concurrency"] for r in graph)
+        ops = {r["op"]: r["n"] for r in by_measure["ops"] if r["saver"] == saver}
+        assert ops == dict.fromkeys(OPS, grid.op_samples)
+        history = {(r["history"], r["op"]) for r in by_measure["history"] if r["saver"] == saver}
+        assert history == {(n, op) for n in grid.history_lengths for op in OPS}
+        for series in (r for r in by_measure["bytes_per_step"] if r["saver"] == saver):
+            assert series["messages"][-1] == grid.conversation_messages
+            assert len(series["bytes_per_step"]) == len(series["messages"])
+            assert all(value > 0 for value in series["bytes_per_step"]), series
+    floors = {(r["floor"], r["when"]) for r in by_measure["floor"]}
+    assert floors == {
+        (f, w) for f in ("redis_pipeline", "asyncpg_insert_commit") for w in ("start", "end")
+    }
+    drain = by_measure["outbox_drain"][0]
+    assert drain["drained"] >= drain["entries"] > 0
+    cold = {r["read"]: r for r in by_measure["cold_read"] if r["saver"] == "dual_write_behind"}
+    assert cold["cold"]["backfills"] == grid.cold_threads  # every cold read came from PG
+    assert cold["hot"]["hot_hits"] >= grid.cold_threads  # and the second read from Redis
+
+
+def test_quick_grid_writes_report_and_plots(quick_run: dict) -> None:
+    out: Path = quick_run["out"]
+    report = (out / "RESULTS.md").read_text()
+    for heading in ("## Machine", "## Aims", "## case_8842 graph", "## Reading"):
+        assert heading in report
+    for entry in quick_run["doc"]["savers"].values():
+        assert entry["label"] in report
+    for name in ("graph_steps", "history", "state_size", "bytes_per_step", "outbox_lag"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC, name
+        assert f"]({name}.png)" in report
+
+
+def test_quick_grid_stops_the_servers_it_started(quick_run: dict) -> None:
+    pids = quick_run["doc"]["servers"]["started_pids"]
+    if not os.environ.get("DUALSAVER_REDIS_URL") and not os.environ.get("DUALSAVER_POSTGRES_URL"):
+        assert len(pids) == 2
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+@pytest.mark.pure
+def test_report_shows_failures_loudly(tmp_path: Path) -> None:
+    doc = {
+        "grid": "quick",
+        "command": "python benchmarks/run.py --grid quick",
+        "savers": {
+            "memory": {"label": "InMemorySaver", "available": True, "error": None},
+            "redis": {
+                "label": "RedisHotSaver",
+                "available": False,
+                "error": "langgraph_dualsaver.redis.RedisHotSaver is not importable",
+            },
+        },
+        "results": [],
+        "errors": [
+            {
+                "measure": "history",
+                "saver": "memory",
+                "error": "RuntimeError: boom",
+                "traceback": "",
+            }
+        ],
+    }
+    report = render_markdown(doc, {}, tmp_path / "RESULTS.md")
+    assert "1 saver(s) not measured, 1 error(s)" in report
+    assert (
+        "**redis not measured**: langgraph_dualsaver.redis.RedisHotSaver is not importable"
+        in report
+    )
+    assert "**ERROR** in `history` for `memory`: RuntimeError: boom" in report
+
+
+@pytest.mark.pure
+def test_aims_compare_ratios_against_targets() -> None:
+    def graph(saver: str, rate: float) -> dict:
+        return {"measure": "graph", "saver": saver, "concurrency": 1, "steps_per_s": rate}
+
+    doc = {
+        "savers": {},
+        "results": [
+            graph("dual_write_behind", 300.0),
+            graph("official_postgres", 100.0),
+            graph("memory", 1000.0),
+            graph("dual_write_through", 110.0),
+        ],
+    }
+    aims = {(aim.group, aim.name): aim for aim in compute_aims(doc)}
+    behind = aims["graph steps/s", "dual_write_behind vs official_postgres, concurrency 1"]
+    assert behind.ratio == pytest.approx(3.0) and behind.met is True
+    assert aims["graph steps/s", "dual_write_behind vs memory, concurrency 1"].met is False
+    assert (
+        aims["graph steps/s", "dual_write_through vs official_postgres, concurrency 1"].met is False
+    )
+    durable = aims["PostgresDurableSaver vs AsyncPostgresSaver", "graph steps/s, concurrency 1"]
+    assert durable.ratio is None and durable.met is None  # not measured: not decided
+
+
+@pytest.mark.pure
+def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
+    summary = percentiles([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert summary["n"] == 100
+    assert summary["p50_ms"] == pytest.approx(50.0)
+    assert summary["p99_ms"] == pytest.approx(99.0)
+    assert percentiles([]) == {"n": 0}
