@@ -315,10 +315,13 @@ def dump_writes(
     writes: Sequence[tuple[str, Any]],
     limits: Limits,
 ) -> list[WriteRecord]:
-    if not isinstance(task_id, str):
-        raise InvalidIdError(f"task_id must be a string, got {type(task_id).__name__}")
+    validate_id("task_id", task_id, limits, allow_empty=True)
+    if not isinstance(task_path, str) or "\x00" in task_path:
+        raise InvalidIdError("task_path must be a string without NUL characters")
     records = []
     for idx, (channel, value) in enumerate(writes):
+        if not isinstance(channel, str) or "\x00" in channel:
+            raise InvalidIdError(f"channel {channel!r} must be a string without NUL characters")
         type_, data = _dumps(serde, value, f"write to {channel!r}", limits)
         records.append(
             WriteRecord(task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
