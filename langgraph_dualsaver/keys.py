@@ -1,0 +1,386 @@
+"""The whole Redis key layout, and how values are encoded in it. Pure: no I/O.
+
+Every key of a thread carries the hash tag of the thread's *shard*, not of the thread,
+so a thread's keys and its shard's outbox stream live in one Redis Cluster slot and
+one Lua script can write them all atomically::
+
+    <prefix>:threads                                  ZSET  registry: thread_id -> last write (s)
+    <prefix>:{<prefix>:s<shard>}:outbox               STREAM  records queued for PostgreSQL
+    <prefix>:{<prefix>:s<shard>}:dead                 STREAM  dead letters
+    <prefix>:{<prefix>:s<shard>}:<digest>:meta        HASH  thread_id, pending, c/b/w key flags
+    <prefix>:{<prefix>:s<shard>}:<digest>:cp          HASH  cp field -> stored checkpoint
+    <prefix>:{<prefix>:s<shard>}:<digest>:idx         ZSET  cp field, score 0 (lex = time)
+    <prefix>:{<prefix>:s<shard>}:<digest>:blobs       HASH  blob field -> stored blob
+    <prefix>:{<prefix>:s<shard>}:<digest>:writes      HASH  cp field -> pending-writes log
+
+``shard = int(sha256(thread_id)[:8], 16) % shards`` and ``digest`` is the sha256 hex
+of the UTF-8 thread_id, so any string (``*``, ``{x}``, ``a:b``, 1 MB of text) gives a
+short, fixed-shape key that no other thread can address and that is never a pattern.
+The thread_id itself is stored in the meta hash and checked on every access.
+
+Fields are length-prefixed with msgpack raw headers, so no two values alias
+(``"a:b"`` + ``"c"`` vs ``"a"`` + ``"b:c"``): a cp field is ``lp(ns) + checkpoint_id``,
+a blob field ``lp(ns) + lp(channel) + version``. The index holds cp fields with score 0,
+so the latest checkpoint of a namespace is one ``ZRANGE BYLEX REV LIMIT 0 1`` over the
+``lp(ns)`` prefix (UTF-8 never contains byte 0xFF, which closes the range).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import CheckpointTuple
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.records import (
+    EMPTY_TYPE,
+    BlobRecord,
+    CheckpointRecord,
+    WriteRecord,
+    decode_checkpoint,
+    decode_metadata,
+    load_blobs,
+    load_writes,
+    metadata_matches,
+    resolve_writes,
+    version_key,
+)
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_SHARDS",
+    "EMPTY_BLOB",
+    "OUTBOX_DELETE_FIELD",
+    "OUTBOX_RECORD_FIELD",
+    "REGISTRY_GRACE_S",
+    "StoredCheckpoint",
+    "ThreadKeys",
+    "blob_field",
+    "checkpoint_tuple",
+    "chunks",
+    "cp_field",
+    "dead_letter_key",
+    "decode_blob",
+    "decode_stored_checkpoint",
+    "decode_writes_log",
+    "encode_blob",
+    "encode_stored_checkpoint",
+    "encode_write",
+    "latest_range",
+    "ns_prefix",
+    "outbox_key",
+    "registry_key",
+    "shard_base",
+    "shard_of",
+    "shard_tag",
+    "split_blob_field",
+    "split_cp_field",
+    "stored_metadata_matches",
+    "stream_id",
+    "stream_seq",
+    "thread_digest",
+    "thread_keys",
+    "utf8",
+    "validate_prefix",
+]
+
+DEFAULT_PREFIX = "dualsaver"
+DEFAULT_SHARDS = 16
+OUTBOX_RECORD_FIELD = "r"
+"""Outbox entry field holding ``records.pack_record(record)``."""
+OUTBOX_DELETE_FIELD = "d"
+"""Outbox entry field of a tombstone: the deleted thread_id."""
+REGISTRY_GRACE_S = 60.0
+"""A registry member is only forgotten when its last write is older than this, so a
+thread being created right now (in Redis Cluster its ZADD may land first) is kept."""
+
+_SEQ_BITS = 20
+
+
+# -- names ------------------------------------------------------------------------
+
+
+def utf8(value: str) -> bytes:
+    """UTF-8 bytes of an id; lone surrogates pass through rather than fail."""
+    return value.encode("utf-8", "surrogatepass")
+
+
+def validate_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigurationError(f"prefix must be a non-empty string, got {prefix!r}")
+    for bad in ("{", "}", "\x00"):
+        if bad in prefix:
+            raise ConfigurationError(
+                f"prefix {prefix!r} contains {bad!r}, which would break the Redis Cluster "
+                "hash tags; use letters, digits, '-', '_', '.' or ':'"
+            )
+    return prefix
+
+
+def thread_digest(thread_id: str) -> str:
+    return hashlib.sha256(utf8(thread_id)).hexdigest()
+
+
+def shard_of(thread_id: str, shards: int) -> int:
+    return int(thread_digest(thread_id)[:8], 16) % shards
+
+
+def shard_tag(prefix: str, shard: int) -> str:
+    return "{" + f"{prefix}:s{shard}" + "}"
+
+
+def shard_base(prefix: str, shard: int) -> str:
+    return f"{prefix}:{shard_tag(prefix, shard)}"
+
+
+def outbox_key(prefix: str, shard: int) -> str:
+    return f"{shard_base(prefix, shard)}:outbox"
+
+
+def dead_letter_key(prefix: str, shard: int) -> str:
+    return f"{shard_base(prefix, shard)}:dead"
+
+
+def registry_key(prefix: str) -> str:
+    return f"{prefix}:threads"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The keys of one thread, in the order every Lua script takes them (KEYS[1..6])."""
+
+    meta: str
+    cp: str
+    idx: str
+    blobs: str
+    writes: str
+    outbox: str
+    shard: int
+
+    @property
+    def data(self) -> list[str]:
+        """The thread's own keys, which expire together."""
+        return [self.meta, self.cp, self.idx, self.blobs, self.writes]
+
+    @property
+    def all(self) -> list[str]:
+        """The thread's keys and its shard's outbox stream."""
+        return [*self.data, self.outbox]
+
+
+def thread_keys(prefix: str, shards: int, thread_id: str) -> ThreadKeys:
+    digest = thread_digest(thread_id)
+    shard = int(digest[:8], 16) % shards
+    base = f"{shard_base(prefix, shard)}:{digest}"
+    return ThreadKeys(
+        meta=f"{base}:meta",
+        cp=f"{base}:cp",
+        idx=f"{base}:idx",
+        blobs=f"{base}:blobs",
+        writes=f"{base}:writes",
+        outbox=outbox_key(prefix, shard),
+        shard=shard,
+    )
+
+
+# -- fields -----------------------------------------------------------------------
+
+
+def _lp(data: bytes) -> bytes:
+    """``data`` with a msgpack raw header: canonical and self-delimiting."""
+    return msgpack.packb(data, use_bin_type=False)
+
+
+def ns_prefix(checkpoint_ns: str) -> bytes:
+    """The prefix shared by every cp field of one namespace (and only of it)."""
+    return _lp(utf8(checkpoint_ns))
+
+
+def cp_field(checkpoint_ns: str, checkpoint_id: str) -> bytes:
+    return ns_prefix(checkpoint_ns) + utf8(checkpoint_id)
+
+
+def split_cp_field(field: bytes) -> tuple[str, str]:
+    """``(checkpoint_ns, checkpoint_id)`` of a cp field."""
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(field)
+    ns = unpacker.unpack()
+    rest = field[unpacker.tell() :]
+    return ns.decode("utf-8", "surrogatepass"), rest.decode("utf-8", "surrogatepass")
+
+
+def blob_field(checkpoint_ns: str, channel: str, version: str) -> bytes:
+    return ns_prefix(checkpoint_ns) + _lp(utf8(channel)) + utf8(version)
+
+
+def split_blob_field(field: bytes) -> tuple[str, str, str]:
+    """``(checkpoint_ns, channel, version)`` of a blob field."""
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(field)
+    ns = unpacker.unpack()
+    channel = unpacker.unpack()
+    rest = field[unpacker.tell() :]
+    return tuple(part.decode("utf-8", "surrogatepass") for part in (ns, channel, rest))  # type: ignore[return-value]
+
+
+def latest_range(checkpoint_ns: str, before: str | None = None) -> tuple[bytes, bytes]:
+    """``(max, min)`` for ``ZRANGE idx max min BYLEX REV``: the namespace's checkpoints,
+    newest first, optionally only those older than ``before``."""
+    prefix = ns_prefix(checkpoint_ns)
+    upper = b"(" + prefix + (utf8(before) if before is not None else b"\xff")
+    return upper, b"[" + prefix
+
+
+# -- values -----------------------------------------------------------------------
+
+
+def encode_blob(blob: BlobRecord) -> bytes:
+    return msgpack.packb([blob.type, blob.data], use_bin_type=True)
+
+
+def decode_blob(data: bytes) -> tuple[str, bytes | None]:
+    type_, value = msgpack.unpackb(data, raw=False)
+    return type_, value
+
+
+EMPTY_BLOB = encode_blob(BlobRecord("", "", EMPTY_TYPE, None))
+"""A cleared channel's stored blob; the Lua scripts compare against these bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint as the cp hash holds it: msgpack in the old raw-only format, which
+    Lua's ``cmsgpack`` reads, so scripts can follow parents and find blob fields."""
+
+    checkpoint: bytes
+    metadata: bytes
+    parent_id: str | None
+    channels: tuple[str, ...]
+    blob_fields: tuple[bytes, ...]
+
+
+def encode_stored_checkpoint(record: CheckpointRecord) -> bytes:
+    body = msgpack.unpackb(record.checkpoint, raw=False, strict_map_key=False)
+    versions = body.get("channel_versions") or {}
+    channels = [str(ch) for ch in versions]
+    fields = [
+        blob_field(record.checkpoint_ns, str(ch), version_key(v)) for ch, v in versions.items()
+    ]
+    return msgpack.packb(
+        [
+            record.checkpoint,
+            record.metadata,
+            utf8(record.parent_checkpoint_id or ""),
+            [utf8(ch) for ch in channels],
+            fields,
+        ],
+        use_bin_type=False,
+    )
+
+
+def decode_stored_checkpoint(data: bytes) -> StoredCheckpoint:
+    checkpoint, metadata, parent, channels, fields = msgpack.unpackb(data, raw=True)
+    return StoredCheckpoint(
+        checkpoint=checkpoint,
+        metadata=metadata,
+        parent_id=parent.decode("utf-8", "surrogatepass") or None,
+        channels=tuple(ch.decode("utf-8", "surrogatepass") for ch in channels),
+        blob_fields=tuple(fields),
+    )
+
+
+def stored_metadata_matches(stored: bytes, filter: Mapping[str, Any]) -> bool:
+    """Whether a stored checkpoint's metadata contains ``filter`` (JSONB ``@>``)."""
+    return metadata_matches(decode_metadata(decode_stored_checkpoint(stored).metadata), filter)
+
+
+def checkpoint_tuple(
+    serde: SerializerProtocol,
+    thread_id: str,
+    field: bytes,
+    stored: bytes,
+    writes_log: bytes | None,
+    blobs: Mapping[bytes, bytes],
+) -> CheckpointTuple:
+    """The ``CheckpointTuple`` of a stored checkpoint, given the stored blobs it names
+    (``blob field -> stored blob``) and its pending-writes log."""
+    ns, checkpoint_id = split_cp_field(field)
+    entry = decode_stored_checkpoint(stored)
+    checkpoint = decode_checkpoint(entry.checkpoint, {})
+    versions = checkpoint.get("channel_versions") or {}
+    found = {
+        (ch, version_key(versions[ch])): decode_blob(blobs[bf])
+        for ch, bf in zip(entry.channels, entry.blob_fields, strict=True)
+        if bf in blobs and ch in versions
+    }
+    checkpoint["channel_values"] = load_blobs(serde, versions, found)
+    return CheckpointTuple(
+        config=_config(thread_id, ns, checkpoint_id),
+        checkpoint=checkpoint,
+        metadata=decode_metadata(entry.metadata),
+        parent_config=_config(thread_id, ns, entry.parent_id) if entry.parent_id else None,
+        pending_writes=load_writes(serde, resolve_writes(decode_writes_log(writes_log))),
+    )
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def encode_write(write: WriteRecord) -> bytes:
+    """One entry of a checkpoint's pending-writes log (the log is these, concatenated)."""
+    return msgpack.packb(
+        [write.task_id, write.task_path, write.idx, write.channel, write.type, write.data],
+        use_bin_type=True,
+    )
+
+
+def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
+    """The log's writes in arrival order (resolve them with ``records.resolve_writes``)."""
+    if not log:
+        return []
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(log) + 1)
+    unpacker.feed(log)
+    return [WriteRecord(*entry) for entry in unpacker]
+
+
+# -- stream ids -------------------------------------------------------------------
+
+
+def stream_seq(entry_id: str | bytes) -> int:
+    """A stream entry id ``<ms>-<seq>`` as one BIGINT-safe, order-preserving integer:
+    ``(ms << 20) | seq``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms_text, _, seq_text = text.partition("-")
+    ms, seq = int(ms_text), int(seq_text or 0)
+    if seq >= 1 << _SEQ_BITS or ms < 0 or seq < 0:
+        raise ValueError(f"stream id {text!r} does not fit (ms << 20) | seq")
+    return (ms << _SEQ_BITS) | seq
+
+
+def stream_id(seq: int) -> str:
+    """The stream entry id of a ``stream_seq`` value."""
+    return f"{seq >> _SEQ_BITS}-{seq & ((1 << _SEQ_BITS) - 1)}"
+
+
+def chunks(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

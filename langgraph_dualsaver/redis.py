@@ -1,0 +1,558 @@
+"""``RedisHotSaver``: the hot tier, on plain Redis >= 6.2 or Valkey >= 7.2.
+
+One round trip each for ``put``, ``put_writes`` and ``get_tuple`` of the latest
+checkpoint (Lua scripts in ``redis_scripts``); the key layout is in ``keys``, the
+records in ``records``; listing is in ``redis_list``; deletes, copies, pruning and the
+delta-channel walk are in ``redis_admin``. A thread's keys share one expiry, sliding
+on write and, with ``refresh_on_read``, on read. With ``outbox=True`` every write is
+also queued on the shard's outbox stream for the chain's flusher, and the thread keeps
+no expiry until ``amark_durable`` says its records reached PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing, contextmanager
+from datetime import timedelta
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis import exceptions as rex
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from langgraph_dualsaver import keys as K
+from langgraph_dualsaver import redis_admin as admin
+from langgraph_dualsaver import redis_list as listing
+from langgraph_dualsaver import redis_scripts as S
+from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver._loops import LoopLocal
+from langgraph_dualsaver.errors import (
+    ConfigurationError,
+    DualSaverError,
+    StoreUnavailableError,
+    UnsafeRedisConfigError,
+)
+from langgraph_dualsaver.records import (
+    CheckpointRecord,
+    Limits,
+    WritesRecord,
+    checkpoint_ids,
+    checkpoint_record,
+    pack_record,
+    saved_config,
+    validate_id,
+    writes_record,
+)
+from langgraph_dualsaver.settings import Timeouts
+
+__all__ = ["RedisHotSaver"]
+
+log = logging.getLogger(__name__)
+
+Client = Redis | RedisCluster
+
+_DEFAULT_TIMEOUTS = Timeouts()
+_UNAVAILABLE = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterDownError,
+    rex.SlotNotCoveredError,
+    OSError,
+)
+
+
+class _SaverContext:
+    """What ``from_conn_string`` returns: an async and a sync context manager."""
+
+    def __init__(self, make: Callable[[], RedisHotSaver]) -> None:
+        self._make = make
+        self._saver: RedisHotSaver | None = None
+
+    async def __aenter__(self) -> RedisHotSaver:
+        self._saver = self._make()
+        return self._saver
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._saver is not None
+        await self._saver.aclose()
+
+    def __enter__(self) -> RedisHotSaver:
+        self._saver = self._make()
+        return self._saver
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._saver is not None
+        self._saver.close()
+
+
+class RedisHotSaver(AsyncFirstSaver):
+    """A LangGraph checkpointer on Redis or Valkey (no modules), sync and async.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` or ``RedisCluster`` (``decode_responses``
+            off). The caller owns it; it is never closed here.
+        url: Or a URL: ``redis://``, ``rediss://``, or ``redis+cluster://`` /
+            ``rediss+cluster://`` (or ``cluster=True``) for Redis Cluster. The saver then
+            opens one client per event loop and closes them in ``aclose``.
+        prefix: Prefix of every key; no ``{``, ``}`` or NUL.
+        ttl: Sliding expiry of a thread (all its keys together). ``None``: never expires.
+        refresh_on_read: Reads restart the ttl too.
+        shards: Hash-tag shards (and outbox streams) the threads are spread over.
+        outbox: Queue every write on the shard's outbox stream, for ``DualSaver``.
+        timeouts: Connect and command timeouts; past them ``StoreUnavailableError``.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        url: str | None = None,
+        prefix: str = K.DEFAULT_PREFIX,
+        ttl: timedelta | None = None,
+        refresh_on_read: bool = False,
+        shards: int = K.DEFAULT_SHARDS,
+        outbox: bool = False,
+        cluster: bool = False,
+        timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+        serde: SerializerProtocol | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(serde=serde, limits=limits)
+        if (client is None) == (url is None):
+            raise ConfigurationError("give exactly one of client= or url=")
+        self.prefix = K.validate_prefix(prefix)
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ConfigurationError(f"shards must be a positive int, got {shards!r}")
+        if ttl is not None and (not isinstance(ttl, timedelta) or ttl < timedelta(milliseconds=1)):
+            raise ConfigurationError(
+                f"ttl must be a timedelta of 1 ms or more, or None; got {ttl!r}"
+            )
+        self.ttl = ttl
+        self.refresh_on_read = refresh_on_read
+        self.shards = shards
+        self.outbox = outbox
+        self.timeouts = timeouts
+        self.partial_reads = 0
+        """Reads that found half a thread (an evicted key) and treated it as absent."""
+        self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
+        self._run_id: str | None = None
+        self._res: LoopLocal[Client]
+        if client is not None:
+            if client.get_connection_kwargs().get("decode_responses"):
+                raise ConfigurationError("the client must have decode_responses=False")
+            self._url: str | None = None
+            self._cluster = isinstance(client, RedisCluster)
+            self._where = "the given client"
+            self._res = LoopLocal(fixed=client)
+        else:
+            assert url is not None
+            for scheme in ("redis+cluster://", "rediss+cluster://"):
+                if url.startswith(scheme):
+                    url, cluster = url.replace("+cluster", "", 1), True
+            self._url = url
+            self._cluster = cluster
+            self._where = url.split("@")[-1]
+            self._res = LoopLocal(open=self._open_client, close=self._close_client)
+
+    @classmethod
+    def from_conn_string(cls, url: str, **options: Any) -> _SaverContext:
+        """``async with RedisHotSaver.from_conn_string(url) as saver`` (or ``with``)."""
+        return _SaverContext(lambda: cls(url=url, **options))
+
+    @property
+    def outbox_enabled(self) -> bool:
+        return self.outbox
+
+    # -- clients and errors -------------------------------------------------------
+
+    async def _open_client(self) -> Client:
+        assert self._url is not None
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self.timeouts.connect_s,
+            "socket_timeout": self.timeouts.command_s,
+            # One retry, on a dropped connection only (a restarted server leaves stale
+            # pooled connections); a timeout is final, so a paused server costs one
+            # command timeout, not redis-py's default retries.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(rex.ConnectionError,)),
+            "decode_responses": False,
+        }
+        if self._cluster:
+            return RedisCluster.from_url(self._url, **options)
+        return Redis.from_url(self._url, **options)
+
+    async def _close_client(self, client: Client) -> None:
+        await client.aclose()
+
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._res.home
+
+    async def aclient(self) -> Client:
+        """The client for the running event loop (the flusher reads the outbox with it)."""
+        return await self._res.get()
+
+    async def aclose(self) -> None:
+        await self._res.aclose()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except DualSaverError:
+            raise
+        except rex.OutOfMemoryError as exc:
+            raise StoreUnavailableError(f"redis at {self._where} is out of memory: {exc}") from exc
+        except rex.ResponseError as exc:
+            if "DUALSAVER" in str(exc):
+                raise DualSaverError(str(exc).split("DUALSAVER", 1)[1].strip()) from exc
+            raise
+        except (*_UNAVAILABLE, rex.RedisClusterException) as exc:
+            if isinstance(exc, (rex.CrossSlotTransactionError, rex.InvalidPipelineStack)):
+                raise
+            raise StoreUnavailableError(
+                f"redis at {self._where} is unavailable: {exc or type(exc).__name__}"
+            ) from exc
+
+    async def _load_scripts(self, client: Client) -> None:
+        for script in S.ALL_SCRIPTS:
+            await client.script_load(script.body)
+
+    async def _eval(
+        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        with self._errors():
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                await self._load_scripts(client)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _pipeline(self, client: Client, build: Callable[[Any], object]) -> list[Any]:
+        """A non-transactional pipeline: one round trip on a single server."""
+        with self._errors():
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                build(pipe)
+                try:
+                    return await pipe.execute()
+                except rex.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self._load_scripts(client)
+        raise AssertionError("unreachable")
+
+    def _partial(self, thread_id: str) -> None:
+        self.partial_reads += 1
+        log.warning(
+            "thread %r in redis at %s is missing keys (evicted?); treated as absent",
+            thread_id[:200],
+            self._where,
+        )
+
+    # -- layout -------------------------------------------------------------------
+
+    def thread_keys(self, thread_id: str) -> K.ThreadKeys:
+        return K.thread_keys(self.prefix, self.shards, thread_id)
+
+    def shard_of(self, thread_id: str) -> int:
+        return K.shard_of(thread_id, self.shards)
+
+    def outbox_keys(self) -> list[str]:
+        """Every shard's outbox stream, for the flusher."""
+        return [K.outbox_key(self.prefix, shard) for shard in range(self.shards)]
+
+    def dead_letter_key(self, shard: int | str) -> str:
+        """The dead-letter stream of a shard, given its number or its outbox key."""
+        if isinstance(shard, str):
+            if shard not in self.outbox_keys():
+                raise ConfigurationError(f"{shard!r} is not an outbox stream of this saver")
+            return shard.removesuffix(":outbox") + ":dead"
+        return K.dead_letter_key(self.prefix, shard)
+
+    @property
+    def registry_key(self) -> str:
+        return K.registry_key(self.prefix)
+
+    # -- setup --------------------------------------------------------------------
+
+    async def asetup(self) -> None:
+        """Check the server (version, eviction policy) and load the scripts. Idempotent."""
+        client = await self.aclient()
+        with self._errors():
+            info = await client.info("server")
+            version_text = str(info.get("redis_version", "0"))
+            if tuple(int(p) for p in version_text.split(".")[:2]) < (6, 2):
+                raise ConfigurationError(
+                    f"redis at {self._where} is version {version_text}; "
+                    "RedisHotSaver needs Redis >= 6.2 or Valkey >= 7.2"
+                )
+            self._run_id = _text(info.get("run_id", ""))
+            await self._check_eviction_policy(client)
+            await self._load_scripts(client)
+
+    async def _check_eviction_policy(self, client: Client) -> None:
+        try:
+            if self._cluster:
+                replies = await client.config_get(
+                    "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                )
+                policies = {_text(v) for reply in replies.values() for v in reply.values()}
+            else:
+                policies = {
+                    _text(v) for v in (await client.config_get("maxmemory-policy")).values()
+                }
+        except rex.ResponseError as exc:
+            log.warning(
+                "cannot read maxmemory-policy of redis at %s (%s); make sure it is "
+                "noeviction or volatile-*, never allkeys-*",
+                self._where,
+                exc,
+            )
+            return
+        for policy in sorted(policies):
+            if policy.startswith("allkeys-"):
+                raise UnsafeRedisConfigError(
+                    f"redis at {self._where} has maxmemory-policy {policy}, which can evict "
+                    "checkpoints and outbox entries that are not durable yet; set "
+                    "maxmemory-policy to noeviction (or volatile-lru / volatile-ttl, with care)"
+                )
+
+    async def acheck_server_identity(self) -> bool:
+        """Whether the server restarted (a new ``run_id``) since this saver last looked:
+        its data may then be an old snapshot."""
+        client = await self.aclient()
+        with self._errors():
+            info = await client.info("server")
+        run_id = _text(info.get("run_id", ""))
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        return restarted
+
+    # -- writes -------------------------------------------------------------------
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved, _ = await self.aput_returning_entry(config, checkpoint, metadata, new_versions)
+        return saved
+
+    async def aput_returning_entry(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[RunnableConfig, str | None]:
+        """``aput``, also returning the outbox entry id (``None`` unless ``outbox``)."""
+        record = checkpoint_record(
+            self.serde, self.limits, config, checkpoint, metadata, new_versions
+        )
+        ids = await self._store(record.thread_id, [record], enqueue=self.outbox)
+        return saved_config(record), ids[0] if ids else None
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self.aput_writes_returning_entry(config, writes, task_id, task_path)
+
+    async def aput_writes_returning_entry(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> str | None:
+        """``aput_writes``, also returning the outbox entry id (``None`` unless ``outbox``)."""
+        record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
+        ids = await self._store(record.thread_id, [record], enqueue=self.outbox)
+        return ids[0] if ids else None
+
+    async def aput_record(
+        self, record: CheckpointRecord | WritesRecord, *, enqueue: bool
+    ) -> str | None:
+        """Store a record as it is: the chain's writes (``enqueue=True``: also queued,
+        returns the outbox entry id) or a backfill from PostgreSQL (``enqueue=False``)."""
+        ids = await self._store(record.thread_id, [record], enqueue=enqueue)
+        return ids[0] if ids else None
+
+    async def abackfill(self, found: CheckpointTuple) -> None:
+        """Put a checkpoint read elsewhere (PostgreSQL) back in Redis, unqueued, with its
+        channel values and pending writes. ``CheckpointTuple`` carries no task paths, so
+        the pending writes are stored with ``task_path=""``."""
+        records = admin.backfill_records(self.serde, found)
+        await self._store(records[0].thread_id, records, enqueue=False)
+
+    async def _store(
+        self,
+        thread_id: str,
+        records: Sequence[CheckpointRecord | WritesRecord],
+        *,
+        enqueue: bool,
+    ) -> list[str]:
+        records = [r for r in records if not (isinstance(r, WritesRecord) and not r.writes)]
+        if not records:
+            return []
+        tk = self.thread_keys(thread_id)
+        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), len(records)]
+        for record in records:
+            args += S.store_item_args(record, pack_record(record) if enqueue else b"")
+        client = await self.aclient()
+        if not any(isinstance(r, CheckpointRecord) for r in records):
+            ids = await self._eval(client, S.STORE, tk.all, args)
+        else:  # the registry is in another slot: same round trip, outside the script
+
+            def build(pipe: Any) -> None:
+                pipe.evalsha(S.STORE.sha, len(tk.all), *tk.all, *args)
+                pipe.zadd(self.registry_key, {K.utf8(thread_id): time.time()})
+
+            ids = (await self._pipeline(client, build))[0]
+        return [_text(i) for i in ids]
+
+    async def amark_durable(self, thread_counts: Mapping[str, int]) -> None:
+        """``count`` queued records of each thread reached PostgreSQL: lower its pending
+        count and, once nothing is pending, give all its keys the ttl together."""
+        items = [(t, n) for t, n in thread_counts.items() if n]
+        if not items:
+            return
+
+        def build(pipe: Any) -> None:
+            for thread_id, count in items:
+                keys = self.thread_keys(thread_id).data
+                pipe.evalsha(S.MARK_DURABLE.sha, 5, *keys, K.utf8(thread_id), count, self._ttl_ms)
+
+        await self._pipeline(await self.aclient(), build)
+
+    async def adiscard_entry(
+        self, thread_id: str, entry_id: str, *, group: str | None = None
+    ) -> None:
+        """Remove an outbox entry whose record the caller committed itself (write-through)
+        and count it durable, unless a flusher already took it."""
+        tk = self.thread_keys(thread_id)
+        args = [K.utf8(thread_id), entry_id, self._ttl_ms, group or ""]
+        await self._eval(await self.aclient(), S.DISCARD, tk.all, args)
+
+    # -- reads --------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
+        if checkpoint_id is not None:
+            args = [b"fields", K.cp_field(ns, checkpoint_id)]
+        else:
+            args = [b"latest", *K.latest_range(ns)]
+        tk = self.thread_keys(thread_id)
+        reply = await self._eval(
+            await self.aclient(), S.LOAD, tk.data, [*self._load_head(thread_id), *args]
+        )
+        found = self._tuples(thread_id, reply)
+        return found[0] if found else None
+
+    def _load_head(self, thread_id: str) -> list[Any]:
+        return [K.utf8(thread_id), self._ttl_ms if self.refresh_on_read else 0]
+
+    def _tuples(self, thread_id: str, reply: list[Any]) -> list[CheckpointTuple]:
+        if reply[0] == b"partial":
+            self._partial(thread_id)
+        if reply[0] != b"ok":
+            return []
+        _, items, flat = reply
+        blobs = _pairs(flat)
+        return [
+            K.checkpoint_tuple(self.serde, thread_id, field, stored, writes, blobs)
+            for field, stored, writes in items
+        ]
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Newest first; ``config=None`` (or no thread_id) lists every thread, and no
+        ``checkpoint_ns`` every namespace. ``filter`` is JSONB ``@>`` on the metadata."""
+        async with aclosing(listing.list_checkpoints(self, config, filter, before, limit)) as found:
+            async for item in found:
+                yield item
+
+    async def athread_info(self, thread_id: str) -> dict[str, Any]:
+        """The thread's keys with their TTL in ms (-1: no expiry, -2: missing), its
+        checkpoint count and its pending (not yet durable) count."""
+        validate_id("thread_id", thread_id, self.limits)
+        tk = self.thread_keys(thread_id)
+
+        def build(pipe: Any) -> None:
+            for key in tk.data:
+                pipe.pttl(key)
+            pipe.hlen(tk.cp)
+            pipe.hget(tk.meta, "pending")
+
+        *ttls, count, pending = await self._pipeline(await self.aclient(), build)
+        return {
+            "thread_id": thread_id,
+            "shard": tk.shard,
+            "keys": dict(zip(tk.data, ttls, strict=True)),
+            "checkpoints": count,
+            "pending": int(pending or 0),
+            "outbox": tk.outbox,
+        }
+
+    # -- deletes, copies, pruning, delta channels (redis_admin) ----------------------
+
+    async def adelete_thread(self, thread_id: str) -> str | None:  # type: ignore[override]
+        """Delete the thread. With ``outbox``, also queue a tombstone (field ``d``) in
+        the same script and return its entry id, so the flusher deletes it durably."""
+        validate_id("thread_id", thread_id, self.limits)
+        return (await admin.delete_threads(self, [thread_id], tombstone=self.outbox))[0]
+
+    async def aevict_thread(self, thread_id: str) -> None:
+        """Drop the thread's hot copy only (no tombstone: it stays in PostgreSQL)."""
+        validate_id("thread_id", thread_id, self.limits)
+        await admin.evict_threads(self, [thread_id])
+
+    async def aevict_all_threads(self) -> None:
+        """Drop every registered thread's hot copy (no tombstones)."""
+        await admin.evict_threads(self, await listing.registered_threads(self))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await admin.delete_for_runs(self, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await admin.copy_thread(self, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await admin.prune(self, thread_ids, strategy)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await admin.delta_channel_history(self, config, channels)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

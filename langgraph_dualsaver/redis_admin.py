@@ -1,0 +1,337 @@
+"""The hot tier's whole-thread operations: delete, evict, delete_for_runs, copy, prune,
+and the delta-channel walk. ``RedisHotSaver`` delegates to these functions; they use
+its connection, script and error plumbing.
+
+``delete_for_runs`` reads every registered thread, and ``prune``/``copy_thread`` read
+whole threads: administrative calls, not request-path ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    PendingWrite,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from langgraph_dualsaver import keys as K
+from langgraph_dualsaver import redis_scripts as S
+from langgraph_dualsaver.errors import InvalidInputError
+from langgraph_dualsaver.records import (
+    EMPTY_TYPE,
+    BlobRecord,
+    CheckpointRecord,
+    WriteRecord,
+    WritesRecord,
+    checkpoint_ids,
+    decode_metadata,
+    encode_checkpoint,
+    encode_metadata,
+    resolve_writes,
+    validate_id,
+    version_key,
+)
+from langgraph_dualsaver.redis_list import registered_threads
+
+if TYPE_CHECKING:
+    from langgraph_dualsaver.redis import Client, RedisHotSaver
+
+__all__ = [
+    "backfill_records",
+    "copy_thread",
+    "delete_for_runs",
+    "delete_threads",
+    "delta_channel_history",
+    "evict_threads",
+    "prune",
+]
+
+PRUNE_STRATEGIES = ("keep_latest", "delete")
+_THREADS = 100
+"""Threads per pipeline."""
+_CHAIN_STEPS = 256
+"""Ancestors walked per script call by the delta-channel walk (bounds script time)."""
+_COPY_BATCH = 64
+"""Records written per script call by copy_thread."""
+
+
+async def delete_threads(
+    saver: RedisHotSaver, thread_ids: Sequence[str], *, tombstone: bool
+) -> list[str | None]:
+    """Delete threads and their registry entries; with ``tombstone``, queue one outbox
+    tombstone each, in the same script. Returns the tombstones' entry ids."""
+    client = await saver.aclient()
+    ids: list[str | None] = []
+    for chunk in K.chunks(thread_ids, _THREADS):
+
+        def build(pipe: Any, chunk: list[str] = chunk) -> None:
+            for thread_id in chunk:
+                keys = saver.thread_keys(thread_id).all
+                pipe.evalsha(S.DELETE.sha, 6, *keys, K.utf8(thread_id), int(tombstone))
+                pipe.zrem(saver.registry_key, K.utf8(thread_id))
+
+        replies = await saver._pipeline(client, build)
+        ids += [r.decode() if r else None for r in replies[::2]]
+    return ids
+
+
+async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None:
+    """Drop threads' hot copies, without tombstones."""
+    client = await saver.aclient()
+    for chunk in K.chunks(thread_ids, _THREADS):
+
+        def build(pipe: Any, chunk: list[str] = chunk) -> None:
+            for thread_id in chunk:
+                keys = saver.thread_keys(thread_id).data
+                pipe.evalsha(S.EVICT.sha, 5, *keys, K.utf8(thread_id))
+                pipe.zrem(saver.registry_key, K.utf8(thread_id))
+
+        await saver._pipeline(client, build)
+
+
+async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:
+    """Delete every checkpoint whose metadata ``run_id`` is one of ``run_ids``, with its
+    writes and the blobs no other checkpoint references."""
+    runs = {str(r) for r in run_ids}
+    if not runs:
+        return
+    client = await saver.aclient()
+    for chunk in K.chunks(await registered_threads(saver), _THREADS):
+        doomed: dict[str, list[bytes]] = {}
+        for tid, entries in zip(chunk, await _stored_of(saver, client, chunk), strict=True):
+            fields = [
+                f for f, e in entries.items() if decode_metadata(e.metadata).get("run_id") in runs
+            ]
+            if fields:
+                doomed[tid] = fields
+        await _remove(saver, client, doomed)
+
+
+async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
+    """Copy every checkpoint, blob and pending write of ``source`` into ``target``
+    (merging). With ``outbox``, the copies are queued like any write."""
+    validate_id("thread_id", source, saver.limits)
+    validate_id("thread_id", target, saver.limits)
+    client = await saver.aclient()
+    tk = saver.thread_keys(source)
+    reply = await saver._eval(client, S.DUMP, tk.data, [K.utf8(source)])
+    if reply[0] == b"partial":
+        saver._partial(source)
+    if reply[0] != b"ok":
+        return
+    records = copied_records(target, *(_pairs(flat) for flat in reply[1:]))
+    for batch in K.chunks(records, _COPY_BATCH):
+        await saver._store(target, batch, enqueue=saver.outbox)
+
+
+def copied_records(
+    target: str,
+    checkpoints: Mapping[bytes, bytes],
+    blobs: Mapping[bytes, bytes],
+    writes: Mapping[bytes, bytes],
+) -> list[CheckpointRecord | WritesRecord]:
+    """A thread's contents as records of ``target``, oldest first. Each blob travels
+    with the first checkpoint that references it, each checkpoint's writes after it,
+    so a reader of the queued copy never finds a checkpoint before its blobs."""
+    sent: set[bytes] = set()
+    records: list[CheckpointRecord | WritesRecord] = []
+    for field in sorted(checkpoints, key=lambda f: K.split_cp_field(f)[::-1]):
+        ns, checkpoint_id = K.split_cp_field(field)
+        entry = K.decode_stored_checkpoint(checkpoints[field])
+        carried = []
+        for bf in entry.blob_fields:
+            if bf in blobs and bf not in sent:
+                sent.add(bf)
+                _, channel, version = K.split_blob_field(bf)
+                carried.append(BlobRecord(channel, version, *K.decode_blob(blobs[bf])))
+        records.append(
+            CheckpointRecord(
+                target, ns, checkpoint_id, entry.parent_id, entry.checkpoint, entry.metadata,
+                tuple(carried),
+            )
+        )  # fmt: skip
+        if field in writes:
+            logged = tuple(K.decode_writes_log(writes[field]))
+            records.append(WritesRecord(target, ns, checkpoint_id, logged))
+    return records
+
+
+def backfill_records(
+    serde: SerializerProtocol, found: CheckpointTuple
+) -> list[CheckpointRecord | WritesRecord]:
+    """A checkpoint tuple (read from PostgreSQL) as the records that put it back: the
+    checkpoint with a blob for every channel version, and its pending writes, whose task
+    paths a tuple does not carry (stored as ``""``)."""
+    conf = found.config["configurable"]
+    thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+    checkpoint_id = conf["checkpoint_id"]
+    checkpoint = found.checkpoint
+    values = checkpoint.get("channel_values") or {}
+    blobs = []
+    for channel, version in (checkpoint.get("channel_versions") or {}).items():
+        if channel in values:
+            blobs.append(
+                BlobRecord(channel, version_key(version), *serde.dumps_typed(values[channel]))
+            )
+        else:
+            blobs.append(BlobRecord(channel, version_key(version), EMPTY_TYPE, None))
+    parent = ((found.parent_config or {}).get("configurable") or {}).get("checkpoint_id")
+    records: list[CheckpointRecord | WritesRecord] = [
+        CheckpointRecord(
+            thread_id, ns, checkpoint_id, parent, encode_checkpoint(checkpoint),
+            encode_metadata({"configurable": {}}, found.metadata), tuple(blobs),
+        )
+    ]  # fmt: skip
+    writes: list[WriteRecord] = []
+    position: dict[str, int] = {}
+    for task_id, channel, value in found.pending_writes or []:
+        idx = position[task_id] = position.get(task_id, -1) + 1
+        type_, data = serde.dumps_typed(value)
+        writes.append(
+            WriteRecord(task_id, "", WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
+        )
+    if writes:
+        records.append(WritesRecord(thread_id, ns, checkpoint_id, tuple(writes)))
+    return records
+
+
+async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) -> None:
+    """``"delete"``: delete the threads, as ``adelete_thread`` does. ``"keep_latest"``:
+    keep each namespace's latest checkpoint with its writes and blobs and, for a thread
+    using ``DeltaChannel``, the ancestors back to each delta channel's nearest
+    snapshot (what ``get_delta_channel_history`` needs); delete the rest."""
+    if isinstance(thread_ids, str):
+        raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
+    if strategy not in PRUNE_STRATEGIES:
+        raise InvalidInputError(
+            f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
+        )
+    threads = [validate_id("thread_id", t, saver.limits) for t in thread_ids]
+    if not threads:
+        return
+    if strategy == "delete":
+        await delete_threads(saver, threads, tombstone=saver.outbox)
+        return
+    client = await saver.aclient()
+    for chunk in K.chunks(threads, _THREADS):
+        doomed: dict[str, list[bytes]] = {}
+        for tid, entries in zip(chunk, await _stored_of(saver, client, chunk), strict=True):
+            keep = await _kept(saver, client, tid, entries)
+            fields = [f for f in entries if f not in keep]
+            if fields:
+                doomed[tid] = fields
+        await _remove(saver, client, doomed)
+
+
+async def _kept(
+    saver: RedisHotSaver,
+    client: Client,
+    thread_id: str,
+    entries: Mapping[bytes, K.StoredCheckpoint],
+) -> set[bytes]:
+    heads: dict[str, str] = {}
+    for field in entries:
+        ns, checkpoint_id = K.split_cp_field(field)
+        if checkpoint_id > heads.get(ns, ""):
+            heads[ns] = checkpoint_id
+    keep: set[bytes] = set()
+    for ns, head in heads.items():
+        field = K.cp_field(ns, head)
+        keep.add(field)
+        metadata = decode_metadata(entries[field].metadata)
+        delta = metadata.get("counters_since_delta_snapshot")
+        if isinstance(delta, dict) and delta:
+            async for step_id, _, _ in _chain(saver, client, thread_id, ns, head, delta):
+                keep.add(K.cp_field(ns, step_id))
+    return keep
+
+
+async def _stored_of(
+    saver: RedisHotSaver, client: Client, threads: Sequence[str]
+) -> list[dict[bytes, K.StoredCheckpoint]]:
+    replies = await saver._pipeline(
+        client, lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
+    )
+    return [{f: K.decode_stored_checkpoint(v) for f, v in r.items()} for r in replies]
+
+
+async def _remove(saver: RedisHotSaver, client: Client, doomed: Mapping[str, list[bytes]]) -> None:
+    if not doomed:
+        return
+
+    def build(pipe: Any) -> None:
+        for tid, fields in doomed.items():
+            pipe.evalsha(S.REMOVE.sha, 5, *saver.thread_keys(tid).data, K.utf8(tid), *fields)
+
+    await saver._pipeline(client, build)
+
+
+async def delta_channel_history(
+    saver: RedisHotSaver, config: RunnableConfig, channels: Sequence[str]
+) -> Mapping[str, DeltaChannelHistory]:
+    """What ``get_delta_channel_history`` returns, walking the parent chain in Lua,
+    ``_CHAIN_STEPS`` ancestors per call (one call for most threads). Same result as
+    ``InMemorySaver``'s walk: per channel the on-path writes oldest to newest, and the
+    nearest ancestor's non-empty blob as ``seed``."""
+    if not channels:
+        return {}
+    thread_id, ns, checkpoint_id = checkpoint_ids(config, saver.limits)
+    collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
+    seeds: dict[str, Any] = {}
+    remaining = set(channels)
+    client = await saver.aclient()
+    async for _, log, found in _chain(saver, client, thread_id, ns, checkpoint_id, channels):
+        for write in reversed(resolve_writes(K.decode_writes_log(log))):
+            if write.channel in remaining:
+                value = saver.serde.loads_typed((write.type, write.data))
+                collected[write.channel].append((write.task_id, write.channel, value))
+        for channel, blob in found.items():
+            seeds[channel] = saver.serde.loads_typed(K.decode_blob(blob))
+            remaining.discard(channel)
+    result: dict[str, DeltaChannelHistory] = {}
+    for channel in channels:
+        entry: DeltaChannelHistory = {"writes": list(reversed(collected[channel]))}
+        if channel in seeds:
+            entry["seed"] = seeds[channel]
+        result[channel] = entry
+    return result
+
+
+async def _chain(
+    saver: RedisHotSaver,
+    client: Client,
+    thread_id: str,
+    ns: str,
+    checkpoint_id: str | None,
+    channels: Iterable[str],
+) -> AsyncIterator[tuple[str, bytes, dict[str, bytes]]]:
+    """``(checkpoint_id, writes log, {channel: seed blob})`` per ancestor, from the
+    target's parent up to where every channel has found its seed."""
+    remaining = list(dict.fromkeys(channels))
+    tk = saver.thread_keys(thread_id)
+    mode, start = (b"target", checkpoint_id) if checkpoint_id else (b"latest", "")
+    while True:
+        args = [K.utf8(thread_id), K.ns_prefix(ns), _CHAIN_STEPS, mode, K.utf8(start)]
+        reply = await saver._eval(client, S.CHAIN, tk.data, [*args, *map(K.utf8, remaining)])
+        if reply[0] == b"partial":
+            saver._partial(thread_id)
+        if reply[0] != b"ok":
+            return
+        _, steps, next_id = reply
+        for step_id, log, flat in steps:
+            found = {k.decode("utf-8", "surrogatepass"): v for k, v in _pairs(flat).items()}
+            yield step_id.decode("utf-8", "surrogatepass"), log, found
+            remaining = [c for c in remaining if c not in found]
+        if not next_id or not remaining:
+            return
+        mode, start = b"ancestor", next_id.decode("utf-8", "surrogatepass")
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -1,0 +1,394 @@
+"""The hot tier's Lua scripts, one named constant each, loaded once by ``asetup()``.
+
+Every thread script takes the thread's keys in ``keys.ThreadKeys`` order
+(``KEYS[1..5]`` = meta, cp, idx, blobs, writes; ``KEYS[6]`` = the shard's outbox) and
+the thread_id as ``ARGV[1]``, which must match the one stored in meta (the keys are
+named by its digest). They use only what plain Redis >= 6.2 and Valkey >= 7.2 ship:
+``cmsgpack`` reads stored checkpoints (``keys.encode_stored_checkpoint``).
+
+Consistency: every write sets the same expiry on all five keys in the same script, so
+they expire together; meta's ``c``/``b``/``w`` flags say which keys must exist, so a
+reader that finds one evicted reports the thread ``partial`` instead of half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
+
+__all__ = [
+    "ALL_SCRIPTS",
+    "CHAIN",
+    "DELETE",
+    "DISCARD",
+    "DUMP",
+    "EVICT",
+    "FORGET",
+    "LOAD",
+    "MARK_DURABLE",
+    "REMOVE",
+    "STORE",
+    "Script",
+    "store_item_args",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    body: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
+
+
+_PRELUDE = r"""
+local META, CP, IDX, BLOBS, WRITES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local EMPTY_BLOB = '\146\165empty\192'
+
+-- One expiry for all of the thread's keys: none while anything is pending.
+local function set_expiry(ttl_ms, pending)
+  for i = 1, 5 do
+    if pending > 0 or ttl_ms <= 0 then
+      redis.call('PERSIST', KEYS[i])
+    else
+      redis.call('PEXPIRE', KEYS[i], ttl_ms)
+    end
+  end
+end
+
+-- meta as {thread_id, pending, c, b, w}, or nil when the thread is absent.
+local function read_meta(thread_id)
+  local m = redis.call('HMGET', META, 'thread_id', 'pending', 'c', 'b', 'w')
+  if not m[1] then return nil end
+  if m[1] ~= thread_id then
+    error({err = 'DUALSAVER these keys belong to another thread_id (sha256 collision)'})
+  end
+  return m
+end
+
+-- Whether every key that meta says exists still does (none was evicted).
+local function intact(m)
+  if m[3] and (redis.call('EXISTS', CP) == 0 or redis.call('EXISTS', IDX) == 0) then
+    return false
+  end
+  if m[4] and redis.call('EXISTS', BLOBS) == 0 then return false end
+  if m[5] and redis.call('EXISTS', WRITES) == 0 then return false end
+  return true
+end
+"""
+
+
+def _script(name: str, body: str) -> Script:
+    return Script(name, _PRELUDE + body)
+
+
+STORE = _script(
+    "store",
+    r"""
+-- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), n_items, items...
+--   checkpoint: 'c', cp_field, stored, n_blobs, (blob_field, blob)*n_blobs, payload
+--   writes:     'w', cp_field, n_writes, write*n_writes, payload
+-- With enqueue, each item's payload is XADDed to the outbox (field 'r') and counted
+-- as pending. Returns the entry ids.
+local thread_id = ARGV[1]
+local m = read_meta(thread_id)
+if not m then
+  redis.call('DEL', CP, IDX, BLOBS, WRITES) -- leftovers of an evicted meta, if any
+  redis.call('HSET', META, 'thread_id', thread_id)
+end
+local enqueue = ARGV[3] == '1'
+local flags, ids = {}, {}
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local kind, field = ARGV[i], ARGV[i + 1]
+  if kind == 'c' then
+    redis.call('HSET', CP, field, ARGV[i + 2])
+    redis.call('ZADD', IDX, 0, field)
+    flags.c = true
+    local n = tonumber(ARGV[i + 3])
+    i = i + 4
+    for j = i, i + 2 * n - 1, 2 do
+      redis.call('HSET', BLOBS, ARGV[j], ARGV[j + 1])
+      flags.b = true
+    end
+    i = i + 2 * n
+  else
+    local n = tonumber(ARGV[i + 2])
+    i = i + 3
+    if n > 0 then
+      local log = redis.call('HGET', WRITES, field) or ''
+      redis.call('HSET', WRITES, field, log .. table.concat(ARGV, '', i, i + n - 1))
+      flags.w = true
+    end
+    i = i + n
+  end
+  if enqueue then
+    ids[#ids + 1] = redis.call('XADD', KEYS[6], '*', 'r', ARGV[i])
+  end
+  i = i + 1
+end
+for flag in pairs(flags) do redis.call('HSET', META, flag, '1') end
+local pending
+if enqueue and #ids > 0 then
+  pending = redis.call('HINCRBY', META, 'pending', #ids)
+else
+  pending = tonumber(redis.call('HGET', META, 'pending') or '0')
+end
+set_expiry(tonumber(ARGV[2]), pending)
+return ids
+""",
+)
+
+LOAD = _script(
+    "load",
+    r"""
+-- ARGV: thread_id, refresh_ttl_ms (0 = no refresh), mode, ...
+--   'latest': max, min of the namespace's BYLEX range (the newest checkpoint)
+--   'fields': cp fields
+-- Returns {'absent'} | {'partial'} | {'ok', items, blobs}: item = {field, stored,
+-- writes log or nil}; blobs = flat {blob_field, blob, ...}, each blob once.
+local m = read_meta(ARGV[1])
+if not m then return {'absent'} end
+if not intact(m) then return {'partial'} end
+local latest = ARGV[3] == 'latest'
+local fields
+if latest then
+  fields = redis.call('ZRANGE', IDX, ARGV[4], ARGV[5], 'BYLEX', 'REV', 'LIMIT', 0, 1)
+else
+  fields = {}
+  for k = 4, #ARGV do fields[#fields + 1] = ARGV[k] end
+end
+local items, blobs, seen = {}, {}, {}
+for _, field in ipairs(fields) do
+  local stored = redis.call('HGET', CP, field)
+  if stored then
+    for _, bf in ipairs(cmsgpack.unpack(stored)[5]) do
+      if not seen[bf] then
+        seen[bf] = true
+        local blob = redis.call('HGET', BLOBS, bf)
+        if not blob then return {'partial'} end
+        blobs[#blobs + 1] = bf
+        blobs[#blobs + 1] = blob
+      end
+    end
+    items[#items + 1] = {field, stored, redis.call('HGET', WRITES, field)}
+  elseif latest then
+    return {'partial'}
+  end
+end
+local refresh = tonumber(ARGV[2])
+if refresh > 0 and tonumber(m[2] or '0') <= 0 then set_expiry(refresh, 0) end
+return {'ok', items, blobs}
+""",
+)
+
+CHAIN = _script(
+    "chain",
+    r"""
+-- The parent chain for get_delta_channel_history, in one call for up to max_steps
+-- ancestors.
+-- ARGV: thread_id, ns_prefix, max_steps, mode, checkpoint_id, channels...
+--   mode 'latest' (checkpoint_id ignored) or 'target': walk from the target's parent;
+--   mode 'ancestor': continue a walk at checkpoint_id.
+-- Per ancestor: {checkpoint_id, writes log or nil, {channel, blob, ...}} with the
+-- non-empty blobs of channels still unresolved, which then stop walking.
+-- Returns {'absent'} | {'partial'} | {'ok', steps, next checkpoint_id or nil}.
+local m = read_meta(ARGV[1])
+if not m then return {'absent'} end
+if not intact(m) then return {'partial'} end
+local P, max_steps, mode, cur = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local remaining, left = {}, 0
+for k = 6, #ARGV do
+  if not remaining[ARGV[k]] then
+    remaining[ARGV[k]] = true
+    left = left + 1
+  end
+end
+if mode ~= 'ancestor' then
+  local field = P .. cur
+  if mode == 'latest' then
+    local found = redis.call('ZRANGE', IDX, '(' .. P .. '\255', '[' .. P, 'BYLEX', 'REV',
+      'LIMIT', 0, 1)
+    if #found == 0 then return {'ok', {}, false} end
+    field = found[1]
+  end
+  local stored = redis.call('HGET', CP, field)
+  if not stored then return {'ok', {}, false} end
+  cur = cmsgpack.unpack(stored)[3]
+end
+local steps = {}
+while cur ~= '' and left > 0 do
+  if #steps >= max_steps then return {'ok', steps, cur} end
+  local field = P .. cur
+  local stored = redis.call('HGET', CP, field)
+  if not stored then break end
+  local rec = cmsgpack.unpack(stored)
+  local seeds = {}
+  for k, ch in ipairs(rec[4]) do
+    if remaining[ch] then
+      local blob = redis.call('HGET', BLOBS, rec[5][k])
+      if not blob then return {'partial'} end
+      if blob ~= EMPTY_BLOB then
+        seeds[#seeds + 1] = ch
+        seeds[#seeds + 1] = blob
+      end
+    end
+  end
+  steps[#steps + 1] = {cur, redis.call('HGET', WRITES, field) or '', seeds}
+  for k = 1, #seeds, 2 do
+    remaining[seeds[k]] = nil
+    left = left - 1
+  end
+  cur = rec[3]
+end
+return {'ok', steps, false}
+""",
+)
+
+DELETE = _script(
+    "delete",
+    r"""
+-- ARGV: thread_id, enqueue. Deletes the thread; with enqueue, XADDs a tombstone
+-- (field 'd' = thread_id) to the outbox and returns its id.
+read_meta(ARGV[1])
+redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+if ARGV[2] == '1' then
+  return redis.call('XADD', KEYS[6], '*', 'd', ARGV[1])
+end
+return false
+""",
+)
+
+REMOVE = _script(
+    "remove",
+    r"""
+-- ARGV: thread_id, cp fields... Deletes those checkpoints and their writes, then the
+-- blobs no remaining checkpoint references. Returns how many checkpoints went.
+local m = read_meta(ARGV[1])
+if not m then return 0 end
+local removed = 0
+for k = 2, #ARGV do
+  removed = removed + redis.call('HDEL', CP, ARGV[k])
+  redis.call('ZREM', IDX, ARGV[k])
+  redis.call('HDEL', WRITES, ARGV[k])
+end
+if removed > 0 then
+  local keep = {}
+  for _, stored in ipairs(redis.call('HVALS', CP)) do
+    for _, bf in ipairs(cmsgpack.unpack(stored)[5]) do keep[bf] = true end
+  end
+  local drop = {}
+  for _, bf in ipairs(redis.call('HKEYS', BLOBS)) do
+    if not keep[bf] then drop[#drop + 1] = bf end
+  end
+  for start = 1, #drop, 1000 do
+    redis.call('HDEL', BLOBS, unpack(drop, start, math.min(start + 999, #drop)))
+  end
+  for flag, key in pairs({c = CP, b = BLOBS, w = WRITES}) do
+    if redis.call('EXISTS', key) == 0 then redis.call('HDEL', META, flag) end
+  end
+end
+return removed
+""",
+)
+
+MARK_DURABLE = _script(
+    "mark_durable",
+    r"""
+-- ARGV: thread_id, count, ttl_ms. count queued records of the thread are durable:
+-- pending -= count; at zero, the thread's keys get the ttl (together). Returns the
+-- pending count left, or -1 when the thread is gone.
+if not read_meta(ARGV[1]) then return -1 end
+local pending = redis.call('HINCRBY', META, 'pending', -tonumber(ARGV[2]))
+if pending <= 0 then
+  if pending < 0 then redis.call('HSET', META, 'pending', '0') end
+  set_expiry(tonumber(ARGV[3]), 0)
+  return 0
+end
+return pending
+""",
+)
+
+DISCARD = _script(
+    "discard",
+    r"""
+-- ARGV: thread_id, entry_id, ttl_ms, group ('' = none). The caller committed the
+-- entry's record itself (write-through): remove the entry from the outbox and, if it
+-- was still there (no flusher took it), count it durable as MARK_DURABLE does.
+-- Returns the pending count left, or -1 when the entry or the thread is gone.
+if ARGV[4] ~= '' then redis.call('XACK', KEYS[6], ARGV[4], ARGV[2]) end
+if redis.call('XDEL', KEYS[6], ARGV[2]) == 0 or not read_meta(ARGV[1]) then return -1 end
+local pending = redis.call('HINCRBY', META, 'pending', -1)
+if pending <= 0 then
+  if pending < 0 then redis.call('HSET', META, 'pending', '0') end
+  set_expiry(tonumber(ARGV[3]), 0)
+  return 0
+end
+return pending
+""",
+)
+
+EVICT = _script(
+    "evict",
+    r"""
+-- ARGV: thread_id. Drops the thread's hot copy; no tombstone (it stays in PostgreSQL).
+read_meta(ARGV[1])
+return redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+""",
+)
+
+DUMP = _script(
+    "dump",
+    r"""
+-- ARGV: thread_id. The whole thread, for copy_thread:
+-- {'absent'} | {'partial'} | {'ok', cp pairs, blob pairs, writes pairs}.
+local m = read_meta(ARGV[1])
+if not m then return {'absent'} end
+if not intact(m) then return {'partial'} end
+return {'ok', redis.call('HGETALL', CP), redis.call('HGETALL', BLOBS),
+  redis.call('HGETALL', WRITES)}
+""",
+)
+
+FORGET = Script(
+    "forget",
+    r"""
+-- KEYS: the registry. ARGV: thread_id, score. Removes the member only if no write has
+-- re-scored it since the caller saw it gone.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+""",
+)
+
+ALL_SCRIPTS: tuple[Script, ...] = (
+    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DUMP, FORGET,
+)  # fmt: skip
+
+
+def store_item_args(record: CheckpointRecord | WritesRecord, payload: bytes) -> list[bytes | int]:
+    """A record as one item of STORE's arguments; ``payload`` is its outbox entry (or b"")."""
+    cp = K.cp_field(record.checkpoint_ns, record.checkpoint_id)
+    if isinstance(record, CheckpointRecord):
+        args: list[bytes | int] = [
+            b"c",
+            cp,
+            K.encode_stored_checkpoint(record),
+            len(record.blobs),
+        ]
+        for blob in record.blobs:
+            args += [
+                K.blob_field(record.checkpoint_ns, blob.channel, blob.version),
+                K.encode_blob(blob),
+            ]
+    else:
+        args = [b"w", cp, len(record.writes), *(K.encode_write(w) for w in record.writes)]
+    args.append(payload)
+    return args
