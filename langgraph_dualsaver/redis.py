@@ -220,8 +220,10 @@ class RedisHotSaver(AsyncFirstSaver):
                 raise DualSaverError(str(exc).split("DUALSAVER", 1)[1].strip()) from exc
             raise
         except (*_UNAVAILABLE, rex.RedisClusterException) as exc:
-            if isinstance(exc, (rex.CrossSlotTransactionError, rex.InvalidPipelineStack)):
-                raise
+            if isinstance(exc, rex.RedisClusterException) and not (
+                isinstance(exc, rex.SlotNotCoveredError) or "cannot be connected" in str(exc)
+            ):
+                raise  # API misuse, not an outage
             raise StoreUnavailableError(
                 f"redis at {self._where} is unavailable: {exc or type(exc).__name__}"
             ) from exc
@@ -423,7 +425,7 @@ class RedisHotSaver(AsyncFirstSaver):
         else:  # the registry is in another slot: same round trip, outside the script
 
             def build(pipe: Any) -> None:
-                pipe.evalsha(S.STORE.sha, len(tk.all), *tk.all, *args)
+                S.STORE.queue(pipe, tk.all, args)
                 pipe.zadd(self.registry_key, {K.utf8(thread_id): time.time()})
 
             ids = (await self._pipeline(client, build))[0]
@@ -439,7 +441,7 @@ class RedisHotSaver(AsyncFirstSaver):
         def build(pipe: Any) -> None:
             for thread_id, count in items:
                 keys = self.thread_keys(thread_id).data
-                pipe.evalsha(S.MARK_DURABLE.sha, 5, *keys, K.utf8(thread_id), count, self._ttl_ms)
+                S.MARK_DURABLE.queue(pipe, keys, [K.utf8(thread_id), count, self._ttl_ms])
 
         await self._pipeline(await self.aclient(), build)
 

@@ -73,7 +73,7 @@ async def delete_threads(
         def build(pipe: Any, chunk: list[str] = chunk) -> None:
             for thread_id in chunk:
                 keys = saver.thread_keys(thread_id).all
-                pipe.evalsha(S.DELETE.sha, 6, *keys, K.utf8(thread_id), int(tombstone))
+                S.DELETE.queue(pipe, keys, [K.utf8(thread_id), int(tombstone)])
                 pipe.zrem(saver.registry_key, K.utf8(thread_id))
 
         replies = await saver._pipeline(client, build)
@@ -89,7 +89,7 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
         def build(pipe: Any, chunk: list[str] = chunk) -> None:
             for thread_id in chunk:
                 keys = saver.thread_keys(thread_id).data
-                pipe.evalsha(S.EVICT.sha, 5, *keys, K.utf8(thread_id))
+                S.EVICT.queue(pipe, keys, [K.utf8(thread_id)])
                 pipe.zrem(saver.registry_key, K.utf8(thread_id))
 
         await saver._pipeline(client, build)
@@ -267,7 +267,7 @@ async def _remove(saver: RedisHotSaver, client: Client, doomed: Mapping[str, lis
 
     def build(pipe: Any) -> None:
         for tid, fields in doomed.items():
-            pipe.evalsha(S.REMOVE.sha, 5, *saver.thread_keys(tid).data, K.utf8(tid), *fields)
+            S.REMOVE.queue(pipe, saver.thread_keys(tid).data, [K.utf8(tid), *fields])
 
     await saver._pipeline(client, build)
 

@@ -154,7 +154,7 @@ async def _load_batch(
     def build(pipe: Any) -> None:
         for tid in threads:
             keys = saver.thread_keys(tid).data
-            pipe.evalsha(S.LOAD.sha, 5, *keys, *saver._load_head(tid), b"fields", *by_thread[tid])
+            S.LOAD.queue(pipe, keys, [*saver._load_head(tid), b"fields", *by_thread[tid]])
 
     loaded: dict[tuple[str, bytes], CheckpointTuple] = {}
     for tid, reply in zip(threads, await saver._pipeline(client, build), strict=True):

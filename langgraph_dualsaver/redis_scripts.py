@@ -14,7 +14,9 @@ reader that finds one evicted reports the thread ``partial`` instead of half of 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
@@ -44,6 +46,12 @@ class Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue an EVALSHA on a pipeline. (Through ``execute_command``: redis-py's
+        cluster pipeline blocks its ``evalsha`` method but routes the command by its
+        first key like any other.)"""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 _PRELUDE = r"""
