@@ -1,0 +1,266 @@
+"""``make demo``: the case_8842 story, told from what the stores hold.
+
+"I was charged twice, and I still can't log in." On embedded Valkey and PostgreSQL
+(zero configuration, through ``DualSaver.from_env()``) or on the servers in
+``DUALSAVER_REDIS_URL`` / ``DUALSAVER_POSTGRES_URL``:
+
+1. the $650 variant runs to the human-review interrupt;
+2. a child process runs the seed case and is killed with SIGKILL after billing and
+   account finished; this process resumes the thread and they do not run again;
+3. the reviewer answers with ``Command(resume=...)``;
+4. time travel: the history, and a fork from the checkpoint after billing;
+5. ``update_state(..., as_node="policy_agent")`` corrects a decision;
+6. the audit trail from PostgreSQL;
+7. where each thing lives: Valkey keys, PostgreSQL rows, the outbox.
+
+Every claim the story makes is checked; a failed check exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from langgraph.types import Command
+from rich.columns import Columns
+from rich.console import Console
+
+from langgraph_dualsaver.app.counters import RunCounters
+from langgraph_dualsaver.app.crash import kill_mid_run
+from langgraph_dualsaver.app.graph import build_graph, new_case, new_thread_id, thread_config
+from langgraph_dualsaver.app.services import (
+    LARGE_DUPLICATE_CUSTOMER,
+    REQUEST_TEXT,
+    SEED_CUSTOMER,
+)
+from langgraph_dualsaver.app.state import PolicyResult
+from langgraph_dualsaver.app.views import (
+    audit_table,
+    counters_table,
+    history_table,
+    interrupt_panel,
+    short_id,
+    state_table,
+    tiers_table,
+)
+from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.embedded import default_data_dir
+
+__all__ = ["DemoCheckFailed", "main", "tell_story"]
+
+
+class DemoCheckFailed(AssertionError):
+    """Something the story claims did not hold on the stores."""
+
+
+def check(condition: bool, claim: str, console: Console) -> None:
+    if not condition:
+        raise DemoCheckFailed(claim)
+    console.print(f"[green]\u2714[/] {claim}")
+
+
+async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None:
+    """Steps 1 to 7 on one open saver; ``work_dir`` holds the run counters file."""
+    counters = RunCounters(work_dir / "runs.json")
+    graph = build_graph(saver, counters=counters)
+    seed_thread = new_thread_id()
+    review_thread = f"{seed_thread}-650"
+    seed, review = thread_config(seed_thread), thread_config(review_thread)
+
+    # 1 ------------------------------------------------------------------------------
+    console.rule("[bold]1. The $650 variant runs to the human-review interrupt")
+    console.print(f"customer {LARGE_DUPLICATE_CUSTOMER}, thread [bold]{review_thread}[/]")
+    await graph.ainvoke(new_case(LARGE_DUPLICATE_CUSTOMER), review)
+    waiting = await graph.aget_state(review)
+    console.print(state_table(waiting, "read back from the saver"))
+    console.print(interrupt_panel(waiting))
+    rows = await saver.durable.athread_info(review_thread)
+    check(waiting.next == ("policy_agent",), "interrupted: policy_agent waits for a human", console)
+    check(
+        rows["checkpoints"] >= 3,
+        f"PostgreSQL already holds the paused run ({rows['checkpoints']} checkpoints, "
+        f"{rows['writes']} writes): an interrupt forces the outbox through",
+        console,
+    )
+
+    # 2 ------------------------------------------------------------------------------
+    console.rule("[bold]2. Crash and resume: SIGKILL a process mid-run")
+    console.print(f"customer {SEED_CUSTOMER} (the seed case), thread [bold]{seed_thread}[/]")
+
+    async def acknowledged() -> bool:
+        """Both stores hold the checkpoint after billing and account."""
+        hot = await graph.aget_state(seed)
+        if hot.next != ("policy_agent",):
+            return False
+        await saver.aflush()
+        durable = await saver.durable.aget_tuple(seed)
+        return (
+            durable is not None
+            and durable.config["configurable"]["checkpoint_id"]
+            == (hot.config["configurable"]["checkpoint_id"])
+        )
+
+    env = {**os.environ, "DUALSAVER_MODE": saver.mode}
+    killed = await kill_mid_run(
+        seed_thread, SEED_CUSTOMER, counters.path or work_dir / "runs.json", acknowledged, env=env
+    )
+    check(
+        killed.returncode == -9,
+        f"killed child pid {killed.pid} with SIGKILL before {killed.held_node} "
+        f"(exit code {killed.returncode})",
+        console,
+    )
+    crashed = await graph.aget_state(seed)
+    console.print(state_table(crashed, "what the stores hold after the crash"))
+    after_crash = counters.get(seed_thread)
+    console.print(counters_table(after_crash, "node runs, counted outside the graph state"))
+    console.print(f"resuming in this process (pid {os.getpid()}): graph.ainvoke(None, config)")
+    await graph.ainvoke(None, seed)
+    resumed = counters.get(seed_thread)
+    console.print(counters_table(resumed, "node runs after the resume"))
+    check(
+        all(resumed[n] == 1 for n in ("intake", "billing_agent", "account_agent")),
+        "resumed: intake, billing_agent and account_agent ran once in all "
+        "(not again after the crash)",
+        console,
+    )
+    original_end = await graph.aget_state(seed)
+    console.print(state_table(original_end, "the seed case, finished"))
+    check(
+        original_end.values["policy"]["approved"] is True,
+        "the $49.99 duplicate was refunded without a human (under the $500 limit)",
+        console,
+    )
+
+    # 3 ------------------------------------------------------------------------------
+    console.rule("[bold]3. Human in the loop: the reviewer answers")
+    decision = {"approved": True, "reviewer": "ana@support", "note": "bank confirms it"}
+    console.print(f"graph.ainvoke(Command(resume={decision!r}), config)")
+    await graph.ainvoke(Command(resume=decision), review)
+    reviewed = await graph.aget_state(review)
+    console.print(state_table(reviewed, f"thread {review_thread}"))
+    check(
+        reviewed.next == () and reviewed.values["policy"]["requires_human_review"] is True,
+        "resumed with the reviewer's decision: $650.00 refund approved by ana@support",
+        console,
+    )
+
+    # 4 ------------------------------------------------------------------------------
+    console.rule("[bold]4. Time travel: the history, and a fork after billing")
+    history = [s async for s in graph.aget_state_history(seed)]
+    console.print(history_table(history, f"get_state_history, thread {seed_thread}"))
+    after_billing = next(s for s in history if s.next == ("policy_agent",))
+    changed = {**after_billing.values["billing"], "duplicate_amount": 650.00}
+    console.print(
+        f"fork from checkpoint {short_id(after_billing.config['configurable']['checkpoint_id'])}"
+        " (step after billing) with the duplicate changed to $650.00"
+    )
+    fork_config = await graph.aupdate_state(
+        after_billing.config, {"billing": changed}, as_node="billing_agent"
+    )
+    await graph.ainvoke(None, fork_config)
+    fork = await graph.aget_state(seed)
+    intact = await graph.aget_state(original_end.config)
+    console.print(
+        Columns([state_table(intact, "original branch"), state_table(fork, "forked branch")])
+    )
+    check(fork.next == ("policy_agent",), "the fork went to human review instead", console)
+    check(
+        intact.values == original_end.values,
+        "the original branch is intact (same checkpoint, same values)",
+        console,
+    )
+
+    # 5 ------------------------------------------------------------------------------
+    console.rule('[bold]5. update_state(..., as_node="policy_agent") corrects the decision')
+    correction = PolicyResult(
+        approved=False,
+        reason="supervisor: the second charge was already refunded by the bank",
+        requires_human_review=False,
+    )
+    corrected = await graph.aupdate_state(seed, {"policy": correction}, as_node="policy_agent")
+    pending = await graph.aget_state(corrected)
+    check(
+        pending.next == ("response_agent",),
+        "recorded as policy_agent's output: next is response_agent",
+        console,
+    )
+    await graph.ainvoke(None, corrected)
+    final = await graph.aget_state(seed)
+    console.print(state_table(final, "the corrected branch, finished"))
+    check(final.values["policy"] == correction, "the run continued from the correction", console)
+    console.print(history_table([s async for s in graph.aget_state_history(seed)], "all branches"))
+
+    # 6 ------------------------------------------------------------------------------
+    console.rule("[bold]6. The audit trail, from PostgreSQL")
+    entries = await saver.aaudit(seed_thread)
+    console.print(audit_table(entries))
+    writers = {e.node for e in entries if e.channel in ("billing", "account", "policy")}
+    check(
+        {"billing_agent", "account_agent", "policy_agent"} <= writers,
+        "each section's writer is on record: billing_agent, account_agent, policy_agent",
+        console,
+    )
+
+    # 7 ------------------------------------------------------------------------------
+    console.rule("[bold]7. Where each thing lives")
+    hot = await saver.hot.athread_info(seed_thread)
+    rows = await saver.durable.athread_info(seed_thread)
+    console.print(tiers_table(hot, rows, await saver.astats()))
+    moved = await saver.aflush()
+    stats = await saver.astats()
+    check(
+        stats.outbox_length == 0,
+        f"saver.aflush() moved {moved} more entries; outbox lag now {stats.outbox_length}",
+        console,
+    )
+    console.print(f"threads kept for inspection: {seed_thread}, {review_thread}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The case_8842 reference app, end to end.")
+    parser.add_argument("--mode", choices=("write_behind", "write_through"), default=None)
+    args = parser.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    started = time.monotonic()
+    console.rule(f'[bold]case_8842: "{REQUEST_TEXT}"')
+    saver = DualSaver.from_env(mode=args.mode)
+    console.print(
+        f"DualSaver.from_env(): mode {saver.mode}; Valkey: {_where('DUALSAVER_REDIS_URL')}; "
+        f"PostgreSQL: {_where('DUALSAVER_POSTGRES_URL')}"
+    )
+    work_dir = Path(tempfile.mkdtemp(prefix="case_8842-"))
+
+    async def run() -> None:
+        try:
+            await tell_story(saver, console, work_dir)
+        finally:
+            await saver.aclose()
+
+    try:
+        asyncio.run(run())
+    except DemoCheckFailed as failed:
+        console.print(f"[red]\u2718 {failed}[/]")
+        return 1
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    console.rule(f"[bold green]done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _where(variable: str) -> str:
+    """The server a URL variable names (never its password), or the embedded one."""
+    url = os.environ.get(variable)
+    if url:
+        return url.split("@")[-1]
+    return f"embedded, data in {default_data_dir()}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
