@@ -1,0 +1,77 @@
+"""The ``dualsaver`` typer app: global options, then one command per job."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from langgraph_dualsaver.cli import inspect, ops
+from langgraph_dualsaver.cli.session import Target, env_mode
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="dualsaver",
+    help="Look inside LangGraph threads kept by DualSaver (Redis + PostgreSQL), audit "
+    "them, flush the outbox, check the stores.\n\n"
+    "Connects like DualSaver.from_env(): --redis-url / --postgres-url / --prefix (given "
+    "before the command), else DUALSAVER_REDIS_URL / DUALSAVER_POSTGRES_URL / "
+    "DUALSAVER_PREFIX, else the embedded servers that `dualsaver up` runs.\n\n"
+    "Exit codes: 0 done, 1 error, 2 usage.\n\n"
+    "Example: dualsaver --prefix myapp threads",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def configure(
+    ctx: typer.Context,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="DUALSAVER_REDIS_URL",
+            help="Redis or Valkey URL.",
+            show_default=False,
+        ),
+    ] = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres-url",
+            envvar="DUALSAVER_POSTGRES_URL",
+            help="PostgreSQL URL.",
+            show_default=False,
+        ),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", envvar="DUALSAVER_PREFIX", help="Redis key prefix.")
+    ] = "dualsaver",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the savers do (INFO).")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Target(redis_url or None, postgres_url or None, prefix, env_mode())
+
+
+app.command("up")(ops.up)
+app.command("setup")(ops.setup)
+app.command("status")(ops.status)
+app.command("threads")(inspect.threads)
+app.command("history")(inspect.history)
+app.command("show")(inspect.show)
+app.command("diff")(inspect.diff)
+app.command("audit")(inspect.audit)
+app.command("flush")(ops.flush)
+app.command("prune")(ops.prune)
+app.command("delete")(ops.delete)

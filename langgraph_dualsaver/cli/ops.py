@@ -1,0 +1,446 @@
+"""Commands that run things: ``up``, ``setup``, ``status``, ``flush``, ``prune``, ``delete``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from langgraph_dualsaver.cli import render
+from langgraph_dualsaver.cli.data import hot_thread_ids, thread_presence
+from langgraph_dualsaver.cli.inspect import not_found
+from langgraph_dualsaver.cli.probe import (
+    PostgresFacts,
+    RedisFacts,
+    Unreachable,
+    redact,
+    warnings_for,
+)
+from langgraph_dualsaver.cli.session import (
+    CliError,
+    handle_errors,
+    open_saver,
+    probe_both,
+    resolve_urls,
+    run,
+    target_of,
+    thread_arg,
+)
+from langgraph_dualsaver.errors import DualSaverError
+
+__all__ = ["delete", "flush", "prune", "setup", "status", "up"]
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+# -- up ---------------------------------------------------------------------------------
+
+
+@handle_errors
+def up(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="Data directory of the servers (default: $DUALSAVER_HOME, else "
+            "~/.local/share/langgraph-dualsaver).",
+        ),
+    ] = None,
+) -> None:
+    """Run the embedded Valkey and PostgreSQL in the foreground until Ctrl-C or SIGTERM.
+
+    Prints their URLs and the export lines that point other shells (and every
+    dualsaver command, and DualSaver.from_env()) at them. Their data stays in the
+    data directory, so the next `dualsaver up` finds it again.
+
+    Example: dualsaver up --home /tmp/dualsaver
+    """
+    from langgraph_dualsaver.embedded import (
+        EmbeddedPostgres,
+        EmbeddedServerError,
+        EmbeddedValkey,
+        default_data_dir,
+        shared_servers,
+    )
+
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    root = home or default_data_dir()
+    try:
+        try:
+            servers = shared_servers(root)
+        except (EmbeddedServerError, DualSaverError, OSError) as exc:
+            raise CliError(f"the embedded servers did not start: {exc}") from exc
+        try:
+            valkey_pid = next(
+                (s.pid for s in servers.started if isinstance(s, EmbeddedValkey)), None
+            )
+            postgres_pid = next(
+                (s.pid for s in servers.started if isinstance(s, EmbeddedPostgres)), None
+            )
+            lines = [
+                f"Valkey      {servers.redis_url}  {_pid(valkey_pid)}",
+                f"PostgreSQL  {servers.postgres_url}  {_pid(postgres_pid)}",
+                f"data in     {root}",
+                "",
+                f"export DUALSAVER_REDIS_URL={servers.redis_url}",
+                f"export DUALSAVER_POSTGRES_URL={servers.postgres_url}",
+                "",
+            ]
+            if not servers.started:
+                lines.append("both were already running, started by another process; nothing to do")
+                print("\n".join(lines), flush=True)
+                return
+            lines.append("Ctrl-C or SIGTERM stops them.")
+            print("\n".join(lines), flush=True)
+            while not stop.wait(0.2):
+                dead = [s for s in servers.started if not s.is_running()]
+                if dead:
+                    names = ", ".join(type(s).__name__ for s in dead)
+                    raise CliError(f"{names} exited on its own; see its log in {root}")
+        finally:
+            servers.stop()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    print("stopped", flush=True)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _pid(pid: int | None) -> str:
+    return f"(pid {pid})" if pid is not None else "(already running)"
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+@handle_errors
+def setup(ctx: typer.Context) -> None:
+    """Create or migrate the PostgreSQL tables, create the outbox consumer group, and
+    check that Redis' eviction policy cannot drop data. Idempotent; safe to run from
+    several processes at once.
+
+    Example: DUALSAVER_POSTGRES_URL=postgresql://... dualsaver setup
+    """
+    target = target_of(ctx)
+
+    async def go() -> tuple[RedisFacts, PostgresFacts]:
+        async with open_saver(target, prepare=False) as saver:
+            await saver.asetup()
+        redis_url, postgres_url = resolve_urls(target)
+        redis, postgres = await probe_both(redis_url, postgres_url)
+        for found in (redis, postgres):
+            if isinstance(found, Unreachable):
+                raise found
+        return redis, postgres  # type: ignore[return-value]
+
+    redis, postgres = run(go)
+    typer.echo(
+        f"PostgreSQL {postgres.version} at {postgres.url}: dualsaver schema at version "
+        f"{postgres.schema_version}"
+    )
+    typer.echo(
+        f"{redis.server} {redis.version} at {redis.url}: maxmemory-policy "
+        f"{redis.maxmemory_policy or 'unknown'}, outbox group ready (prefix {target.prefix!r})"
+    )
+    for warning in warnings_for(redis, postgres):
+        typer.echo(f"warning: {warning}")
+    typer.echo("ready")
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+@handle_errors
+def status(ctx: typer.Context, as_json: Json = False) -> None:
+    """Outbox length and age, dead letters, threads per tier, degraded mode, server
+    versions and the persistence settings that weaken the guarantees.
+
+    Exits 1 when a store is unreachable (after printing what it could find).
+
+    Example: dualsaver status --json
+    """
+    target = target_of(ctx)
+    report = run(lambda: _status(target))
+    if as_json:
+        render.print_json(report)
+    else:
+        _print_status(report)
+    if not (report["redis"]["reachable"] and report["postgres"]["reachable"]):
+        raise typer.Exit(1)
+
+
+async def _status(target: Any) -> dict[str, Any]:
+    from langgraph_dualsaver.dual import DualSaver
+
+    redis_url, postgres_url = resolve_urls(target)
+    redis, postgres = await probe_both(redis_url, postgres_url)
+    report: dict[str, Any] = {
+        "prefix": target.prefix,
+        "redis": _facts(redis),
+        "postgres": _facts(postgres),
+        "outbox": None,
+        "threads": {"hot": None, "durable": None},
+        "degraded": isinstance(redis, Unreachable),
+    }
+    stats = None
+    async with DualSaver.from_conn_string(
+        redis_url, postgres_url, mode=target.mode, prefix=target.prefix, background_flush=False
+    ) as saver:
+        if isinstance(redis, RedisFacts):
+            stats = await saver.astats()
+            report["outbox"] = {
+                "length": stats.outbox_length,
+                "oldest_pending_age_s": stats.oldest_pending_age_s,
+                "dead_letters": stats.dead_letters,
+            }
+            report["threads"]["hot"] = len(await hot_thread_ids(saver))
+        if isinstance(postgres, PostgresFacts) and postgres.schema_version >= 0:
+            report["threads"]["durable"] = len(await saver.durable.athreads())
+    report["warnings"] = warnings_for(
+        redis if isinstance(redis, RedisFacts) else None,
+        postgres if isinstance(postgres, PostgresFacts) else None,
+        outbox_age_s=stats.oldest_pending_age_s if stats else None,
+        dead_letters=stats.dead_letters if stats else 0,
+    )
+    if report["degraded"]:
+        report["warnings"].insert(
+            0,
+            "Redis is unreachable: applications read and write PostgreSQL directly "
+            "(degraded mode) until it is back",
+        )
+    return report
+
+
+def _facts(found: RedisFacts | PostgresFacts | Unreachable) -> dict[str, Any]:
+    if isinstance(found, Unreachable):
+        return {"reachable": False, "url": redact(found.url), "error": str(found)}
+    return {"reachable": True, **dataclasses.asdict(found)}
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    out = render.console()
+    redis, postgres = report["redis"], report["postgres"]
+    rows: list[tuple[str, Any]] = []
+    if redis["reachable"]:
+        rows += [
+            ("Redis", f"{redis['server']} {redis['version']} at {redis['url']}"),
+            ("  appendonly", f"{redis['appendonly']} (appendfsync {redis['appendfsync']})"),
+            ("  maxmemory-policy", redis["maxmemory_policy"]),
+        ]
+    else:
+        rows.append(("Redis", Text(f"UNREACHABLE at {redis['url']}", style="bold red")))
+    if postgres["reachable"]:
+        schema = postgres["schema_version"]
+        rows += [
+            ("PostgreSQL", f"{postgres['version']} at {postgres['url']}"),
+            ("  fsync", postgres["fsync"]),
+            ("  synchronous_commit", postgres["synchronous_commit"]),
+            ("  schema version", "not set up" if schema < 0 else schema),
+        ]
+    else:
+        rows.append(("PostgreSQL", Text(f"UNREACHABLE at {postgres['url']}", style="bold red")))
+    rows.append(("prefix", report["prefix"]))
+    outbox = report["outbox"]
+    if outbox is not None:
+        age = outbox["oldest_pending_age_s"]
+        rows += [
+            ("outbox", f"{outbox['length']} entries not yet in PostgreSQL"),
+            ("  oldest entry", "-" if age is None else f"{age:.1f} s old"),
+            ("  dead letters", outbox["dead_letters"]),
+        ]
+    threads = report["threads"]
+    rows += [
+        ("threads in Redis", "?" if threads["hot"] is None else threads["hot"]),
+        ("threads in PostgreSQL", "?" if threads["durable"] is None else threads["durable"]),
+        ("degraded mode", "yes (Redis unreachable)" if report["degraded"] else "no"),
+    ]
+    out.print(render.kv_table(rows))
+    for warning in report["warnings"]:
+        out.print(Text(f"warning: {warning}", style="yellow"))
+    for side in (redis, postgres):
+        if not side["reachable"]:
+            typer.echo(f"error: {side['error']}", err=True)
+
+
+# -- flush ------------------------------------------------------------------------------
+
+
+@handle_errors
+def flush(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep flushing as a worker until SIGINT/SIGTERM, which finish the "
+            "current batch and exit 0.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the outbox to drain (once).")
+    ] = 30.0,
+    as_json: Json = False,
+) -> None:
+    """Move the outbox to PostgreSQL: drain it once, or run as a flusher worker.
+
+    Any number of workers can run at once (one consumer group); entries a dead
+    worker held are reclaimed.
+
+    Example: dualsaver flush --follow
+    """
+    target = target_of(ctx)
+
+    async def once() -> dict[str, Any]:
+        async with open_saver(target) as saver:
+            moved = await saver.aflush(timedelta(seconds=timeout))
+            return {"flushed": moved, "outbox_length": await saver.alag()}
+
+    async def worker() -> dict[str, Any]:
+        async with open_saver(target) as saver:
+            flusher = saver.flusher
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in _STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                if not as_json:
+                    typer.echo(
+                        f"flushing the outbox of prefix {target.prefix!r} as consumer "
+                        f"{flusher.consumer}; Ctrl-C or SIGTERM stops after the current batch"
+                    )
+                await flusher.run_forever(stop)
+            finally:
+                for sig in _STOP_SIGNALS:
+                    loop.remove_signal_handler(sig)
+            return {
+                "flushed": flusher.flushed,
+                "dead_lettered": flusher.dead_lettered,
+                "outbox_length": await saver.alag(),
+            }
+
+    result = run(worker if follow else once)
+    if as_json:
+        render.print_json(result)
+    elif follow:
+        typer.echo(f"stopped; flushed {result['flushed']} entries")
+    else:
+        typer.echo(
+            f"flushed {result['flushed']} entries; {result['outbox_length']} left in the outbox"
+        )
+
+
+# -- prune and delete -------------------------------------------------------------------
+
+
+@handle_errors
+def prune(
+    ctx: typer.Context,
+    thread_ids: Annotated[list[str], typer.Argument(help="The threads to prune.")],
+    keep_latest: Annotated[
+        bool,
+        typer.Option(
+            "--keep-latest",
+            help="Keep each namespace's latest checkpoint (and its ancestors "
+            "that DeltaChannels need); remove the rest.",
+        ),
+    ] = False,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Remove every checkpoint of the threads.")
+    ] = False,
+    yes: Yes = False,
+    as_json: Json = False,
+) -> None:
+    """Prune threads in both tiers: --keep-latest or --delete (exactly one).
+
+    The outbox is flushed first, so nothing leaves Redis before it is durable.
+    --delete asks for confirmation unless --yes.
+
+    Example: dualsaver prune case_8842-1a2b3c4d case_8842-5e6f7a8b --keep-latest
+    """
+    if keep_latest == delete:
+        raise typer.BadParameter(
+            "give exactly one of --keep-latest or --delete", param_hint="--keep-latest/--delete"
+        )
+    ids = list(dict.fromkeys(thread_arg(t) for t in thread_ids))
+    target = target_of(ctx)
+    before = run(lambda: _presence_of(target, ids))
+    if delete and not yes:
+        hot = sum(p["hot"] for p in before.values())
+        durable = sum(p["durable"] for p in before.values())
+        typer.confirm(
+            f"Remove every checkpoint of {len(ids)} thread(s) ({hot} in Redis, "
+            f"{durable} in PostgreSQL)?",
+            abort=True,
+        )
+    strategy = "delete" if delete else "keep_latest"
+
+    async def go() -> dict[str, dict[str, int]]:
+        async with open_saver(target) as saver:
+            await saver.aprune(ids, strategy=strategy)
+            return {t: await thread_presence(saver, t) for t in ids}
+
+    after = run(go)
+    result = [
+        {"thread_id": t, "before": before[t], "after": after[t], "strategy": strategy} for t in ids
+    ]
+    if as_json:
+        render.print_json(result)
+        return
+    for row in result:
+        b, a = row["before"], row["after"]
+        typer.echo(
+            f"{row['thread_id']}: Redis {b['hot']} -> {a['hot']}, "
+            f"PostgreSQL {b['durable']} -> {a['durable']} checkpoints"
+        )
+
+
+async def _presence_of(target: Any, ids: list[str]) -> dict[str, dict[str, int]]:
+    """Checkpoint counts per tier of each thread; an unknown thread is an error."""
+    async with open_saver(target) as saver:
+        found = {t: await thread_presence(saver, t) for t in ids}
+        missing = [t for t, p in found.items() if not p["hot"] and not p["durable"]]
+        if missing:
+            raise await not_found(saver, target, missing[0])
+    return found
+
+
+@handle_errors
+def delete(
+    ctx: typer.Context,
+    thread_id: Annotated[str, typer.Argument(help="The thread to delete.")],
+    yes: Yes = False,
+) -> None:
+    """Delete a thread in both tiers; a flush still queued never brings it back.
+
+    Asks for confirmation unless --yes.
+
+    Example: dualsaver delete case_8842-1a2b3c4d --yes
+    """
+    thread_id = thread_arg(thread_id)
+    target = target_of(ctx)
+    presence = run(lambda: _presence_of(target, [thread_id]))[thread_id]
+    if not yes:
+        typer.confirm(
+            f"Delete thread {thread_id!r} ({presence['hot']} checkpoints in Redis, "
+            f"{presence['durable']} in PostgreSQL)? This cannot be undone",
+            abort=True,
+        )
+
+    async def go() -> None:
+        async with open_saver(target) as saver:
+            await saver.adelete_thread(thread_id)
+
+    run(go)
+    typer.echo(f"deleted thread {thread_id!r}")

@@ -1,0 +1,192 @@
+"""Output: rich tables for people, JSON for scripts (``--json``).
+
+Tables go to stdout through ``rich``; when stdout is not a terminal they are plain text
+``$COLUMNS`` wide (120 by default), so they can be piped and grepped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from langgraph_dualsaver.audit import summarize
+from langgraph_dualsaver.cli.views import to_jsonable
+
+if TYPE_CHECKING:
+    from langgraph_dualsaver.audit import AuditEntry
+    from langgraph_dualsaver.cli.data import ThreadRow
+    from langgraph_dualsaver.cli.views import ChannelChange, HistoryRow
+
+__all__ = [
+    "audit_table",
+    "console",
+    "diff_table",
+    "history_table",
+    "kv_table",
+    "print_json",
+    "short_id",
+    "threads_table",
+    "when",
+    "writes_table",
+]
+
+
+def console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 120)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (datetimes as ISO 8601, values made JSON)."""
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def when(value: datetime | str | None) -> str:
+    """A time as ``YYYY-MM-DD HH:MM:SS`` UTC."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short_id(checkpoint_id: str | None, keep: int = 12) -> str:
+    """The distinctive tail of an id (uuid6 checkpoint ids share their time prefix)."""
+    if not checkpoint_id:
+        return "-"
+    return "\u2026" + checkpoint_id[-keep:] if len(checkpoint_id) > keep + 1 else checkpoint_id
+
+
+def _step(step: int | None) -> str:
+    return "-" if step is None else str(step)
+
+
+def threads_table(rows: Sequence[ThreadRow]) -> Table:
+    table = Table(title="threads, newest first (times in UTC)", title_justify="left")
+    table.add_column("thread", no_wrap=True, overflow="fold")
+    table.add_column("step", justify="right")
+    table.add_column("time", no_wrap=True)
+    table.add_column("tier")
+    table.add_column("checkpoints", justify="right")
+    table.add_column("latest checkpoint", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row.thread_id,
+            _step(row.step),
+            when(row.created_at),
+            row.tier,
+            str(row.checkpoints),
+            row.checkpoint_id,
+        )
+    return table
+
+
+def history_table(rows: Sequence[HistoryRow], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("checkpoint", no_wrap=True)
+    table.add_column("step", justify="right")
+    table.add_column("source")
+    table.add_column("node(s)")
+    table.add_column("parent", no_wrap=True)
+    table.add_column("time", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for row in rows:
+        mark = Text(f"fork ({row.children})", style="bold yellow") if row.is_fork else ""
+        table.add_row(
+            row.checkpoint_id,
+            _step(row.step),
+            row.source or "-",
+            ", ".join(row.nodes) or "-",
+            short_id(row.parent_id, 8),
+            when(row.created_at)[5:],
+            mark,
+        )
+    return table
+
+
+def kv_table(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Table:
+    table = Table(show_header=False, title=title, title_justify="left", box=None)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value")
+    for key, value in pairs:
+        table.add_row(key, value if isinstance(value, Text) else str(value))
+    return table
+
+
+def values_table(values: Mapping[str, Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("channel", no_wrap=True)
+    table.add_column("value")
+    for channel, value in values.items():
+        table.add_row(channel, summarize(value, 300))
+    return table
+
+
+def writes_table(writes: Sequence[Mapping[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("task", no_wrap=True)
+    table.add_column("node")
+    table.add_column("channel", no_wrap=True)
+    table.add_column("value")
+    for write in writes:
+        table.add_row(
+            short_id(write["task_id"]),
+            write.get("node") or "?",
+            write["channel"],
+            summarize(write["value"], 200),
+        )
+    return table
+
+
+def diff_table(changes: Sequence[ChannelChange], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("channel", no_wrap=True)
+    table.add_column("change")
+    table.add_column("what")
+    styles = {"added": "green", "removed": "red", "changed": "yellow"}
+    for change in changes:
+        table.add_row(
+            change.channel,
+            Text(change.status, style=styles.get(change.status, "")),
+            change.detail,
+        )
+    return table
+
+
+def audit_table(entries: Sequence[AuditEntry], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("time", no_wrap=True)
+    table.add_column("node")
+    table.add_column("channel", no_wrap=True)
+    table.add_column("value")
+    for entry in entries:
+        table.add_row(
+            _step(entry.step),
+            when(entry.created_at),
+            entry.node or _who(entry),
+            entry.channel,
+            entry.summary,
+        )
+    return table
+
+
+def _who(entry: AuditEntry) -> str:
+    """A name for writes no node made: a human's resume value, the graph's input."""
+    if entry.channel == "__resume__":
+        return "(human)"
+    return "(input)" if not entry.task_path else "-"
