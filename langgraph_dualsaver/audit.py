@@ -31,7 +31,6 @@ SUMMARY_WIDTH = 120
 """Longest ``AuditEntry.summary``, in characters."""
 
 _PULL = "__pregel_pull"
-_PUSH = "__pregel_push"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +39,8 @@ class AuditEntry:
 
     ``step`` is the step of the state the write produced: the metadata step of the
     checkpoint it is attached to, plus one (``None`` if that checkpoint is gone).
-    ``node`` is the node that ran the task, from its task path (``None`` for graph
-    input, ``update_state`` without a node, and ``Send`` tasks, whose path does not
-    name one).
+    ``node`` is the node that ran the task, from its task path (``node_of``); ``None``
+    for ``update_state`` and resume writes and ``Send`` tasks, whose paths name none.
     """
 
     step: int | None
@@ -98,19 +96,18 @@ def audit_entry(
 
 
 def node_of(task_path: str) -> str | None:
-    """The node a task ran, from LangGraph's task path string.
+    """The node a task ran, from LangGraph's task path string, or ``None``.
 
-    A node's task path is ``"~__pregel_pull, <node>"``; a ``Send`` task's starts with
-    ``__pregel_push`` and names no node.
+    A node's task path is ``"~__pregel_pull, <node>"`` (graph input runs as
+    ``__start__``). Paths that name no node: a ``Send`` task's (``~__pregel_push, ...``),
+    an ``update_state``'s (``~__interrupt__, <i>``) and a resume's (empty).
     """
-    if not task_path:
-        return None
     parts = [part.strip() for part in task_path.lstrip("~").split(",")]
     if parts[0] == _PULL and len(parts) > 1 and parts[1]:
         return parts[1]
-    if parts[0] in (_PUSH, _PULL):
+    if not parts[0] or parts[0].startswith("__"):
         return None
-    return parts[0] or None
+    return parts[0]
 
 
 def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
