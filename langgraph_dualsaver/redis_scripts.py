@@ -108,6 +108,11 @@ local m = read_meta(thread_id)
 if not m then
   redis.call('DEL', CP, IDX, BLOBS, WRITES) -- leftovers of an evicted meta, if any
   redis.call('HSET', META, 'thread_id', thread_id)
+elseif not intact(m) then
+  -- Half a thread (a key was evicted) reads as absent, so writing starts it afresh;
+  -- what it held is durable or still queued. The pending count stays.
+  redis.call('DEL', CP, IDX, BLOBS, WRITES)
+  redis.call('HDEL', META, 'c', 'b', 'w')
 end
 local enqueue = ARGV[3] == '1'
 local flags, ids = {}, {}

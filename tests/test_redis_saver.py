@@ -1,0 +1,376 @@
+"""RedisHotSaver behaviour beyond the conformance suite: clients and loops, setup checks,
+half-evicted threads, listing, DeltaChannel history, prune, copy, delete_for_runs,
+backfill and eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import pytest
+import redis
+from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from redis.asyncio import Redis
+from typing_extensions import TypedDict
+
+from langgraph_dualsaver import keys as K
+from langgraph_dualsaver import redis_admin
+from langgraph_dualsaver.errors import UnsafeRedisConfigError
+from langgraph_dualsaver.records import unpack_record
+from langgraph_dualsaver.redis import RedisHotSaver
+from tests.servers import valkey_server
+
+
+def config(thread_id: str, **configurable: Any) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", **configurable}}
+
+
+async def put(
+    saver: BaseCheckpointSaver,
+    thread_id: str,
+    values: dict[str, Any],
+    versions: dict[str, Any],
+    new_versions: dict[str, Any],
+    parent: str | None = None,
+    ns: str = "",
+    **metadata: Any,
+) -> Any:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = values
+    checkpoint["channel_versions"] = versions
+    cfg = config(thread_id, checkpoint_ns=ns)
+    if parent:
+        cfg["configurable"]["checkpoint_id"] = parent
+    return await saver.aput(cfg, checkpoint, metadata, new_versions)
+
+
+@pytest.fixture
+async def saver(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHotSaver]:
+    async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix) as opened:
+        await opened.asetup()
+        yield opened
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Any:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# -- clients, loops and setup ------------------------------------------------------------
+
+
+def test_one_saver_serves_sync_calls_and_two_event_loops(redis_url: str, redis_prefix: str) -> None:
+    with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix) as saver:
+        saver.setup()
+        first = asyncio.run(put(saver, "loops", {"x": 1}, {"x": "1"}, {"x": "1"}))
+        found = asyncio.run(saver.aget_tuple(config("loops")))  # a second loop
+        assert found is not None and found.config == first
+        assert saver.get_tuple(config("loops")) == found  # and the sync bridge
+        assert [t.config for t in saver.list(None)] == [first]
+
+
+async def test_a_callers_client_is_used_and_never_closed(redis_url: str, redis_prefix: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix) as _:
+            pass
+        saver = RedisHotSaver(client, prefix=redis_prefix)
+        await saver.asetup()
+        await put(saver, "owned", {}, {}, {})
+        await saver.aclose()
+        assert await client.ping()
+        assert await client.exists(saver.thread_keys("owned").meta) == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+async def test_setup_refuses_an_allkeys_eviction_policy(policy: str) -> None:
+    with valkey_server(extra_args=["--maxmemory-policy", policy]) as server:
+        async with RedisHotSaver.from_conn_string(server.url) as saver:
+            with pytest.raises(UnsafeRedisConfigError, match=f"{policy}.*noeviction"):
+                await saver.asetup()
+
+
+async def test_setup_accepts_volatile_policies_and_servers_without_config(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with valkey_server(extra_args=["--maxmemory-policy", "volatile-lru"]) as server:
+        async with RedisHotSaver.from_conn_string(server.url) as saver:
+            await saver.asetup()
+    with valkey_server(extra_args=["--rename-command", "CONFIG", '""']) as server:
+        async with RedisHotSaver.from_conn_string(server.url) as saver:
+            with caplog.at_level(logging.WARNING):
+                await saver.asetup()
+            assert "cannot read maxmemory-policy" in caplog.text
+            await put(saver, "t", {}, {}, {})
+            assert await saver.aget_tuple(config("t")) is not None
+
+
+# -- half a thread ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["blobs", "writes", "cp", "idx", "meta"])
+async def test_a_thread_missing_a_key_reads_as_absent_never_as_half(
+    saver: RedisHotSaver, raw: Any, lost: str
+) -> None:
+    first = await put(saver, "half", {"x": 1}, {"x": "1"}, {"x": "1"})
+    await saver.aput_writes(first, [("x", 2)], "task")
+    await put(saver, "whole", {"x": 1}, {"x": "1"}, {"x": "1"})
+    raw.delete(getattr(saver.thread_keys("half"), lost))  # as an eviction would
+
+    assert await saver.aget_tuple(config("half")) is None
+    assert await saver.aget_tuple(first) is None
+    assert [t async for t in saver.alist(config("half"))] == []
+    listed = [t.config["configurable"]["thread_id"] async for t in saver.alist(None)]
+    assert listed == ["whole"]
+    assert saver.partial_reads >= (0 if lost == "meta" else 1)
+
+    # Writing the thread again starts it afresh: no leftover comes back.
+    again = await put(saver, "half", {"x": 9}, {"x": "9"}, {"x": "9"})
+    found = await saver.aget_tuple(config("half"))
+    assert found is not None and found.config == again
+    assert found.checkpoint["channel_values"] == {"x": 9} and found.pending_writes == []
+    assert [t.config async for t in saver.alist(config("half"))] == [again]
+
+
+# -- listing ------------------------------------------------------------------------------
+
+
+async def test_list_across_threads_and_namespaces_newest_first(saver: RedisHotSaver) -> None:
+    made = []
+    for thread_id in ("a", "b"):
+        for ns in ("", "child:1"):
+            made.append(await put(saver, thread_id, {}, {}, {}, ns=ns, tag=f"{thread_id}{ns}"))
+    ids = [m["configurable"]["checkpoint_id"] for m in made]
+
+    everything = [t.config async for t in saver.alist(None)]
+    assert everything == list(reversed(made))
+    whole_thread = [t.config async for t in saver.alist({"configurable": {"thread_id": "a"}})]
+    assert whole_thread == [made[1], made[0]]
+    only_ns = [t.config async for t in saver.alist(config("a", checkpoint_ns="child:1"))]
+    assert only_ns == [made[1]]
+    before = [t.config async for t in saver.alist(None, before=config("x", checkpoint_id=ids[2]))]
+    assert before == [made[1], made[0]]
+    limited = [t.config async for t in saver.alist(None, limit=3, filter={"tag": "achild:1"})]
+    assert limited == [made[1]]
+    exact = config("b", checkpoint_ns="child:1", checkpoint_id=ids[3])
+    assert [t.config async for t in saver.alist(exact)] == [made[3]]
+    other_ns = config("b", checkpoint_ns="", checkpoint_id=ids[3])
+    assert [t.config async for t in saver.alist(other_ns)] == []
+
+
+async def test_list_pages_through_a_long_namespace(saver: RedisHotSaver) -> None:
+    parent = None
+    made = []
+    for step in range(230):  # more than two pages of 100
+        saved = await put(saver, "long", {}, {}, {}, parent=parent, step=step)
+        parent = saved["configurable"]["checkpoint_id"]
+        made.append(saved)
+    listed = [t.config async for t in saver.alist(config("long"))]
+    assert listed == list(reversed(made))
+    odd = [t.metadata["step"] async for t in saver.alist(config("long"), filter={"step": 201})]
+    assert odd == [201]
+    page = [t.config async for t in saver.alist(config("long"), before=made[150], limit=120)]
+    assert page == list(reversed(made[30:150]))
+
+
+async def test_list_forgets_registered_threads_that_expired(saver: RedisHotSaver, raw: Any) -> None:
+    await put(saver, "alive", {}, {}, {})
+    old = time.time() - K.REGISTRY_GRACE_S - 1
+    raw.zadd(saver.registry_key, {"expired": old, "just-created": time.time()})
+    assert [t.config["configurable"]["thread_id"] async for t in saver.alist(None)] == ["alive"]
+    members = {m.decode() for m in raw.zrange(saver.registry_key, 0, -1)}
+    assert members == {"alive", "just-created"}  # a fresh member is kept: its write may follow
+
+
+# -- DeltaChannel ---------------------------------------------------------------------------
+
+
+def extend(state: list[str], writes: list[list[str]]) -> list[str]:
+    return state + [item for write in writes for item in write]
+
+
+class Chat(TypedDict):
+    items: Annotated[list[str], DeltaChannel(extend, snapshot_frequency=3)]
+    log: Annotated[list[str], operator.add]
+    n: int
+
+
+def chat_graph(saver: BaseCheckpointSaver, stop: int) -> Any:
+    builder = StateGraph(Chat)
+    builder.add_node("step", lambda s: {"items": [f"i{s['n']}"], "log": ["s"], "n": s["n"] + 1})
+    builder.add_edge(START, "step")
+    builder.add_conditional_edges("step", lambda s: END if s["n"] >= stop else "step")
+    return builder.compile(checkpointer=saver)
+
+
+async def delta_thread(saver: BaseCheckpointSaver, thread_id: str) -> Any:
+    """Eight steps, then a fork from step 4 that runs on to n=9: the latest checkpoint
+    is two updates past its last snapshot (snapshot_frequency=3)."""
+    graph = chat_graph(saver, 8)
+    cfg = config(thread_id)
+    await graph.ainvoke({"items": [], "log": [], "n": 0}, cfg)
+    history = [s async for s in graph.aget_state_history(cfg)]
+    past = next(s for s in history if s.metadata["step"] == 4)
+    forked = await graph.aupdate_state(past.config, {"items": ["forked"]}, as_node="step")
+    await chat_graph(saver, 9).ainvoke(None, forked)
+    return graph
+
+
+EXPECTED_ITEMS = ["i0", "i1", "i2", "i3", "forked", "i4", "i5", "i6", "i7", "i8"]
+
+
+@pytest.mark.parametrize("steps_per_call", [256, 2])
+async def test_delta_history_fast_path_matches_the_ancestor_walk(
+    saver: RedisHotSaver, monkeypatch: pytest.MonkeyPatch, steps_per_call: int
+) -> None:
+    monkeypatch.setattr(redis_admin, "_CHAIN_STEPS", steps_per_call)  # exercise paging
+    graph = await delta_thread(saver, "delta")
+    history = [s async for s in graph.aget_state_history(config("delta"))]
+    assert len(history) > 12
+    channels = ["items", "n", "log", "absent"]
+    for state in history:
+        fast = await saver.aget_delta_channel_history(config=state.config, channels=channels)
+        walk = await BaseCheckpointSaver.aget_delta_channel_history(
+            saver, config=state.config, channels=channels
+        )
+        assert fast == walk, state.config
+    latest = await saver.aget_delta_channel_history(config=config("delta"), channels=["items"])
+    assert [w[2] for w in latest["items"]["writes"]] == [["i7"], ["i8"]]
+    assert latest["items"]["seed"].value == EXPECTED_ITEMS[:-2]
+    state = await graph.aget_state(config("delta"))
+    assert state.values["items"] == EXPECTED_ITEMS
+    assert await saver.aget_delta_channel_history(config=config("nobody"), channels=["x"]) == {
+        "x": {"writes": []}
+    }
+
+
+async def test_prune_keep_latest_keeps_what_delta_channels_need(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    graph = await delta_thread(saver, "delta")
+    first = await put(saver, "plain", {"x": 1, "y": 1}, {"x": "1", "y": "1"}, {"x": "1", "y": "1"})
+    await saver.aput_writes(first, [("x", "old")], "task")
+    latest = await put(saver, "plain", {"x": 2, "y": 1}, {"x": "2", "y": "1"}, {"x": "2"})
+    await saver.aput_writes(latest, [("x", "new")], "task")
+    before = await graph.aget_state(config("delta"))
+    counters = before.metadata["counters_since_delta_snapshot"]["items"]
+    total = (await saver.athread_info("delta"))["checkpoints"]
+
+    await saver.aprune(["delta", "plain"], strategy="keep_latest")
+
+    after = await graph.aget_state(config("delta"))
+    assert after.values == before.values
+    kept = (await saver.athread_info("delta"))["checkpoints"]
+    assert kept == counters[0] + 1 < total  # the head and its ancestors to the snapshot
+    plain = [t async for t in saver.alist(config("plain"))]
+    assert [t.config for t in plain] == [latest]
+    assert plain[0].checkpoint["channel_values"] == {"x": 2, "y": 1}
+    assert plain[0].pending_writes == [("task", "x", "new")]
+    blob_fields = set(raw.hkeys(saver.thread_keys("plain").blobs))
+    assert blob_fields == {K.blob_field("", "x", "2"), K.blob_field("", "y", "1")}
+    assert set(raw.hkeys(saver.thread_keys("plain").writes)) == {
+        K.cp_field("", latest["configurable"]["checkpoint_id"])
+    }
+    more = await chat_graph(saver, 11).ainvoke({"items": ["more"], "n": 9}, config("delta"))
+    assert more["items"] == [*EXPECTED_ITEMS, "more", "i9", "i10"]
+
+
+async def test_copy_thread_copies_the_complete_delta_chain(saver: RedisHotSaver) -> None:
+    graph = await delta_thread(saver, "source")
+    await saver.acopy_thread("source", "target")
+    source = await graph.aget_state(config("source"))
+    target = await graph.aget_state(config("target"))
+    assert target.values == source.values
+    assert (
+        target.config["configurable"]["checkpoint_id"]
+        == (source.config["configurable"]["checkpoint_id"])
+    )
+    src = [(t.config["configurable"]["checkpoint_id"], t.checkpoint, t.metadata, t.pending_writes)
+           async for t in saver.alist(config("source"))]  # fmt: skip
+    dst = [(t.config["configurable"]["checkpoint_id"], t.checkpoint, t.metadata, t.pending_writes)
+           async for t in saver.alist(config("target"))]  # fmt: skip
+    assert dst == src
+    info = await saver.athread_info("target")
+    assert info["checkpoints"] == (await saver.athread_info("source"))["checkpoints"]
+
+
+async def test_copy_thread_in_outbox_mode_queues_blobs_before_their_checkpoints(
+    redis_url: str, redis_prefix: str, raw: Any
+) -> None:
+    async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as s:
+        first = await put(s, "src", {"x": 1}, {"x": "1"}, {"x": "1"})
+        await s.aput_writes(first, [("x", 5)], "task")
+        await put(s, "src", {"x": 1}, {"x": "1"}, {}, parent=first["configurable"]["checkpoint_id"])
+        await s.acopy_thread("src", "dst")
+        entries = [unpack_record(f[b"r"]) for _, f in raw.xrange(s.thread_keys("dst").outbox)]
+        copied = [e for e in entries if e.thread_id == "dst"]
+        assert [type(e).__name__ for e in copied] == [
+            "CheckpointRecord", "WritesRecord", "CheckpointRecord"
+        ]  # fmt: skip
+        assert [b.channel for b in copied[0].blobs] == ["x"] and copied[2].blobs == ()
+        assert (await s.athread_info("dst"))["pending"] == 3
+
+
+async def test_delete_for_runs_removes_runs_and_only_blobs_nothing_else_uses(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    first = await put(saver, "runs", {"x": "x1", "y": "y1"}, {"x": "1", "y": "1"},
+                      {"x": "1", "y": "1"}, run_id="r1")  # fmt: skip
+    second = await put(saver, "runs", {"x": "x1", "y": "y2"}, {"x": "1", "y": "2"}, {"y": "2"},
+                       first["configurable"]["checkpoint_id"], run_id="r2")  # fmt: skip
+    await saver.aput_writes(second, [("y", "pending")], "task")
+    await put(saver, "other", {"x": 1}, {"x": "1"}, {"x": "1"}, run_id="r2")
+
+    await saver.adelete_for_runs(["r2"])
+
+    blobs = set(raw.hkeys(saver.thread_keys("runs").blobs))
+    assert blobs == {K.blob_field("", "x", "1"), K.blob_field("", "y", "1")}
+    assert raw.exists(saver.thread_keys("runs").writes) == 0
+    kept = await saver.aget_tuple(config("runs"))
+    assert kept is not None and kept.checkpoint["channel_values"] == {"x": "x1", "y": "y1"}
+    assert await saver.aget_tuple(config("other")) is None
+
+
+# -- the chain's hooks: backfill, eviction ------------------------------------------------------
+
+
+async def test_backfill_puts_a_tuple_back_as_it_was(saver: RedisHotSaver) -> None:
+    memory = InMemorySaver()
+    first = await put(memory, "t", {"x": [1], "y": "a"}, {"x": "1", "y": "1"}, {"x": "1", "y": "1"})
+    head = await put(memory, "t", {"x": [1, 2], "y": "a"}, {"x": "2", "y": "1"}, {"x": "2"},
+                     first["configurable"]["checkpoint_id"], source="loop")  # fmt: skip
+    await memory.aput_writes(head, [("x", [3]), ("__interrupt__", "why")], "task")
+    found = await memory.aget_tuple(config("t"))
+
+    await saver.abackfill(found)
+
+    assert await saver.aget_tuple(config("t")) == found
+    assert (await saver.athread_info("t"))["pending"] == 0
+
+
+async def test_evicting_drops_hot_copies_without_tombstones(
+    redis_url: str, redis_prefix: str, raw: Any
+) -> None:
+    async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as s:
+        for thread_id in ("a", "b", "c"):
+            await put(s, thread_id, {}, {}, {})
+        queued = sum(raw.xlen(key) for key in s.outbox_keys())
+        await s.aevict_thread("a")
+        assert raw.exists(*s.thread_keys("a").data) == 0
+        await s.aevict_all_threads()
+        assert all(raw.exists(*s.thread_keys(t).data) == 0 for t in "bc")
+        assert [t async for t in s.alist(None)] == []
+        assert sum(raw.xlen(key) for key in s.outbox_keys()) == queued
+        outbox = s.thread_keys("a").outbox
+        assert s.dead_letter_key(outbox) == s.dead_letter_key(s.shard_of("a"))
