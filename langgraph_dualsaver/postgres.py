@@ -464,7 +464,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
     # -- audit and introspection ------------------------------------------------------
 
     async def aaudit(self, thread_id: str) -> list[AuditEntry]:
-        """Every pending write of the thread, oldest first: who wrote what, at which step."""
+        """Every pending write of the thread, in the order of the run (by checkpoint,
+        then by when it was saved): who wrote what, at which step."""
         validate_id("thread_id", thread_id, self.limits)
         async with self._connection() as conn:
             rows = await conn.fetch(sql.AUDIT, thread_id)

@@ -452,6 +452,9 @@ DELTA_HISTORY_BY_ID = _CHAIN.format(start=_START_BY_ID) + _HISTORY
 
 # -- audit and introspection ------------------------------------------------------------
 
+# In the order of the run: by the checkpoint a write belongs to (uuid6 ids are
+# time-ordered at creation), then by when it was saved. Not by save time alone: LangGraph
+# saves a step's writes in the background, so they can commit after the next step's.
 AUDIT = """
 SELECT w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel,
        w.type, w.blob, w.created_at,
@@ -462,7 +465,7 @@ LEFT JOIN dualsaver_checkpoints AS c
   ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
  AND c.checkpoint_id = w.checkpoint_id
 WHERE w.thread_id = $1
-ORDER BY w.created_at, w.checkpoint_id, w.checkpoint_ns, w.task_path, w.task_id, w.idx
+ORDER BY w.checkpoint_id, w.created_at, w.checkpoint_ns, w.task_path, w.task_id, w.idx
 """
 
 # The latest root-namespace checkpoint of each thread, newest thread first.
