@@ -374,3 +374,18 @@ async def test_evicting_drops_hot_copies_without_tombstones(
         assert sum(raw.xlen(key) for key in s.outbox_keys()) == queued
         outbox = s.thread_keys("a").outbox
         assert s.dead_letter_key(outbox) == s.dead_letter_key(s.shard_of("a"))
+
+
+async def test_a_put_writes_blobs_only_for_the_channels_that_changed(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    blobs = saver.thread_keys("blobs").blobs
+    first = await put(saver, "blobs", {"a": 1, "b": 2}, {"a": "1", "b": "1"}, {"a": "1", "b": "1"})
+    assert raw.hlen(blobs) == 2
+    before = raw.hget(blobs, K.blob_field("", "b", "1"))
+    parent = first["configurable"]["checkpoint_id"]
+    await put(saver, "blobs", {"a": 3, "b": 2}, {"a": "2", "b": "1"}, {"a": "2"}, parent)
+    assert raw.hlen(blobs) == 3  # one new blob, for "a"; "b" is shared, not rewritten
+    assert raw.hget(blobs, K.blob_field("", "b", "1")) == before
+    latest = await saver.aget_tuple(config("blobs"))
+    assert latest is not None and latest.checkpoint["channel_values"] == {"a": 3, "b": 2}
