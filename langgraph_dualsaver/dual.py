@@ -1,0 +1,559 @@
+"""``DualSaver``: Redis for the hot part of every thread, PostgreSQL for all of it.
+
+Writes go to Redis, and in the same script to the shard's outbox stream, so nothing is
+in Redis without being queued for PostgreSQL. In ``"write_through"`` mode ``put``
+returns after PostgreSQL has committed the record too; in ``"write_behind"`` mode it
+returns after Redis, and the flusher (a background task here, or ``dualsaver flush
+--follow`` workers) makes it durable within the flush interval, with ``max_lag`` bounding
+how far PostgreSQL may fall behind.
+
+Reads try Redis, then PostgreSQL, and put a thread read from PostgreSQL back into Redis.
+When Redis is unreachable both reads and writes go to PostgreSQL directly (logged once,
+counted); when it comes back, threads written meanwhile are evicted from Redis (and all
+of them if Redis restarted, e.g. from an old snapshot), so no stale "latest" is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import INTERRUPT
+
+from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver.errors import (
+    ConfigurationError,
+    DurableWriteError,
+    StoreUnavailableError,
+)
+from langgraph_dualsaver.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.outbox import stream_seq
+from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.records import (
+    CheckpointRecord,
+    Limits,
+    WritesRecord,
+    checkpoint_ids,
+    checkpoint_record,
+    saved_config,
+    writes_record,
+)
+from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.settings import Timeouts
+
+__all__ = ["DualSaver", "DualStats", "Mode"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["write_behind", "write_through"]
+MODES: tuple[Mode, ...] = ("write_behind", "write_through")
+
+
+@dataclass(frozen=True, slots=True)
+class DualStats:
+    """What the chain is doing, for dashboards, ``dualsaver status`` and tests."""
+
+    mode: Mode
+    outbox_length: int | None
+    """Entries not yet durable; ``None`` while Redis is unreachable."""
+    oldest_pending_age_s: float | None
+    dead_letters: int | None
+    hot_hits: int
+    hot_misses: int
+    backfills: int
+    degraded_reads: int
+    degraded_writes: int
+    flushed: int
+    redis_available: bool
+
+
+@dataclass
+class _Counters:
+    hot_hits: int = 0
+    hot_misses: int = 0
+    backfills: int = 0
+    degraded_reads: int = 0
+    degraded_writes: int = 0
+    flushed: int = 0
+
+
+@dataclass
+class _Background:
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    wake: asyncio.Event
+
+
+@dataclass
+class _RedisHealth:
+    """A small circuit breaker: after a failure, Redis is skipped for ``cooldown_s``
+    so every call does not pay the timeout again."""
+
+    cooldown_s: float = 1.0
+    down_since: float | None = None
+    retry_at: float = 0.0
+    degraded_threads: set[str] = field(default_factory=set)
+    needs_reconcile: bool = True
+
+    def available(self) -> bool:
+        return self.down_since is None or time.monotonic() >= self.retry_at
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            logger.warning("Redis unavailable (%s); reading and writing PostgreSQL directly", exc)
+            self.down_since = now
+        self.retry_at = now + self.cooldown_s
+        self.needs_reconcile = True
+
+
+class DualSaver(AsyncFirstSaver):
+    """The chained checkpointer: compile graphs with it.
+
+    Args:
+        hot: the Redis tier; it must be built with ``outbox=True``.
+        durable: the PostgreSQL tier.
+        mode: ``"write_behind"`` (``put`` returns after Redis) or ``"write_through"``
+            (``put`` returns after the PostgreSQL commit). Not LangGraph's
+            ``durability=``, which decides when the graph calls ``put`` at all.
+        max_lag: most outbox entries PostgreSQL may be behind in write_behind mode;
+            a ``put`` beyond it first drains the outbox (backpressure), and raises
+            ``StoreUnavailableError`` if PostgreSQL cannot take them.
+        flush: batching, reclaim and dead-letter settings of the flusher.
+        background_flush: run a flusher task in each event loop the saver is used
+            from. Turn it off when ``dualsaver flush --follow`` workers do the job.
+    """
+
+    def __init__(
+        self,
+        hot: RedisHotSaver,
+        durable: PostgresDurableSaver,
+        *,
+        mode: Mode = "write_behind",
+        max_lag: int = 10_000,
+        flush: FlushSettings | None = None,
+        background_flush: bool = True,
+        serde: SerializerProtocol | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
+        if not hot.outbox_enabled:
+            raise ConfigurationError("DualSaver needs RedisHotSaver(..., outbox=True)")
+        if max_lag < 1:
+            raise ConfigurationError(f"max_lag must be at least 1, got {max_lag}")
+        super().__init__(serde=serde or hot.serde, limits=limits or hot.limits)
+        self.hot = hot
+        self.durable = durable
+        self.hot.serde = self.durable.serde = self.serde
+        self.mode: Mode = mode
+        self.max_lag = max_lag
+        self.flusher = Flusher(hot, durable, flush)
+        self.background_flush = background_flush
+        self._counters = _Counters()
+        self._health = _RedisHealth()
+        self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
+        self._unflushed_estimate = 0
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_conn_string(
+        cls,
+        redis_url: str,
+        postgres_url: str,
+        *,
+        mode: Mode = "write_behind",
+        prefix: str = "dualsaver",
+        ttl: timedelta | None = timedelta(hours=24),
+        timeouts: Timeouts | None = None,
+        serde: SerializerProtocol | None = None,
+        limits: Limits | None = None,
+        **options: Any,
+    ) -> _Opened:
+        """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit."""
+        hot = RedisHotSaver(
+            url=redis_url,
+            prefix=prefix,
+            ttl=ttl,
+            outbox=True,
+            timeouts=timeouts or Timeouts(),
+            serde=serde,
+            limits=limits,
+        )
+        durable = PostgresDurableSaver(
+            dsn=postgres_url, timeouts=timeouts or Timeouts(), serde=serde, limits=limits
+        )
+        return _Opened(cls(hot, durable, mode=mode, **options))
+
+    @classmethod
+    def from_env(cls, *, mode: Mode | None = None, setup: bool = True, **options: Any) -> DualSaver:
+        """A saver from ``DUALSAVER_REDIS_URL`` and ``DUALSAVER_POSTGRES_URL``.
+
+        Where they are unset, the embedded servers (``pip install
+        'langgraph-dualsaver[embedded]'``) are started on a per-user data directory, or
+        reused if an earlier process started them. ``DUALSAVER_MODE`` picks the mode.
+        """
+        redis_url = os.environ.get("DUALSAVER_REDIS_URL")
+        postgres_url = os.environ.get("DUALSAVER_POSTGRES_URL")
+        if not redis_url or not postgres_url:
+            from langgraph_dualsaver.embedded import shared_servers
+
+            servers = shared_servers()
+            redis_url = redis_url or servers.redis_url
+            postgres_url = postgres_url or servers.postgres_url
+        chosen = mode or os.environ.get("DUALSAVER_MODE", "write_behind")
+        options.setdefault("prefix", os.environ.get("DUALSAVER_PREFIX", "dualsaver"))
+        saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options).saver
+        if setup:
+            saver.setup()
+        return saver
+
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.hot._home_loop() or self.durable._home_loop()
+
+    async def asetup(self) -> None:
+        """Migrate PostgreSQL, check Redis' eviction policy, create the consumer group."""
+        await self.durable.asetup()
+        await self.hot.asetup()
+        await self.flusher.setup()
+
+    async def aclose(self) -> None:
+        """Stop this loop's background flusher (after one last pass) and close both tiers."""
+        loop = asyncio.get_running_loop()
+        background = self._background.pop(loop, None)
+        if background is not None:
+            background.stop.set()
+            background.wake.set()
+            await background.task
+        await self.hot.aclose()
+        await self.durable.aclose()
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        record = checkpoint_record(
+            self.serde, self.limits, config, checkpoint, metadata, new_versions
+        )
+        await self._write(record)
+        return saved_config(record)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
+        await self._write(record)
+        if self.mode == "write_behind" and any(w.channel == INTERRUPT for w in record.writes):
+            # The human-in-the-loop boundary: a person may take minutes or days to
+            # answer, so what led up to the question is made durable now.
+            await self.aflush()
+
+    async def _write(self, record: CheckpointRecord | WritesRecord) -> None:
+        if self.mode == "write_behind" and self._unflushed_estimate >= self.max_lag:
+            await self._apply_backpressure()
+        entry_id = None
+        if self._health.available():
+            try:
+                await self._reconcile_if_needed()
+                entry_id = await self.hot.aput_record(record, enqueue=True)
+                self._health.down_since = None
+            except StoreUnavailableError as exc:
+                self._health.failed(exc)
+        if entry_id is None:  # Redis is down: PostgreSQL directly, in both modes
+            await self.durable.awrite_batch([record])
+            self._health.degraded_threads.add(record.thread_id)
+            self._counters.degraded_writes += 1
+            return
+        if self.mode == "write_through":
+            await self._commit_through(record, entry_id)
+        else:
+            self._unflushed_estimate += 1
+            self._wake_flusher()
+
+    async def _commit_through(self, record: CheckpointRecord | WritesRecord, entry_id: str) -> None:
+        """Commit the record to PostgreSQL ourselves, then remove its outbox entry.
+
+        If PostgreSQL fails, the entry stays queued for the flusher and the caller gets
+        ``DurableWriteError``: the write was not acknowledged.
+        """
+        try:
+            await self.durable.awrite_batch([record], [stream_seq(entry_id)])
+        except StoreUnavailableError as exc:
+            raise DurableWriteError(
+                f"PostgreSQL did not commit checkpoint data of thread {record.thread_id!r} "
+                f"({exc}); it stays queued in the outbox and will be flushed when "
+                "PostgreSQL is back"
+            ) from exc
+        self._counters.flushed += 1
+        try:
+            await self.hot.adiscard_entry(record.thread_id, entry_id)
+        except StoreUnavailableError as exc:
+            # Committed already: the entry is flushed again later, harmlessly.
+            self._health.failed(exc)
+
+    async def _apply_backpressure(self) -> None:
+        length = await (await self.flusher.outbox()).length()
+        self._unflushed_estimate = length
+        if length >= self.max_lag:
+            logger.info("outbox at %d entries (max_lag %d): draining", length, self.max_lag)
+            await self.aflush()
+
+    # -- flushing ---------------------------------------------------------------------
+
+    async def aflush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
+        """Force the outbox through to PostgreSQL; returns the entries this call moved."""
+        moved = await self.flusher.drain(timeout)
+        self._counters.flushed += moved
+        self._unflushed_estimate = 0
+        return moved
+
+    def flush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
+        return self._sync(self.aflush(timeout))
+
+    def _wake_flusher(self) -> None:
+        if not self.background_flush:
+            return
+        loop = asyncio.get_running_loop()
+        background = self._background.get(loop)
+        if background is None or background.task.done():
+            stop, wake = asyncio.Event(), asyncio.Event()
+            task = loop.create_task(self._run_background(stop, wake), name="dualsaver-flusher")
+            background = self._background[loop] = _Background(task, stop, wake)
+        background.wake.set()
+
+    async def _run_background(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        await self.flusher.run_forever(stop, wake)
+        try:  # a last pass, so a clean shutdown leaves nothing behind
+            await self.flusher.run_once()
+        except StoreUnavailableError as exc:
+            logger.warning("final flush skipped: %s", exc)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        checkpoint_ids(config, self.limits)
+        if self._health.available():
+            try:
+                await self._reconcile_if_needed()
+                found = await self.hot.aget_tuple(config)
+                self._health.down_since = None
+            except StoreUnavailableError as exc:
+                self._health.failed(exc)
+            else:
+                if found is not None:
+                    self._counters.hot_hits += 1
+                    return found
+                self._counters.hot_misses += 1
+                found = await self.durable.aget_tuple(config)
+                if found is not None and not config["configurable"].get("checkpoint_id"):
+                    await self._backfill(found)
+                return found
+        self._counters.degraded_reads += 1
+        return await self.durable.aget_tuple(config)
+
+    async def _backfill(self, found: CheckpointTuple) -> None:
+        """Put a thread's latest checkpoint, read from PostgreSQL, back into Redis."""
+        try:
+            await self.hot.abackfill(found)
+            self._counters.backfills += 1
+        except StoreUnavailableError as exc:
+            self._health.failed(exc)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """The union of both tiers, newest first, without duplicates."""
+        merged: dict[tuple[str, str, str], CheckpointTuple] = {}
+        async for item in self.durable.alist(config, filter=filter, before=before, limit=limit):
+            merged[_identity(item)] = item
+        if self._health.available():
+            try:
+                async for item in self.hot.alist(config, filter=filter, before=before, limit=limit):
+                    merged[_identity(item)] = item  # the hot copy has unflushed writes too
+            except StoreUnavailableError as exc:
+                self._health.failed(exc)
+                self._counters.degraded_reads += 1
+        ordered = sorted(merged.values(), key=_newest_first)
+        for item in ordered[:limit] if limit is not None else ordered:
+            yield item
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """PostgreSQL holds every ancestor (Redis may hold only the recent ones), so the
+        history is read there, after the outbox is through."""
+        if not channels:
+            return {}
+        await self.aflush()
+        return await self.durable.aget_delta_channel_history(config=config, channels=channels)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread in both tiers. A flush still queued never brings it back:
+        PostgreSQL keeps a tombstone with the deletion's outbox position."""
+        seq = None
+        if self._health.available():
+            try:
+                entry_id = await self.hot.adelete_thread(thread_id)
+                seq = stream_seq(entry_id) if entry_id else None
+            except StoreUnavailableError as exc:
+                self._health.failed(exc)
+                self._health.degraded_threads.add(thread_id)
+        if seq is None:
+            seq = (int(time.time() * 1000) + 60_000) << 20  # beyond anything queued so far
+        await self.durable.adelete_thread(thread_id, tombstone_seq=seq)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self.aflush()
+        await self.durable.adelete_for_runs(run_ids)
+        await self.hot.adelete_for_runs(run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self.aflush()
+        await self.durable.acopy_thread(source_thread_id, target_thread_id)
+        await self.hot.acopy_thread(source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prune PostgreSQL, then Redis: a checkpoint leaves Redis only once durable."""
+        await self.aflush()
+        await self.durable.aprune(thread_ids, strategy=strategy)
+        await self.hot.aprune(thread_ids, strategy=strategy)
+
+    # -- degraded mode ----------------------------------------------------------------
+
+    async def _reconcile_if_needed(self) -> None:
+        """After Redis was unreachable, or restarted, make sure it serves nothing stale."""
+        if not self._health.needs_reconcile:
+            return
+        restarted = await self.hot.acheck_server_identity()
+        if restarted:
+            logger.warning("Redis restarted; evicting every hot thread before serving it again")
+            await self.aflush()
+            await self.hot.aevict_all_threads()
+        elif self._health.degraded_threads:
+            await self.aflush()
+            for thread_id in sorted(self._health.degraded_threads):
+                await self.hot.aevict_thread(thread_id)
+        self._health.degraded_threads.clear()
+        self._health.needs_reconcile = False
+        if self._health.down_since is not None:
+            logger.warning("Redis is reachable again")
+
+    # -- introspection ----------------------------------------------------------------
+
+    async def astats(self) -> DualStats:
+        length = oldest = dead = None
+        try:
+            outbox = await self.flusher.outbox()
+            length = await outbox.length()
+            oldest = await outbox.oldest_age_s()
+            dead = await outbox.dead_letter_count()
+        except StoreUnavailableError as exc:
+            self._health.failed(exc)
+        return DualStats(
+            mode=self.mode,
+            outbox_length=length,
+            oldest_pending_age_s=oldest,
+            dead_letters=dead,
+            hot_hits=self._counters.hot_hits,
+            hot_misses=self._counters.hot_misses,
+            backfills=self._counters.backfills,
+            degraded_reads=self._counters.degraded_reads,
+            degraded_writes=self._counters.degraded_writes,
+            flushed=self._counters.flushed + self.flusher.flushed,
+            redis_available=self._health.down_since is None,
+        )
+
+    def stats(self) -> DualStats:
+        return self._sync(self.astats())
+
+    async def alag(self) -> int:
+        """Outbox entries not yet durable in PostgreSQL."""
+        return await (await self.flusher.outbox()).length()
+
+    def lag(self) -> int:
+        return self._sync(self.alag())
+
+    async def aaudit(self, thread_id: str) -> list[Any]:
+        """The audit trail from PostgreSQL, after the outbox is through."""
+        await self.aflush()
+        return await self.durable.aaudit(thread_id)
+
+    def audit(self, thread_id: str) -> list[Any]:
+        return self._sync(self.aaudit(thread_id))
+
+    def with_allowlist(self, extra_allowlist: Any) -> DualSaver:
+        """Unlike the base implementation, the allowlist reaches both inner savers."""
+        clone = super().with_allowlist(extra_allowlist)
+        if clone is self:
+            return self
+        clone.hot = self.hot.with_allowlist(extra_allowlist)
+        clone.durable = self.durable.with_allowlist(extra_allowlist)
+        clone.hot.serde = clone.durable.serde = clone.serde
+        return clone
+
+
+def _identity(item: CheckpointTuple) -> tuple[str, str, str]:
+    conf = item.config["configurable"]
+    return conf["thread_id"], conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
+
+
+def _newest_first(item: CheckpointTuple) -> tuple[str, str, str]:
+    thread_id, ns, checkpoint_id = _identity(item)
+    # Descending by id; ids are uuid6, so this is time order across threads too.
+    return (_invert(checkpoint_id), thread_id, ns)
+
+
+def _invert(text: str) -> str:
+    return "".join(chr(0x10FFFF - ord(ch)) for ch in text)
+
+
+class _Opened(AbstractAsyncContextManager, AbstractContextManager):
+    """What ``from_conn_string`` returns: usable as ``async with`` and ``with``."""
+
+    def __init__(self, saver: DualSaver) -> None:
+        self.saver = saver
+
+    async def __aenter__(self) -> DualSaver:
+        return self.saver
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.saver.aclose()
+
+    def __enter__(self) -> DualSaver:
+        return self.saver
+
+    def __exit__(self, *exc: object) -> None:
+        self.saver.close()

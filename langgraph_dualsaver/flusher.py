@@ -1,0 +1,219 @@
+"""The flusher: moves outbox entries to PostgreSQL, acknowledging only after COMMIT.
+
+It runs as a background task inside ``DualSaver`` and as a standalone worker
+(``dualsaver flush --follow``); any number of them can run at once, in any number of
+processes, because they share one consumer group: each entry is delivered to one of
+them, and an entry a dead consumer held is reclaimed after ``claim_idle``. PostgreSQL
+writes are idempotent, so an entry written and then reclaimed (its flusher died between
+COMMIT and XACK) is written again harmlessly: each checkpoint is once in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
+from langgraph_dualsaver.outbox import GROUP, Entry, Outbox
+
+if TYPE_CHECKING:
+    from langgraph_dualsaver.postgres import PostgresDurableSaver
+    from langgraph_dualsaver.redis import RedisHotSaver
+
+__all__ = ["FlushSettings", "Flusher"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSettings:
+    """How the flusher batches, reclaims and gives up."""
+
+    batch: int = 500
+    """Most entries written to PostgreSQL in one transaction."""
+    interval: timedelta = timedelta(milliseconds=200)
+    """How long an idle background flusher waits before looking again."""
+    claim_idle: timedelta = timedelta(seconds=15)
+    """An entry held this long by another consumer is taken over (its flusher died)."""
+    max_deliveries: int = 5
+    """After this many failed attempts an entry goes to the dead-letter stream."""
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Flusher:
+    """Drains the outbox of ``hot`` into ``durable``."""
+
+    def __init__(
+        self,
+        hot: RedisHotSaver,
+        durable: PostgresDurableSaver,
+        settings: FlushSettings | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self.hot = hot
+        self.durable = durable
+        self.settings = settings or FlushSettings()
+        self.consumer = consumer or consumer_name()
+        self.flushed = 0
+        self.dead_lettered = 0
+        self._attempts: Counter[str] = Counter()
+
+    async def outbox(self) -> Outbox:
+        client = await self.hot.aclient()
+        return Outbox(client, self.hot.outbox_keys(), self.hot.dead_letter_key, self.consumer)
+
+    async def setup(self) -> None:
+        await (await self.outbox()).ensure_group()
+
+    async def run_once(self) -> int:
+        """One pass: own unacknowledged entries, then reclaimed ones, then new ones.
+
+        Returns how many entries were made durable. Raises ``StoreUnavailableError``
+        when a store is down; nothing is acknowledged then.
+        """
+        outbox = await self.outbox()
+        done = 0
+        own = await outbox.read(self.settings.batch, own_pending=True)
+        if own:
+            done += await self._apply(outbox, own)
+        claim_ms = int(self.settings.claim_idle.total_seconds() * 1000)
+        claimed = await outbox.claim_idle(claim_ms, self.settings.batch)
+        if claimed:
+            poison = [e for e, n in claimed if n > self.settings.max_deliveries]
+            if poison:
+                await self._dead_letter(outbox, poison, "delivered too many times")
+            rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
+            done += await self._apply(outbox, rest)
+        fresh = await outbox.read(self.settings.batch, own_pending=False)
+        if fresh:
+            done += await self._apply(outbox, fresh)
+        return done
+
+    async def drain(self, timeout: timedelta = timedelta(seconds=30)) -> int:
+        """Flush until the outbox is empty (entries held by other live flushers
+        included: they are waited for, then reclaimed after ``claim_idle``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout.total_seconds()
+        outbox = await self.outbox()
+        total = 0
+        while True:
+            moved = await self.run_once()
+            total += moved
+            if moved:
+                continue
+            if await outbox.length() == 0:
+                return total
+            if loop.time() > deadline:
+                raise StoreUnavailableError(
+                    f"the outbox did not drain within {timeout.total_seconds():.0f}s; "
+                    f"{await outbox.length()} entries are still queued"
+                )
+            await asyncio.sleep(0.01)  # others hold the rest; poll their progress
+
+    async def run_forever(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
+        """Flush until ``stop`` is set; a store outage is logged and retried."""
+        interval = self.settings.interval.total_seconds()
+        down = False
+        while not stop.is_set():
+            try:
+                moved = await self.run_once()
+                if down:
+                    logger.warning("flusher %s: stores reachable again", self.consumer)
+                    down = False
+            except StoreUnavailableError as exc:
+                if not down:
+                    logger.warning("flusher %s: %s; retrying", self.consumer, exc)
+                    down = True
+                moved = 0
+            if moved:
+                continue
+            waiter = wake if wake is not None else stop
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(waiter.wait(), timeout=interval)
+            if wake is not None:
+                wake.clear()
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _apply(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
+        undecodable = [e for e in entries if e.record is None and e.deleted_thread is None]
+        if undecodable:
+            await self._dead_letter(outbox, undecodable, "undecodable record")
+        deletions = [e for e in entries if e.deleted_thread is not None]
+        records = [e for e in entries if e.record is not None]
+        for entry in deletions:
+            assert entry.deleted_thread is not None
+            await self.durable.adelete_thread(entry.deleted_thread, tombstone_seq=entry.seq)
+        good: list[Entry] = list(deletions)
+        if records:
+            try:
+                await self.durable.awrite_batch(
+                    [e.record for e in records], [e.seq for e in records]
+                )
+                good += records
+            except StoreUnavailableError:
+                raise
+            except DualSaverError as exc:  # a record PostgreSQL rejects: isolate it
+                logger.warning("flush batch rejected (%s); retrying entries one by one", exc)
+                good += await self._apply_one_by_one(outbox, records)
+        await self.ack(outbox, good)
+        return len(good)
+
+    async def _apply_one_by_one(self, outbox: Outbox, records: Sequence[Entry]) -> list[Entry]:
+        good = []
+        for entry in records:
+            try:
+                await self.durable.awrite_batch([entry.record], [entry.seq])
+                good.append(entry)
+            except StoreUnavailableError:
+                raise
+            except DualSaverError as exc:
+                self._attempts[entry.id] += 1
+                if self._attempts[entry.id] >= self.settings.max_deliveries:
+                    await self._dead_letter(outbox, [entry], str(exc))
+        return good
+
+    async def _dead_letter(self, outbox: Outbox, entries: Sequence[Entry], reason: str) -> None:
+        logger.error("moving %d outbox entries to the dead-letter stream: %s", len(entries), reason)
+        await outbox.dead_letter_entries(entries, reason)
+        await self._release(entries, [True] * len(entries))
+        self.dead_lettered += len(entries)
+        for entry in entries:
+            self._attempts.pop(entry.id, None)
+
+    async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
+        """Acknowledge durable entries: XACK + XDEL, then release their threads' TTL."""
+        if not entries:
+            return
+        async with outbox.client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xack(entry.stream, GROUP, entry.id)
+                pipe.xdel(entry.stream, entry.id)
+            replies = await pipe.execute()
+        removed = [bool(replies[i * 2 + 1]) for i in range(len(entries))]
+        await self._release(entries, removed)
+        self.flushed += len(entries)
+        for entry in entries:
+            self._attempts.pop(entry.id, None)
+
+    async def _release(self, entries: Sequence[Entry], removed: Sequence[bool]) -> None:
+        """Count each record entry once (whoever deleted it) against its thread's
+        pending counter, so its keys get their TTL when nothing is pending."""
+        counts: Counter[str] = Counter()
+        for entry, was_removed in zip(entries, removed, strict=False):
+            if was_removed and entry.record is not None:
+                counts[entry.record.thread_id] += 1
+        if counts:
+            await self.hot.amark_durable(dict(counts))

@@ -1,0 +1,211 @@
+"""The outbox: Redis Streams operations of the chain, one consumer group per prefix.
+
+Every hot write appends its record to its shard's outbox stream in the same script as
+the write itself (``RedisHotSaver(outbox=True)``). This module reads those streams with a
+consumer group, reclaims the entries of dead consumers, moves poison entries to the
+dead-letter stream and removes an entry (``XACK`` + ``XDEL``) only after its record is
+committed to PostgreSQL, so the stream is trimmed only behind what is durable.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from redis import exceptions as redis_errors
+
+from langgraph_dualsaver.errors import StoreUnavailableError
+from langgraph_dualsaver.records import (
+    CheckpointRecord,
+    WritesRecord,
+    pack_record,
+    unpack_record,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Report an unreachable Redis as ``StoreUnavailableError``, like the savers do."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            raise StoreUnavailableError(f"redis outbox unavailable: {exc}") from exc
+
+    return wrapper
+
+
+__all__ = ["GROUP", "Entry", "Outbox", "stream_seq"]
+
+GROUP = "dualsaver-flushers"
+
+
+def stream_seq(entry_id: str | bytes) -> int:
+    """A stream id ``"<ms>-<n>"`` as one BIGINT-safe, order-preserving integer."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, n = text.partition("-")
+    return (int(ms) << 20) | min(int(n or 0), (1 << 20) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One outbox entry: a record to make durable, or a thread deletion (a tombstone)."""
+
+    stream: str
+    id: str
+    record: CheckpointRecord | WritesRecord | None
+    deleted_thread: str | None = None
+    undecodable: bytes | None = None
+
+    @property
+    def seq(self) -> int:
+        return stream_seq(self.id)
+
+    @property
+    def thread_id(self) -> str | None:
+        if self.record is not None:
+            return self.record.thread_id
+        return self.deleted_thread
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(stream: str, entry_id: bytes | str, fields: dict) -> Entry:
+    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    if b"d" in fields:
+        return Entry(stream, entry_id, None, deleted_thread=fields[b"d"].decode())
+    raw = fields.get(b"r", b"")
+    try:
+        return Entry(stream, entry_id, unpack_record(raw))
+    except (ValueError, TypeError, KeyError) as exc:  # msgpack errors derive from ValueError
+        del exc
+        return Entry(stream, entry_id, None, undecodable=raw)
+
+
+class Outbox:
+    """Consumer-group operations over a set of outbox streams.
+
+    Args:
+        client: a ``redis.asyncio`` client (or cluster client).
+        streams: the outbox stream keys (one per shard).
+        dead_letter: maps an outbox stream key to its dead-letter stream key.
+        consumer: this consumer's name in the group.
+    """
+
+    def __init__(self, client, streams: Sequence[str], dead_letter, consumer: str) -> None:
+        self.client = client
+        self.streams = list(streams)
+        self.dead_letter = dead_letter
+        self.consumer = consumer
+
+    @_reachable
+    async def ensure_group(self) -> None:
+        """Create the consumer group on every stream, from the start of the stream."""
+        for stream in self.streams:
+            try:
+                await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    @_reachable
+    async def read(self, count: int, *, own_pending: bool) -> list[Entry]:
+        """Entries for this consumer: its own unacknowledged ones, or new ones."""
+        start = "0" if own_pending else ">"
+        entries: list[Entry] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=count)
+            replies = await pipe.execute()
+        for reply in replies:
+            for stream_name, items in reply or []:
+                stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+                for entry_id, fields in items:
+                    if fields:  # an own-pending entry deleted meanwhile comes back empty
+                        entries.append(_decode(stream, entry_id, fields))
+        return entries
+
+    @_reachable
+    async def claim_idle(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
+        """Take over entries other consumers left unacknowledged for ``min_idle_ms``.
+
+        Returns each entry with its delivery count after the claim.
+        """
+        claimed: list[tuple[Entry, int]] = []
+        for stream in self.streams:
+            pending = await self.client.xpending_range(
+                stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms
+            )
+            if not pending:
+                continue
+            ids = [p["message_id"] for p in pending]
+            deliveries = {_text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
+            items = await self.client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
+            for entry_id, fields in items or []:
+                if fields:
+                    entry = _decode(stream, entry_id, fields)
+                    claimed.append((entry, deliveries.get(entry.id, 1)))
+        return claimed
+
+    @_reachable
+    async def dead_letter_entries(self, entries: Sequence[Entry], reason: str) -> None:
+        """Move entries to their dead-letter stream, then remove them from the outbox."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                fields = {"id": entry.id, "reason": reason[:500]}
+                if entry.record is not None:
+                    fields["r"] = pack_record(entry.record)
+                elif entry.undecodable is not None:
+                    fields["raw"] = entry.undecodable
+                pipe.xadd(self.dead_letter(entry.stream), fields)
+                pipe.xack(entry.stream, GROUP, entry.id)
+                pipe.xdel(entry.stream, entry.id)
+            await pipe.execute()
+
+    @_reachable
+    async def length(self) -> int:
+        """Entries not yet durable (acknowledged entries are deleted)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xlen(stream)
+            return sum(await pipe.execute())
+
+    @_reachable
+    async def oldest_age_s(self) -> float | None:
+        """Age of the oldest entry not yet durable, from its stream id's timestamp."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xrange(stream, count=1)
+            replies = await pipe.execute()
+        stamps = [int(items[0][0].split(b"-")[0]) for items in replies if items]
+        if not stamps:
+            return None
+        return max(0.0, time.time() - min(stamps) / 1000)
+
+    @_reachable
+    async def dead_letter_count(self) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xlen(self.dead_letter(stream))
+            return sum(await pipe.execute())
+
+    @_reachable
+    async def group_pending(self) -> int:
+        """Entries delivered to some consumer and not yet acknowledged."""
+        total = 0
+        for stream in self.streams:
+            try:
+                info = await self.client.xpending(stream, GROUP)
+            except redis_errors.ResponseError:
+                continue  # no group yet: nothing delivered
+            total += int(info["pending"])
+        return total

@@ -1,0 +1,41 @@
+"""A flusher worker that SIGKILLs itself mid-batch: before its PostgreSQL commit, or
+after the commit and before XACK.
+
+usage: dual_flusher_killed.py REDIS_URL POSTGRES_URL before_commit|after_commit
+"""
+
+import asyncio
+import os
+import signal
+import sys
+
+from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.flusher import Flusher
+
+redis_url, postgres_url, kill_point = sys.argv[1:4]
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DyingFlusher(Flusher):
+    async def ack(self, outbox, entries):  # the commit is done; the XACK never happens
+        die()
+
+
+async def main() -> None:
+    async with DualSaver.from_conn_string(redis_url, postgres_url, background_flush=False) as saver:
+        if kill_point == "before_commit":
+            write_batch = saver.durable.awrite_batch
+
+            async def dying_write(records, seqs=None):
+                die()
+                return await write_batch(records, seqs)
+
+            saver.durable.awrite_batch = dying_write
+        await DyingFlusher(saver.hot, saver.durable).run_once()
+    sys.exit("the flusher should have been killed")
+
+
+asyncio.run(main())
