@@ -22,8 +22,8 @@ from typing_extensions import TypedDict
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin
-from langgraph_dualsaver.errors import UnsafeRedisConfigError
-from langgraph_dualsaver.records import unpack_record
+from langgraph_dualsaver.errors import DualSaverError, UnsafeRedisConfigError
+from langgraph_dualsaver.records import checkpoint_record, unpack_record
 from langgraph_dualsaver.redis import RedisHotSaver
 from tests.servers import valkey_server
 
@@ -389,3 +389,31 @@ async def test_a_put_writes_blobs_only_for_the_channels_that_changed(
     assert raw.hget(blobs, K.blob_field("", "b", "1")) == before
     latest = await saver.aget_tuple(config("blobs"))
     assert latest is not None and latest.checkpoint["channel_values"] == {"a": 3, "b": 2}
+
+
+async def test_keys_holding_another_thread_id_are_refused_not_served(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    await put(saver, "mine", {"x": 1}, {"x": "1"}, {"x": "1"})
+    # What a sha256 collision would look like: the keys name another thread inside.
+    raw.hset(saver.thread_keys("mine").meta, "thread_id", "someone else")
+    with pytest.raises(DualSaverError, match="another thread_id"):
+        await saver.aget_tuple(config("mine"))
+    with pytest.raises(DualSaverError, match="another thread_id"):
+        await put(saver, "mine", {}, {}, {})
+
+
+async def test_records_are_stored_as_they_are_and_queued_only_when_asked(
+    redis_url: str, redis_prefix: str, raw: Any
+) -> None:
+    async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as s:
+        checkpoint = empty_checkpoint()
+        record = checkpoint_record(s.serde, s.limits, config("r"), checkpoint, {"k": 1}, {})
+        assert await s.aput_record(record, enqueue=False) is None
+        outbox = s.thread_keys("r").outbox
+        assert raw.exists(outbox) == 0 and (await s.athread_info("r"))["pending"] == 0
+        entry = await s.aput_record(record, enqueue=True)
+        assert [e[0].decode() for e in raw.xrange(outbox)] == [entry]
+        assert unpack_record(raw.xrange(outbox)[0][1][b"r"]) == record
+        found = await s.aget_tuple(config("r"))
+        assert found is not None and found.metadata == {"k": 1}
