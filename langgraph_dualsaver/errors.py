@@ -10,6 +10,7 @@ __all__ = [
     "DurableWriteError",
     "EventLoopError",
     "InvalidIdError",
+    "InvalidInputError",
     "InvalidMetadataError",
     "MissingThreadIdError",
     "SerializationError",

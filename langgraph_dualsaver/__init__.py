@@ -1,0 +1,52 @@
+"""langgraph-dualsaver: a LangGraph checkpointer with a Redis (or Valkey) hot tier and a
+PostgreSQL durable tier.
+
+```python
+from langgraph_dualsaver import DualSaver
+
+graph = builder.compile(checkpointer=DualSaver.from_env())
+```
+"""
+
+from langgraph_dualsaver.dual import DualSaver, DualStats
+from langgraph_dualsaver.errors import (
+    CheckpointTooLargeError,
+    ConfigurationError,
+    DualSaverError,
+    DurableWriteError,
+    EventLoopError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidMetadataError,
+    MissingThreadIdError,
+    SerializationError,
+    StoreUnavailableError,
+    UnsafeRedisConfigError,
+)
+from langgraph_dualsaver.flusher import FlushSettings
+from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.records import Limits
+from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.settings import Timeouts
+
+__all__ = [
+    "CheckpointTooLargeError",
+    "ConfigurationError",
+    "DualSaver",
+    "DualSaverError",
+    "DualStats",
+    "DurableWriteError",
+    "EventLoopError",
+    "FlushSettings",
+    "InvalidIdError",
+    "InvalidInputError",
+    "InvalidMetadataError",
+    "Limits",
+    "MissingThreadIdError",
+    "PostgresDurableSaver",
+    "RedisHotSaver",
+    "SerializationError",
+    "StoreUnavailableError",
+    "Timeouts",
+    "UnsafeRedisConfigError",
+]
