@@ -27,7 +27,7 @@ test-pure: $(STAMP)  ## Run only the tests that need no server
 	$(BIN)/pytest -q -m pure
 
 notebooks: $(STAMP)  ## Execute the notebooks and refresh their committed outputs
-	$(BIN)/python -m langgraph_dualsaver.app.notebooks --write
+	$(BIN)/python notebooks/execute.py --write
 
 lab: $(STAMP)  ## Open Jupyter with the project's environment
 	$(BIN)/pip install --quiet jupyterlab

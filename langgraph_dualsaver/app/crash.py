@@ -20,13 +20,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 
 from langgraph_dualsaver.app.agents import NodeHook
 from langgraph_dualsaver.app.state import WorkflowState
 
-__all__ = ["KilledRun", "hold_before", "kill_mid_run", "main"]
+if TYPE_CHECKING:
+    from langgraph_dualsaver.dual import DualSaver
+
+__all__ = ["KilledRun", "both_stores_hold", "hold_before", "kill_mid_run", "main"]
 
 
 def hold_before(node: str, ready_file: Path) -> NodeHook:
@@ -39,6 +44,27 @@ def hold_before(node: str, ready_file: Path) -> NodeHook:
             threading.Event().wait()
 
     return hook
+
+
+def both_stores_hold(
+    graph: CompiledStateGraph, saver: DualSaver, config: RunnableConfig, next_node: str
+) -> Callable[[], Awaitable[bool]]:
+    """A condition for ``kill_mid_run``: the thread's latest checkpoint is the one
+    before ``next_node``, in Valkey (what the graph reads) and, after a flush, in
+    PostgreSQL too. Once true, whatever the child wrote was acknowledged by both."""
+
+    async def condition() -> bool:
+        hot = await graph.aget_state(config)
+        if hot.next != (next_node,):
+            return False
+        await saver.aflush()
+        durable = await saver.durable.aget_tuple(config)
+        return durable is not None and (
+            durable.config["configurable"]["checkpoint_id"]
+            == hot.config["configurable"]["checkpoint_id"]
+        )
+
+    return condition
 
 
 @dataclass(frozen=True)

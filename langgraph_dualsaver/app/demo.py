@@ -32,7 +32,7 @@ from rich.columns import Columns
 from rich.console import Console
 
 from langgraph_dualsaver.app.counters import RunCounters
-from langgraph_dualsaver.app.crash import kill_mid_run
+from langgraph_dualsaver.app.crash import both_stores_hold, kill_mid_run
 from langgraph_dualsaver.app.graph import build_graph, new_case, new_thread_id, thread_config
 from langgraph_dualsaver.app.services import (
     LARGE_DUPLICATE_CUSTOMER,
@@ -40,6 +40,7 @@ from langgraph_dualsaver.app.services import (
     SEED_CUSTOMER,
 )
 from langgraph_dualsaver.app.state import PolicyResult
+from langgraph_dualsaver.app.tiers import where_it_lives
 from langgraph_dualsaver.app.views import (
     audit_table,
     counters_table,
@@ -47,7 +48,6 @@ from langgraph_dualsaver.app.views import (
     interrupt_panel,
     short_id,
     state_table,
-    tiers_table,
 )
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.embedded import default_data_dir
@@ -67,7 +67,8 @@ def check(condition: bool, claim: str, console: Console) -> None:
 
 async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None:
     """Steps 1 to 7 on one open saver; ``work_dir`` holds the run counters file."""
-    counters = RunCounters(work_dir / "runs.json")
+    counters_path = work_dir / "runs.json"
+    counters = RunCounters(counters_path)
     graph = build_graph(saver, counters=counters)
     seed_thread = new_thread_id()
     review_thread = f"{seed_thread}-650"
@@ -93,23 +94,9 @@ async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None
     console.rule("[bold]2. Crash and resume: SIGKILL a process mid-run")
     console.print(f"customer {SEED_CUSTOMER} (the seed case), thread [bold]{seed_thread}[/]")
 
-    async def acknowledged() -> bool:
-        """Both stores hold the checkpoint after billing and account."""
-        hot = await graph.aget_state(seed)
-        if hot.next != ("policy_agent",):
-            return False
-        await saver.aflush()
-        durable = await saver.durable.aget_tuple(seed)
-        return (
-            durable is not None
-            and durable.config["configurable"]["checkpoint_id"]
-            == (hot.config["configurable"]["checkpoint_id"])
-        )
-
     env = {**os.environ, "DUALSAVER_MODE": saver.mode}
-    killed = await kill_mid_run(
-        seed_thread, SEED_CUSTOMER, counters.path or work_dir / "runs.json", acknowledged, env=env
-    )
+    acknowledged = both_stores_hold(graph, saver, seed, "policy_agent")
+    killed = await kill_mid_run(seed_thread, SEED_CUSTOMER, counters_path, acknowledged, env=env)
     check(
         killed.returncode == -9,
         f"killed child pid {killed.pid} with SIGKILL before {killed.held_node} "
@@ -210,9 +197,7 @@ async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None
 
     # 7 ------------------------------------------------------------------------------
     console.rule("[bold]7. Where each thing lives")
-    hot = await saver.hot.athread_info(seed_thread)
-    rows = await saver.durable.athread_info(seed_thread)
-    console.print(tiers_table(hot, rows, await saver.astats()))
+    console.print(await where_it_lives(saver, seed_thread))
     moved = await saver.aflush()
     stats = await saver.astats()
     check(

@@ -166,13 +166,15 @@ def tiers_table(
 ) -> Group:
     """Where a thread lives: its Valkey keys (with TTLs), its PostgreSQL rows, and the
     outbox between them."""
-    keys = Table(title=f"Valkey: thread {hot.get('thread_id')}", title_justify="left")
+    keys = Table(
+        title=f"hot tier (Valkey/Redis): thread {hot.get('thread_id')}", title_justify="left"
+    )
     keys.add_column("key", overflow="fold")
     keys.add_column("TTL", justify="right")
     for key, ttl_ms in hot.get("keys", {}).items():
         keys.add_row(_printable(key), _ttl(ttl_ms))
     keys.caption = f"{hot.get('checkpoints')} hot checkpoints, {hot.get('pending')} not yet durable"
-    rows = Table(title="PostgreSQL: rows of the thread", title_justify="left")
+    rows = Table(title="durable tier (PostgreSQL): rows of the thread", title_justify="left")
     for column in durable:
         rows.add_column(column, justify="right")
     rows.add_row(*(str(v) for v in durable.values()))
@@ -183,13 +185,16 @@ def tiers_table(
         outbox.add_column("value", justify="right")
         fields = getattr(stats, "__dataclass_fields__", None) or {}
         for name in fields:
-            outbox.add_row(name, str(getattr(stats, name)))
+            value = getattr(stats, name)
+            outbox.add_row(name, f"{value:.2f}" if isinstance(value, float) else str(value))
         parts.append(outbox)
     return Group(*parts)
 
 
 def _printable(key: Any) -> str:
-    return key.decode(errors="backslashreplace") if isinstance(key, bytes) else str(key)
+    """The key, with long segments (hashed thread ids) cut to 8 characters."""
+    text = key.decode(errors="backslashreplace") if isinstance(key, bytes) else str(key)
+    return ":".join(part if len(part) <= 16 else part[:8] + "\u2026" for part in text.split(":"))
 
 
 def _ttl(ttl_ms: int) -> str:
