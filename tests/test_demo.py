@@ -85,3 +85,30 @@ def test_demo_tells_the_whole_story_twice_on_the_same_stores(demo_env: dict[str,
             os.kill(pid, 0)
         threads.append(re.search(r"thread (case_8842-\w+)\n", result.stdout).group(1))
     assert threads[0] != threads[1]
+
+
+def test_readme_quickstart_runs_as_written(demo_env: dict[str, str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) < 20
+
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=demo_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "('policy_agent',)"
+    assert "A refund of $650.00 is approved" in lines[1]
+    writers = {tuple(line.split()[1:3]) for line in lines[2:]}
+    assert writers == {
+        ("billing_agent", "billing"),
+        ("account_agent", "account"),
+        ("policy_agent", "policy"),
+    }

@@ -31,6 +31,7 @@ from langgraph.types import Command
 from rich.columns import Columns
 from rich.console import Console
 
+from langgraph_dualsaver import DualSaver
 from langgraph_dualsaver.app.counters import RunCounters
 from langgraph_dualsaver.app.crash import both_stores_hold, kill_mid_run
 from langgraph_dualsaver.app.graph import build_graph, new_case, new_thread_id, thread_config
@@ -49,7 +50,6 @@ from langgraph_dualsaver.app.views import (
     short_id,
     state_table,
 )
-from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.embedded import default_data_dir
 
 __all__ = ["DemoCheckFailed", "main", "tell_story"]
