@@ -31,7 +31,7 @@ notebooks: $(STAMP)  ## Execute the notebooks and refresh their committed output
 
 lab: $(STAMP)  ## Open Jupyter with the project's environment
 	$(BIN)/pip install --quiet jupyterlab
-	$(BIN)/jupyter lab notebooks/
+	PYTHONPATH=$(CURDIR) $(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)  ## Full benchmark grid (about 10 minutes): JSON, table and plots in benchmarks/results
 	$(BIN)/python benchmarks/run.py --grid full

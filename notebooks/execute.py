@@ -21,9 +21,10 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-__all__ = ["NOTEBOOK_DIR", "execute_notebook", "main", "notebooks"]
+__all__ = ["NOTEBOOK_DIR", "execute_notebook", "kernel_env", "main", "notebooks"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent
+REPO_ROOT = NOTEBOOK_DIR.parent
 KERNEL = "python3"
 """jupyter_client runs a ``python3`` kernel spec with this interpreter
 (``sys.executable``), so the kernel sees the project's virtualenv."""
@@ -47,6 +48,7 @@ def execute_notebook(
     ``CellExecutionError`` on the first failing cell. The kernel is shut down either way.
     """
     nb = nbformat.read(path, as_version=4)
+    env = kernel_env(env)
     client = NotebookClient(
         nb,
         kernel_name=KERNEL,
@@ -54,12 +56,21 @@ def execute_notebook(
         record_timing=False,  # no timestamps in the committed files: smaller diffs
         resources={"metadata": {"path": str(path.parent)}},
     )
-    client.execute(env=dict(env) if env is not None else None)
+    client.execute(env=env)
     if write:
         for cell in nb.cells:
             cell.metadata.pop("execution", None)
         nbformat.write(nb, path)
     return nb
+
+
+def kernel_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this checkout first on ``PYTHONPATH``, so
+    the kernel imports the package from here, whatever else is installed."""
+    result = dict(os.environ if env is None else env)
+    paths = [str(REPO_ROOT), *filter(None, result.get("PYTHONPATH", "").split(os.pathsep))]
+    result["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return result
 
 
 def _server_env() -> dict[str, str]:
