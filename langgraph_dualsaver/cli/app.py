@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from langgraph_dualsaver.cli import inspect, ops
-from langgraph_dualsaver.cli.session import Target, env_mode
+from langgraph_dualsaver.cli.session import DEFAULT_TIMEOUT_S, Target, env_mode
 
 __all__ = ["app"]
 
@@ -53,6 +53,15 @@ def configure(
     prefix: Annotated[
         str, typer.Option("--prefix", envvar="DUALSAVER_PREFIX", help="Redis key prefix.")
     ] = "dualsaver",
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            envvar="DUALSAVER_TIMEOUT",
+            min=0.1,
+            help="Seconds to wait for a store to connect or answer.",
+        ),
+    ] = DEFAULT_TIMEOUT_S,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the savers do (INFO).")
     ] = False,
@@ -61,7 +70,7 @@ def configure(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Target(redis_url or None, postgres_url or None, prefix, env_mode())
+    ctx.obj = Target(redis_url or None, postgres_url or None, prefix, env_mode(), timeout)
 
 
 app.command("up")(ops.up)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from langgraph_dualsaver.records import metadata_matches
-
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import CheckpointTuple
 
@@ -92,6 +90,8 @@ async def list_threads(
     as JSONB containment and in Redis with the same rule (``records.metadata_matches``).
     A thread's latest step is Redis' when it is hot (Redis has every recent write).
     """
+    from langgraph_dualsaver.records import metadata_matches
+
     durable = await saver.durable.athreads(limit=limit, filter=dict(filter or {}) or None)
     hot_ids = await hot_thread_ids(saver)
     hot_set = set(hot_ids)

@@ -25,6 +25,7 @@ from langgraph_dualsaver.cli.probe import (
 )
 from langgraph_dualsaver.cli.session import (
     CliError,
+    Target,
     handle_errors,
     open_saver,
     probe_both,
@@ -138,7 +139,7 @@ def setup(ctx: typer.Context) -> None:
         async with open_saver(target, prepare=False) as saver:
             await saver.asetup()
         redis_url, postgres_url = resolve_urls(target)
-        redis, postgres = await probe_both(redis_url, postgres_url)
+        redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
         for found in (redis, postgres):
             if isinstance(found, Unreachable):
                 raise found
@@ -176,15 +177,18 @@ def status(ctx: typer.Context, as_json: Json = False) -> None:
         render.print_json(report)
     else:
         _print_status(report)
-    if not (report["redis"]["reachable"] and report["postgres"]["reachable"]):
+    down = [side for side in (report["redis"], report["postgres"]) if not side["reachable"]]
+    for side in down:
+        typer.echo(f"error: {side['error']}", err=True)
+    if down:
         raise typer.Exit(1)
 
 
-async def _status(target: Any) -> dict[str, Any]:
+async def _status(target: Target) -> dict[str, Any]:
     from langgraph_dualsaver.dual import DualSaver
 
     redis_url, postgres_url = resolve_urls(target)
-    redis, postgres = await probe_both(redis_url, postgres_url)
+    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
     report: dict[str, Any] = {
         "prefix": target.prefix,
         "redis": _facts(redis),
@@ -195,7 +199,12 @@ async def _status(target: Any) -> dict[str, Any]:
     }
     stats = None
     async with DualSaver.from_conn_string(
-        redis_url, postgres_url, mode=target.mode, prefix=target.prefix, background_flush=False
+        redis_url,
+        postgres_url,
+        mode=target.mode,
+        prefix=target.prefix,
+        timeouts=target.timeouts,
+        background_flush=False,
     ) as saver:
         if isinstance(redis, RedisFacts):
             stats = await saver.astats()
@@ -268,9 +277,6 @@ def _print_status(report: dict[str, Any]) -> None:
     out.print(render.kv_table(rows))
     for warning in report["warnings"]:
         out.print(Text(f"warning: {warning}", style="yellow"))
-    for side in (redis, postgres):
-        if not side["reachable"]:
-            typer.echo(f"error: {side['error']}", err=True)
 
 
 # -- flush ------------------------------------------------------------------------------
@@ -406,7 +412,7 @@ def prune(
         )
 
 
-async def _presence_of(target: Any, ids: list[str]) -> dict[str, dict[str, int]]:
+async def _presence_of(target: Target, ids: list[str]) -> dict[str, dict[str, int]]:
     """Checkpoint counts per tier of each thread; an unknown thread is an error."""
     async with open_saver(target) as saver:
         found = {t: await thread_presence(saver, t) for t in ids}

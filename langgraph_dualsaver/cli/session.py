@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -28,21 +29,24 @@ from langgraph_dualsaver.cli.probe import (
     redis_facts,
 )
 from langgraph_dualsaver.errors import DualSaverError
-from langgraph_dualsaver.records import DEFAULT_LIMITS, validate_id
+from langgraph_dualsaver.settings import Timeouts
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.dual import DualSaver
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "CliError",
     "Session",
     "Target",
+    "env_mode",
     "handle_errors",
     "open_saver",
     "open_session",
     "probe_both",
     "resolve_urls",
     "run",
+    "target_of",
     "thread_arg",
 ]
 
@@ -54,6 +58,11 @@ class CliError(Exception):
     """A failure the user can act on: printed as ``error: <message>``, exit code 1."""
 
 
+DEFAULT_TIMEOUT_S = 5.0
+"""The CLI waits longer than the savers' 1 s / 2 s defaults: it runs on laptops and busy
+hosts, and a closed port fails at once anyway (connection refused)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Which stores the commands use."""
@@ -62,6 +71,13 @@ class Target:
     postgres_url: str | None = None
     prefix: str = "dualsaver"
     mode: str = "write_behind"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """Connect and command timeouts of the probes and the saver."""
+        limit = timedelta(seconds=self.timeout_s)
+        return Timeouts(connect=limit, command=limit)
 
 
 def target_of(ctx: typer.Context) -> Target:
@@ -92,11 +108,13 @@ def resolve_urls(target: Target) -> tuple[str, str]:
 
 
 async def probe_both(
-    redis_url: str, postgres_url: str
+    redis_url: str, postgres_url: str, timeouts: Timeouts | None = None
 ) -> tuple[RedisFacts | Unreachable, PostgresFacts | Unreachable]:
     """Both stores' facts, probed at once; an unreachable one comes back as its error."""
     found = await asyncio.gather(
-        redis_facts(redis_url), postgres_facts(postgres_url), return_exceptions=True
+        redis_facts(redis_url, timeouts),
+        postgres_facts(postgres_url, timeouts),
+        return_exceptions=True,
     )
     for item in found:
         if isinstance(item, BaseException) and not isinstance(item, Unreachable):
@@ -123,7 +141,7 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
     besides the flush that ``audit`` and ``prune`` do first.
     """
     redis_url, postgres_url = resolve_urls(target)
-    redis, postgres = await probe_both(redis_url, postgres_url)
+    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
     problems = [str(p) for p in (redis, postgres) if isinstance(p, Unreachable)]
     if problems:
         raise CliError("\n".join(problems))
@@ -135,6 +153,7 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
         postgres_url,
         mode=target.mode,  # type: ignore[arg-type]
         prefix=target.prefix,
+        timeouts=target.timeouts,
         background_flush=False,
     ) as saver:
         if prepare:
@@ -181,6 +200,8 @@ def handle_errors(command: F) -> F:
 
 def thread_arg(thread_id: str, what: str = "thread_id") -> str:
     """A thread or checkpoint id from the command line, checked as the savers check it."""
+    from langgraph_dualsaver.records import DEFAULT_LIMITS, validate_id
+
     try:
         return validate_id(what, thread_id, DEFAULT_LIMITS)
     except DualSaverError as exc:
@@ -188,4 +209,5 @@ def thread_arg(thread_id: str, what: str = "thread_id") -> str:
 
 
 def env_mode() -> str:
+    """``DUALSAVER_MODE``, as ``DualSaver.from_env()`` reads it."""
     return os.environ.get("DUALSAVER_MODE", "write_behind")
