@@ -7,6 +7,7 @@ checks what a user sees: results, state, history, interrupts, forks and updates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import operator
 import uuid
 from collections.abc import AsyncIterator
@@ -66,6 +67,10 @@ def review_graph(saver: BaseCheckpointSaver) -> Any:
     builder.add_edge("review", "finish")
     builder.add_edge("finish", END)
     return builder.compile(checkpointer=saver)
+
+
+def checkpoint_id(config: RunnableConfig | None) -> str | None:
+    return config and config["configurable"]["checkpoint_id"]
 
 
 def thread() -> RunnableConfig:
@@ -152,12 +157,10 @@ async def test_history_and_fork_from_a_past_checkpoint(saver: BaseCheckpointSave
     history = [s async for s in graph.aget_state_history(config)]
     assert [s.next for s in history] == [(), ("d",), ("b", "c"), ("a",), ("__start__",)]
     assert [s.metadata["step"] for s in history] == [3, 2, 1, 0, -1]
-    ids = [s.config["configurable"]["checkpoint_id"] for s in history]
+    ids = [checkpoint_id(s.config) for s in history]
     assert ids == sorted(ids, reverse=True)
-    for child, parent in zip(history, history[1:]):
-        assert child.parent_config["configurable"]["checkpoint_id"] == (
-            parent.config["configurable"]["checkpoint_id"]
-        )
+    for child, parent in itertools.pairwise(history):
+        assert checkpoint_id(child.parent_config) == checkpoint_id(parent.config)
 
     # Fork after "a": change the value there, then run the rest of the graph again.
     after_a = history[2]
@@ -172,12 +175,8 @@ async def test_history_and_fork_from_a_past_checkpoint(saver: BaseCheckpointSave
     assert original.values == PIPELINE_RESULT
     forked_history = [s async for s in graph.aget_state_history(config)]
     assert len(forked_history) == len(history) + 3  # the update, after b+c, after d
-    assert forked_history[2].config["configurable"]["checkpoint_id"] == (
-        forked["configurable"]["checkpoint_id"]
-    )
-    assert forked_history[2].parent_config["configurable"]["checkpoint_id"] == (
-        after_a.config["configurable"]["checkpoint_id"]
-    )
+    assert checkpoint_id(forked_history[2].config) == checkpoint_id(forked)
+    assert checkpoint_id(forked_history[2].parent_config) == checkpoint_id(after_a.config)
 
 
 async def test_update_state_as_a_node(saver: BaseCheckpointSaver) -> None:
@@ -188,9 +187,7 @@ async def test_update_state_as_a_node(saver: BaseCheckpointSaver) -> None:
     updated = graph.update_state(config, {"steps": ["fix"], "value": 42}, as_node="d")
 
     state = await graph.aget_state(config)
-    assert state.config["configurable"]["checkpoint_id"] == (
-        updated["configurable"]["checkpoint_id"]
-    )
+    assert checkpoint_id(state.config) == checkpoint_id(updated)
     assert state.values == {"steps": ["a", "b", "c", "d", "fix"], "value": 42}
     assert state.metadata["source"] == "update"
     assert state.next == ()
