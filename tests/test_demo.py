@@ -14,6 +14,7 @@ import pytest
 
 from tests.servers import fresh_database, fresh_prefix
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CLAIMS = [
     "\u2714 interrupted: policy_agent waits for a human",
     "an interrupt forces the outbox through",
@@ -55,6 +56,7 @@ def run_demo(env: dict[str, str], *args: str, timeout: float = 120) -> subproces
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        cwd=REPO_ROOT,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -88,7 +90,7 @@ def test_demo_tells_the_whole_story_twice_on_the_same_stores(demo_env: dict[str,
 
 
 def test_readme_quickstart_runs_as_written(demo_env: dict[str, str]) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Quickstart", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(code.strip().splitlines()) < 20
@@ -99,7 +101,7 @@ def test_readme_quickstart_runs_as_written(demo_env: dict[str, str]) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO_ROOT,
     )
 
     assert result.returncode == 0, result.stderr[-4000:]
