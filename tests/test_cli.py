@@ -221,7 +221,9 @@ def test_history_lists_the_chain_newest_first_with_nodes_and_the_fork(cases: Cas
 
     table = invoke(cases.store, "history", cases.fork)
     assert table.exit_code == 0
-    assert "fork (2)" in table.stdout and "1 fork point(s)" in table.stdout
+    fork_line = next(line for line in table.stdout.splitlines() if "2 children" in line)
+    assert fork_line.lstrip().startswith("\u2026" + cases.fork_point[-12:])
+    assert "1 fork point(s)" in table.stdout
 
 
 def test_history_of_an_unknown_namespace_says_so(cases: Cases):
@@ -278,6 +280,17 @@ def test_diff_between_the_two_branches_shows_the_corrected_policy(cases: Cases):
     assert "approved: True -> False" in changes["policy"]["detail"]
     assert "final_response" in changes
     assert {"billing", "account", "customer_id"} <= set(result["unchanged"])
+
+
+def test_show_and_diff_take_the_short_ids_history_prints(cases: Cases):
+    short = "\u2026" + cases.review_step1[-12:]
+    view = data(invoke(cases.store, "show", cases.review, "-c", short, "--json"))
+    assert view["checkpoint_id"] == cases.review_step1
+    result = data(invoke(cases.store, "diff", cases.fork, cases.fork_point[-8:],
+                         cases.forked_end[-12:], "--json"))  # fmt: skip
+    assert (result["from"], result["to"]) == (cases.fork_point, cases.forked_end)
+    not_a_suffix = invoke(cases.store, "show", cases.review, "-c", cases.review_step1[-13:-1])
+    assert not_a_suffix.exit_code == 1 and "has no checkpoint" in not_a_suffix.stderr
 
 
 def test_diff_from_the_fork_point_lists_added_channels(cases: Cases):

@@ -69,6 +69,37 @@ async def not_found(
     return CliError(f"thread {thread_id!r} has no checkpoint in namespace {ns!r}")
 
 
+MIN_SUFFIX = 6
+"""Shortest checkpoint id suffix ``show`` and ``diff`` accept (tables print 12)."""
+
+
+async def find_checkpoint(
+    saver: DualSaver, target: Target, thread_id: str, ns: str, checkpoint_id: str | None
+) -> CheckpointTuple:
+    """The checkpoint with this id, or else the one id ending with it (like a short git
+    hash: ``history`` prints the last 12 characters); the latest when ``None``."""
+    found = await saver.aget_tuple(_config(thread_id, ns, checkpoint_id))
+    if found is not None:
+        return found
+    suffix = (checkpoint_id or "").lstrip("\u2026.")
+    if checkpoint_id is not None and len(suffix) >= MIN_SUFFIX:
+        matches = [
+            _checkpoint_id(item)
+            async for item in saver.alist(_config(thread_id, ns))
+            if _checkpoint_id(item).endswith(suffix)
+        ]
+        if len(matches) > 1:
+            raise CliError(
+                f"checkpoint {checkpoint_id!r} is ambiguous in thread {thread_id!r}: "
+                f"{', '.join(matches)}"
+            )
+        if matches:
+            found = await saver.aget_tuple(_config(thread_id, ns, matches[0]))
+            if found is not None:
+                return found
+    raise await not_found(saver, target, thread_id, checkpoint_id, ns)
+
+
 def _config(thread_id: str, ns: str, checkpoint_id: str | None = None) -> dict[str, Any]:
     configurable = {"thread_id": thread_id, "checkpoint_ns": ns}
     if checkpoint_id:
@@ -141,7 +172,9 @@ def history(
 
     Each checkpoint with its step, source (input, loop, update, fork), the node(s)
     whose run produced it (from versions_seen, else from the writes on its parent),
-    its parent, and fork points: a checkpoint with more than one child.
+    its parent, and fork points: a checkpoint with more than one child. Ids are
+    shortened to their last 12 characters, which show and diff accept (--json has
+    them whole).
 
     Example: dualsaver history case_8842-1a2b3c4d
     """
@@ -193,7 +226,9 @@ def show(
     Send packets in __pregel_tasks add their nodes. A pending __interrupt__ write
     with no __resume__ means the thread waits for Command(resume=...).
 
-    Example: dualsaver show case_8842-1a2b3c4d --checkpoint 1f0a...e4 --json
+    A checkpoint may be given by the end of its id, as history prints it.
+
+    Example: dualsaver show case_8842-1a2b3c4d --checkpoint 5bcddea7 --json
     """
     thread_id = thread_arg(thread_id)
     checkpoint = thread_arg(checkpoint, "checkpoint_id") if checkpoint is not None else None
@@ -202,9 +237,7 @@ def show(
 
     async def go() -> dict[str, Any]:
         async with open_saver(target) as saver:
-            found = await saver.aget_tuple(_config(thread_id, ns, checkpoint))
-            if found is None:
-                raise await not_found(saver, target, thread_id, checkpoint, ns)
+            found = await find_checkpoint(saver, target, thread_id, ns, checkpoint)
             exact = _config(thread_id, ns, _checkpoint_id(found))
             stored = []
             if await saver.hot.aget_tuple(exact) is not None:
@@ -290,8 +323,9 @@ def diff(
     """What changed from checkpoint A to checkpoint B, channel by channel.
 
     Lists grown by a reducer show the items added; dicts show the keys that changed.
+    Checkpoints may be given by the end of their ids, as history prints them.
 
-    Example: dualsaver diff case_8842-1a2b3c4d 1f0a...e4 1f0a...9c
+    Example: dualsaver diff case_8842-1a2b3c4d 5bcddea7 2616ba50
     """
     thread_id = thread_arg(thread_id)
     a, b = thread_arg(a, "checkpoint_id"), thread_arg(b, "checkpoint_id")
@@ -302,10 +336,7 @@ def diff(
         async with open_saver(target) as saver:
             found = []
             for checkpoint_id in (a, b):
-                item = await saver.aget_tuple(_config(thread_id, ns, checkpoint_id))
-                if item is None:
-                    raise await not_found(saver, target, thread_id, checkpoint_id, ns)
-                found.append(item)
+                found.append(await find_checkpoint(saver, target, thread_id, ns, checkpoint_id))
             return found[0], found[1]
 
     first, second = run(go)
@@ -320,15 +351,16 @@ def diff(
         render.print_json(
             {
                 "thread_id": thread_id,
-                "from": a,
-                "to": b,
+                "from": _checkpoint_id(first),
+                "to": _checkpoint_id(second),
                 "changes": [dataclasses.asdict(c) for c in shown],
                 "unchanged": unchanged,
             }
         )
         return
     steps = f"step {first.metadata.get('step')} -> {second.metadata.get('step')}"
-    title = f"{thread_id}: {render.short_id(a)} -> {render.short_id(b)} ({steps})"
+    ends = f"{render.short_id(_checkpoint_id(first))} -> {render.short_id(_checkpoint_id(second))}"
+    title = f"{thread_id}: {ends} ({steps})"
     if shown:
         render.console().print(render.diff_table(shown, title))
     else:

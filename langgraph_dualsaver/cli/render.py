@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -76,44 +77,49 @@ def _step(step: int | None) -> str:
 
 
 def threads_table(rows: Sequence[ThreadRow]) -> Table:
-    table = Table(title="threads, newest first (times in UTC)", title_justify="left")
-    table.add_column("thread", no_wrap=True, overflow="fold")
+    """Without the latest checkpoint ids (``--json`` has them; ``show`` defaults to it)."""
+    table = _table("threads, newest first (times in UTC)")
+    table.add_column("thread", overflow="fold")
     table.add_column("step", justify="right")
     table.add_column("time", no_wrap=True)
     table.add_column("tier")
     table.add_column("checkpoints", justify="right")
-    table.add_column("latest checkpoint", no_wrap=True)
     for row in rows:
         table.add_row(
-            row.thread_id,
-            _step(row.step),
-            when(row.created_at),
-            row.tier,
-            str(row.checkpoints),
-            row.checkpoint_id,
+            row.thread_id, _step(row.step), when(row.created_at), row.tier, str(row.checkpoints)
         )
     return table
 
 
+def _table(title: str | None) -> Table:
+    """A compact table: a rule under the header, no vertical lines (greppable)."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+
+
 def history_table(rows: Sequence[HistoryRow], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    days = sorted({when(row.created_at)[:10] for row in rows if row.created_at})
+    one_day = len(days) == 1
+    if one_day:
+        title = f"{title}, {days[0]}"
+    table = _table(title)
     table.add_column("checkpoint", no_wrap=True)
     table.add_column("step", justify="right")
     table.add_column("source")
-    table.add_column("node(s)")
     table.add_column("parent", no_wrap=True)
     table.add_column("time", no_wrap=True)
-    table.add_column("", no_wrap=True)
+    table.add_column("fork", no_wrap=True)
+    table.add_column("node(s)")
     for row in rows:
-        mark = Text(f"fork ({row.children})", style="bold yellow") if row.is_fork else ""
+        mark = Text(f"{row.children} children", style="bold yellow") if row.is_fork else ""
+        stamp = when(row.created_at)
         table.add_row(
-            row.checkpoint_id,
+            short_id(row.checkpoint_id),
             _step(row.step),
             row.source or "-",
-            ", ".join(row.nodes) or "-",
-            short_id(row.parent_id, 8),
-            when(row.created_at)[5:],
+            short_id(row.parent_id),
+            stamp[11:] if one_day else stamp[5:],
             mark,
+            ", ".join(row.nodes) or "-",
         )
     return table
 
@@ -128,7 +134,7 @@ def kv_table(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Tabl
 
 
 def values_table(values: Mapping[str, Any], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     table.add_column("channel", no_wrap=True)
     table.add_column("value")
     for channel, value in values.items():
@@ -137,7 +143,7 @@ def values_table(values: Mapping[str, Any], title: str) -> Table:
 
 
 def writes_table(writes: Sequence[Mapping[str, Any]], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     table.add_column("task", no_wrap=True)
     table.add_column("node")
     table.add_column("channel", no_wrap=True)
@@ -153,7 +159,7 @@ def writes_table(writes: Sequence[Mapping[str, Any]], title: str) -> Table:
 
 
 def diff_table(changes: Sequence[ChannelChange], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     table.add_column("channel", no_wrap=True)
     table.add_column("change")
     table.add_column("what")
@@ -168,16 +174,21 @@ def diff_table(changes: Sequence[ChannelChange], title: str) -> Table:
 
 
 def audit_table(entries: Sequence[AuditEntry], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    days = sorted({when(entry.created_at)[:10] for entry in entries})
+    one_day = len(days) == 1
+    if one_day:
+        title = f"{title}, {days[0]}"
+    table = _table(title)
     table.add_column("step", justify="right")
     table.add_column("time", no_wrap=True)
     table.add_column("node")
     table.add_column("channel", no_wrap=True)
     table.add_column("value")
     for entry in entries:
+        stamp = when(entry.created_at)
         table.add_row(
             _step(entry.step),
-            when(entry.created_at),
+            stamp[11:] if one_day else stamp,
             entry.node or _who(entry),
             entry.channel,
             entry.summary,
