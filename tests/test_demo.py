@@ -19,6 +19,7 @@ CLAIMS = [
     "\u2714 interrupted: policy_agent waits for a human",
     "an interrupt forces the outbox through",
     "with SIGKILL before policy_agent (exit code -9)",
+    "\u2714 the killed child ran intake, billing_agent and account_agent;",
     "\u2714 resumed: intake, billing_agent and account_agent ran once in all",
     "\u2714 the $49.99 duplicate was refunded without a human",
     "\u2714 resumed with the reviewer's decision: $650.00 refund approved",
