@@ -50,6 +50,7 @@ def _executor() -> ModuleType:
     return module
 
 
+@pytest.mark.pure
 def test_every_notebook_is_covered() -> None:
     assert sorted(p.name for p in _executor().notebooks()) == sorted(EXPECTED)
 
