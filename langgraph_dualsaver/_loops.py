@@ -162,5 +162,6 @@ class LoopLocal(Generic[R]):
             if loop is current:
                 await self._close(resource)
             elif loop.is_running() and not loop.is_closed():
-                fut = asyncio.run_coroutine_threadsafe(self._close(resource), loop)
-                await asyncio.wrap_future(fut)
+                # Scheduled, not awaited: that loop's thread may be the very one blocked
+                # in a sync ``close()`` waiting for us, and waiting would deadlock.
+                asyncio.run_coroutine_threadsafe(self._close(resource), loop)

@@ -19,11 +19,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -43,7 +43,7 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
 )
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.outbox import stream_seq
+from langgraph_dualsaver.keys import stream_seq
 from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import (
     CheckpointRecord,
@@ -61,6 +61,7 @@ __all__ = ["DualSaver", "DualStats", "Mode"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Mode = Literal["write_behind", "write_through"]
 MODES: tuple[Mode, ...] = ("write_behind", "write_through")
 
@@ -170,6 +171,7 @@ class DualSaver(AsyncFirstSaver):
         self._health = _RedisHealth()
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
         self._unflushed_estimate = 0
+        self._connections_seen = -1
 
     # -- construction -----------------------------------------------------------------
 
@@ -280,9 +282,9 @@ class DualSaver(AsyncFirstSaver):
         entry_id = None
         if self._health.available():
             try:
-                await self._reconcile_if_needed()
-                entry_id = await self.hot.aput_record(record, enqueue=True)
-                self._health.down_since = None
+                entry_id = await self._on_hot(
+                    lambda: self.hot.aput_record(record, enqueue=True), repeat=False
+                )
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
         if entry_id is None:  # Redis is down: PostgreSQL directly, in both modes
@@ -360,9 +362,7 @@ class DualSaver(AsyncFirstSaver):
         checkpoint_ids(config, self.limits)
         if self._health.available():
             try:
-                await self._reconcile_if_needed()
-                found = await self.hot.aget_tuple(config)
-                self._health.down_since = None
+                found = await self._on_hot(lambda: self.hot.aget_tuple(config), repeat=True)
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
             else:
@@ -399,7 +399,13 @@ class DualSaver(AsyncFirstSaver):
             merged[_identity(item)] = item
         if self._health.available():
             try:
-                async for item in self.hot.alist(config, filter=filter, before=before, limit=limit):
+                hot = await self._on_hot(
+                    lambda: self._collect(
+                        self.hot.alist(config, filter=filter, before=before, limit=limit)
+                    ),
+                    repeat=True,
+                )
+                for item in hot:
                     merged[_identity(item)] = item  # the hot copy has unflushed writes too
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
@@ -453,21 +459,45 @@ class DualSaver(AsyncFirstSaver):
 
     # -- degraded mode ----------------------------------------------------------------
 
+    async def _on_hot(self, call: Callable[[], Awaitable[T]], *, repeat: bool) -> T:
+        """Run a Redis call on a Redis known to serve nothing stale.
+
+        The connection it ran on may have been opened during the call (redis-py
+        reconnects once after a dropped connection), to a server that restarted from an
+        old snapshot: then reconcile, and with ``repeat`` (reads), ask again.
+        """
+        await self._reconcile_if_needed()
+        opened = self.hot.connections_opened
+        result = await call()
+        if self.hot.connections_opened != opened:
+            await self._reconcile_if_needed()
+            if repeat:
+                result = await call()
+        self._health.down_since = None
+        return result
+
     async def _reconcile_if_needed(self) -> None:
-        """After Redis was unreachable, or restarted, make sure it serves nothing stale."""
-        if not self._health.needs_reconcile:
+        """Make sure Redis serves nothing stale: after it was unreachable, and whenever a
+        new connection was opened (the server behind it may have restarted, perhaps
+        from an old snapshot). Costs one round trip per new connection."""
+        opened = self.hot.connections_opened
+        if not self._health.needs_reconcile and opened == self._connections_seen:
             return
-        restarted = await self.hot.acheck_server_identity()
-        if restarted:
-            logger.warning("Redis restarted; evicting every hot thread before serving it again")
+        if await self.hot.acheck_server_identity():
+            logger.warning(
+                "Redis restarted (or is new to this prefix); evicting every hot thread "
+                "before serving it, so an old snapshot cannot serve a stale latest"
+            )
             await self.aflush()
             await self.hot.aevict_all_threads()
+            await self.hot.arecord_server_identity()
         elif self._health.degraded_threads:
             await self.aflush()
             for thread_id in sorted(self._health.degraded_threads):
                 await self.hot.aevict_thread(thread_id)
         self._health.degraded_threads.clear()
         self._health.needs_reconcile = False
+        self._connections_seen = self.hot.connections_opened
         if self._health.down_since is not None:
             logger.warning("Redis is reachable again")
 

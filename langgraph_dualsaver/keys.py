@@ -151,6 +151,12 @@ def registry_key(prefix: str) -> str:
     return f"{prefix}:threads"
 
 
+def server_key(prefix: str) -> str:
+    """The ``run_id`` of the server the hot data was last known good on. A restart
+    (say, from an old snapshot) changes the run_id, so a mismatch means: distrust."""
+    return f"{prefix}:server"
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
     """The keys of one thread, in the order every Lua script takes them (KEYS[1..6])."""

@@ -18,6 +18,7 @@ from typing import ParamSpec, TypeVar
 from redis import exceptions as redis_errors
 
 from langgraph_dualsaver.errors import StoreUnavailableError
+from langgraph_dualsaver.keys import stream_seq
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
@@ -42,16 +43,9 @@ def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-__all__ = ["GROUP", "Entry", "Outbox", "stream_seq"]
+__all__ = ["GROUP", "Entry", "Outbox"]
 
 GROUP = "dualsaver-flushers"
-
-
-def stream_seq(entry_id: str | bytes) -> int:
-    """A stream id ``"<ms>-<n>"`` as one BIGINT-safe, order-preserving integer."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, n = text.partition("-")
-    return (int(ms) << 20) | min(int(n or 0), (1 << 20) - 1)
 
 
 @dataclass(frozen=True, slots=True)

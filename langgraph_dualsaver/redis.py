@@ -150,6 +150,8 @@ class RedisHotSaver(AsyncFirstSaver):
         """Reads that found half a thread (an evicted key) and treated it as absent."""
         self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
         self._run_id: str | None = None
+        self.connections_opened = 0
+        """Connections opened so far: the chain re-checks the server after each."""
         self._res: LoopLocal[Client]
         if client is not None:
             if client.get_connection_kwargs().get("decode_responses"):
@@ -192,7 +194,7 @@ class RedisHotSaver(AsyncFirstSaver):
         }
         if self._cluster:
             return RedisCluster.from_url(self._url, **options)
-        return Redis.from_url(self._url, **options)
+        return Redis.from_url(self._url, redis_connect_func=self._count_connection, **options)
 
     async def _close_client(self, client: Client) -> None:
         await client.aclose()
@@ -333,15 +335,31 @@ class RedisHotSaver(AsyncFirstSaver):
                 )
 
     async def acheck_server_identity(self) -> bool:
-        """Whether the server restarted (a new ``run_id``) since this saver last looked:
-        its data may then be an old snapshot."""
+        """Whether the hot data may be stale: the server's ``run_id`` is not the one
+        recorded under ``<prefix>:server`` (a restart, perhaps from an old snapshot;
+        or the record is missing). Every process sees the same answer. After making
+        the hot data safe, call ``arecord_server_identity``."""
         client = await self.aclient()
         with self._errors():
             info = await client.info("server")
-        run_id = _text(info.get("run_id", ""))
-        restarted = self._run_id is not None and run_id != self._run_id
-        self._run_id = run_id
-        return restarted
+            if self._cluster:  # one run_id per node: restarts show up as errors instead
+                return False
+            recorded = await client.get(K.server_key(self.prefix))
+        self._run_id = _text(info.get("run_id", ""))
+        return recorded is None or _text(recorded) != self._run_id
+
+    async def arecord_server_identity(self) -> None:
+        """Record the current server as the one the hot data is good on."""
+        client = await self.aclient()
+        with self._errors():
+            info = await client.info("server")
+            if not self._cluster:
+                await client.set(K.server_key(self.prefix), _text(info.get("run_id", "")))
+
+    async def _count_connection(self, connection: Any) -> None:
+        """Connection hook: a new connection may reach a restarted server."""
+        await connection.on_connect()
+        self.connections_opened += 1
 
     # -- writes -------------------------------------------------------------------
 

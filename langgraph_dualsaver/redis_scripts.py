@@ -350,7 +350,10 @@ EVICT = _script(
     "evict",
     r"""
 -- ARGV: thread_id. Drops the thread's hot copy; no tombstone (it stays in PostgreSQL).
+-- A thread with records still queued for PostgreSQL is kept: dropping it would hide
+-- acknowledged writes until the flush. Returns 0 then.
 read_meta(ARGV[1])
+if tonumber(redis.call('HGET', META, 'pending') or '0') > 0 then return 0 end
 return redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
 """,
 )

@@ -18,7 +18,7 @@ from langgraph_dualsaver.errors import (
     MissingThreadIdError,
     SerializationError,
 )
-from langgraph_dualsaver.outbox import stream_seq
+from langgraph_dualsaver.keys import stream_seq
 from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     Limits,
