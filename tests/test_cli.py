@@ -22,6 +22,7 @@ import pytest
 from langgraph.types import Command
 from typer.testing import CliRunner, Result
 
+from langgraph_dualsaver._loops import run_sync
 from langgraph_dualsaver.app import (
     LARGE_DUPLICATE_CUSTOMER,
     LOCKED_CUSTOMER,
@@ -194,7 +195,7 @@ def test_threads_shows_hot_durable_and_both_tiers(store: Store):
         for thread_id in (durable, both):
             graph.invoke(new_case(SEED_CUSTOMER), thread_config(thread_id))
         saver.flush()
-        saver._sync(saver.hot.aevict_thread(durable))  # its hot copy is gone, as after a TTL
+        run_sync(saver.hot.aevict_thread(durable))  # its hot copy is gone, as after a TTL
         graph.invoke(new_case(SEED_CUSTOMER), thread_config(hot))  # not flushed yet
         tiers = {r["thread_id"]: r["tier"] for r in data(invoke(store, "threads", "--json"))}
     assert tiers == {hot: "hot", durable: "durable", both: "both"}

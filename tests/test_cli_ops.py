@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
+from langgraph_dualsaver._loops import run_sync
 from langgraph_dualsaver.app import SEED_CUSTOMER, build_graph, new_case, new_thread_id
 from langgraph_dualsaver.app import thread_config as config
 from tests.servers import valkey_server
@@ -56,7 +57,7 @@ def durable_checkpoints(store: Store, thread_id: str) -> int:
 
 def presence(store: Store, thread_id: str) -> dict[str, int]:
     with store.saver() as saver:
-        hot = saver._sync(saver.hot.athread_info(thread_id))["checkpoints"]
+        hot = run_sync(saver.hot.athread_info(thread_id))["checkpoints"]
     return {"hot": hot, "durable": durable_checkpoints(store, thread_id)}
 
 

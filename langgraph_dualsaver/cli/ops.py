@@ -277,6 +277,8 @@ def _print_status(report: dict[str, Any]) -> None:
     out.print(render.kv_table(rows))
     for warning in report["warnings"]:
         out.print(Text(f"warning: {warning}", style="yellow"))
+    if not report["warnings"]:
+        out.print("no warnings: nothing weakens the guarantees")
 
 
 # -- flush ------------------------------------------------------------------------------
