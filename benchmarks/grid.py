@@ -25,6 +25,8 @@ class Grid:
     state_samples: int
     """Samples at 1 KB; fewer at larger sizes (see ``samples_for_size``)."""
     conversation_messages: int
+    conversation_budget_s: float
+    """A conversation that gets this slow stops early (and the report says so)."""
     floor_samples: int
     chain_load_seconds: float
     chain_writers: int
@@ -51,6 +53,7 @@ GRIDS: dict[str, Grid] = {
         state_sizes=(1 * KB, 100 * KB),
         state_samples=8,
         conversation_messages=20,
+        conversation_budget_s=15.0,
         floor_samples=50,
         chain_load_seconds=1.0,
         chain_writers=4,
@@ -60,13 +63,14 @@ GRIDS: dict[str, Grid] = {
     "full": Grid(
         name="full",
         graph_concurrency=(1, 16, 64),
-        graph_invokes=128,
-        op_samples=200,
+        graph_invokes=48,
+        op_samples=100,
         history_lengths=(10, 100, 1_000, 10_000),
-        history_samples=50,
+        history_samples=20,
         state_sizes=(1 * KB, 10 * KB, 100 * KB, 1 * MB, 10 * MB),
-        state_samples=40,
+        state_samples=20,
         conversation_messages=500,
+        conversation_budget_s=30.0,
         floor_samples=500,
         chain_load_seconds=5.0,
         chain_writers=16,

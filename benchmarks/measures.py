@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
-FILL_CONCURRENCY = 8
+FILL_CONCURRENCY = 16
 
 
 async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
@@ -63,6 +63,24 @@ async def _self_timed(call: Callable[[], Awaitable[float]], n: int, warmup: int)
     for _ in range(warmup):
         await call()
     return [await call() for _ in range(n)]
+
+
+async def _all_or_none(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently; if one fails, cancel the others before raising."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _failed(measure: str, handle: OpenSaver, exc: BaseException, **where: Any) -> Record:
+    """A failed point of a measure: the harness moves it to the run's errors."""
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return {"measure": measure, "saver": handle.name, **where, "error": message}
 
 
 # -- 1. the case_8842 graph ------------------------------------------------------------
@@ -90,7 +108,12 @@ async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> li
                 out.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        try:
+            await _all_or_none([worker(i) for i in range(concurrency)])
+        except Exception as exc:  # this level fails alone; the next levels still run
+            records.append(_failed("graph", handle, exc, concurrency=concurrency))
+            await handle.settle()
+            continue
         elapsed = time.perf_counter() - started
         invokes = len(latencies)
         steps = invokes * case.steps_per_invoke
@@ -162,7 +185,8 @@ async def _fill(chain: CheckpointChain, count: int) -> None:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
-        checkpoint, metadata, versions = chain.next(small_state(chain.step + 1))
+        # Fill steps change one tiny channel: the history's length is what is measured.
+        checkpoint, metadata, versions = chain.next({"fill": chain.step + 1})
         pending.add(
             asyncio.ensure_future(chain.saver.aput(chain.config, checkpoint, metadata, versions))
         )
@@ -244,14 +268,18 @@ async def bytes_per_step(handle: OpenSaver, grid: Grid) -> list[Record]:
     for channel in CHANNELS:
         graph = conversation_graph(channel, handle.saver)
         steps_per_turn = conversation_steps_per_turn(channel)
-        config = thread_config(new_thread(f"chat-{channel}"))
+        thread_id = new_thread(f"chat-{channel}")
+        config = thread_config(thread_id)
         messages, per_step, seconds = [], [], []
-        before = await handle.stored_bytes()
+        before = await handle.stored_bytes(thread_id)
+        deadline = time.perf_counter() + grid.conversation_budget_s
         for turn in range(turns):
+            if time.perf_counter() > deadline:
+                break  # recorded: the series ends short of the grid's length
             started = time.perf_counter()
             await graph.ainvoke(human_turn(turn), config)
             seconds.append(round(time.perf_counter() - started, 6))
-            after = await handle.stored_bytes()
+            after = await handle.stored_bytes(thread_id)
             per_step.append(round((after - before) / steps_per_turn, 1))
             messages.append(2 * (turn + 1))
             before = after

@@ -131,7 +131,13 @@ def _graph_table(f: Figures) -> list[str]:
             r = f.find("graph", saver=saver, concurrency=level)
             base = f.graph_rate("official_postgres", level)
             if r is None:
-                row += ["-", "-", "-"]
+                failed = any(
+                    e.get("measure") == "graph"
+                    and e.get("saver") == saver
+                    and e.get("concurrency") in (level, None)
+                    for e in f.doc.get("errors", [])
+                )
+                row += ["**ERROR**" if failed else "-", "-", "-"]
                 continue
             ratio = r["steps_per_s"] / base if base else None
             row += [
@@ -224,13 +230,21 @@ def _scaling_tables(f: Figures) -> list[str]:
             window = delta_window(*series)
             record = f.find("bytes_per_step", saver=saver, channel=channel)
             assert window is not None and record is not None
-            first, last, covered = window
+            first, last, typical, covered = window
+            wanted = f.doc.get("grid_params", {}).get("conversation_messages")
+            reached = series[0][-1]
+            short = (
+                f" (**stopped early**: time budget; {wanted} wanted)"
+                if wanted and reached < wanted
+                else ""
+            )
             rows.append(
                 [
                     f.label(saver),
                     channel,
                     f"{first:,.0f}",
-                    f"{last:,.0f} ({covered})",
+                    f"{last:,.0f} / {typical:,.0f} ({covered})",
+                    f"{reached}{short}",
                     record["metric"],
                 ]
             )
@@ -241,10 +255,22 @@ def _scaling_tables(f: Figures) -> list[str]:
             "Each turn adds a human and an AI message (200 characters each). Bytes are "
             "measured at the store: what Redis received, the PostgreSQL WAL written, what "
             "SQLite or InMemorySaver holds. So compare a saver with itself, plain against "
-            "DeltaChannel, not savers with each other. The second column is the mean over "
-            "the last 50 turns (a DeltaChannel snapshot period).",
+            'DeltaChannel, not savers with each other. "At the end" is the mean / the median '
+            "over the last 50 turns: a DeltaChannel writes a full snapshot every 100 updates "
+            "(50 turns), so the mean is the amortized cost with the snapshot, the median a "
+            "step without one.",
             "",
-            *_table(["saver", "channel", "first turn", "at the end", "metric"], rows),
+            *_table(
+                [
+                    "saver",
+                    "channel",
+                    "first turn",
+                    "at the end (mean / median)",
+                    "messages",
+                    "metric",
+                ],
+                rows,
+            ),
         ]
     return lines
 

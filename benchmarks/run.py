@@ -175,7 +175,18 @@ async def _measure_all(
             except Exception as exc:  # recorded with its traceback; the run goes on
                 run.error(measure.name, handle.name, exc)
             else:
-                run.doc["results"].extend(records)
+                for record in records:
+                    if "error" in record:  # one failed point of a measure that went on
+                        where = {
+                            k: v
+                            for k, v in record.items()
+                            if k not in ("measure", "saver", "error")
+                        }
+                        run.doc["errors"].append(
+                            {**record, "error": f"{record['error']} (at {where})", "traceback": ""}
+                        )
+                    else:
+                        run.doc["results"].append(record)
             run.doc.setdefault("step_seconds", []).append(
                 [measure.name, handle.name, round(time.perf_counter() - started, 2)]
             )

@@ -57,14 +57,15 @@ class OpenSaver:
         if flush is not None:
             await flush()
 
-    async def stored_bytes(self) -> int:
-        """A counter of bytes written to the saver's stores so far (see ``bytes_metric``)."""
+    async def stored_bytes(self, thread_id: str) -> int:
+        """A counter of bytes written to the saver's stores so far (see ``bytes_metric``):
+        ``thread_id``'s bytes where the store can tell, the server's otherwise."""
         total = 0
         stores = self.spec.stores
         if "memory" in stores:
-            total += _memory_bytes(self.saver)
+            total += _memory_bytes(self.saver, thread_id)
         if "sqlite" in stores:
-            total += await _sqlite_bytes(self.saver)
+            total += await _sqlite_bytes(self.saver, thread_id)
         if "redis" in stores:
             assert self._redis is not None
             info = await self._redis.info("stats")
@@ -101,24 +102,26 @@ class SaverSpec:
         return " + ".join(parts[s] for s in self.stores)
 
 
-def _memory_bytes(saver: Any) -> int:
+def _memory_bytes(saver: Any, thread_id: str) -> int:
     total = 0
-    for namespaces in saver.storage.values():
-        for checkpoints in namespaces.values():
-            for (_, cp), (_, meta), _parent in checkpoints.values():
-                total += len(cp) + len(meta)
-    for _type, blob in saver.blobs.values():
-        total += len(blob)
-    for writes in saver.writes.values():
-        for _task, _channel, (_, value), _path in writes.values():
-            total += len(value)
+    for checkpoints in saver.storage.get(thread_id, {}).values():
+        for (_, cp), (_, meta), _parent in checkpoints.values():
+            total += len(cp) + len(meta)
+    for key, (_type, blob) in saver.blobs.items():
+        if key[0] == thread_id:
+            total += len(blob)
+    for key, writes in saver.writes.items():
+        if key[0] == thread_id:
+            for _task, _channel, (_, value), _path in writes.values():
+                total += len(value)
     return total
 
 
-async def _sqlite_bytes(saver: Any) -> int:
+async def _sqlite_bytes(saver: Any, thread_id: str) -> int:
     async with saver.conn.execute(
-        "SELECT (SELECT total(length(checkpoint)) + total(length(metadata)) FROM checkpoints)"
-        " + (SELECT total(length(value)) FROM writes)"
+        "SELECT (SELECT total(length(checkpoint)) + total(length(metadata)) FROM checkpoints"
+        " WHERE thread_id = ?) + (SELECT total(length(value)) FROM writes WHERE thread_id = ?)",
+        (thread_id, thread_id),
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0] or 0)
