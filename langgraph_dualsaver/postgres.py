@@ -202,6 +202,11 @@ class PostgresDurableSaver(AsyncFirstSaver):
             raise self._unavailable(exc) from exc
         except _BAD_INPUT as exc:
             raise InvalidInputError(f"PostgreSQL rejected the input: {exc}") from exc
+        except asyncpg.exceptions.UndefinedTableError as exc:
+            raise ConfigurationError(
+                f"{self._where} has no dualsaver tables ({exc}); "
+                "call saver.setup() or await saver.asetup() once first"
+            ) from exc
         except _BAD_CONFIG as exc:
             raise ConfigurationError(f"cannot use {self._where}: {exc}") from exc
 

@@ -126,6 +126,14 @@ async def test_a_missing_database_is_a_configuration_error(postgres_url: str) ->
             await saver.asetup()
 
 
+async def test_a_saver_used_before_setup_says_what_to_do(pg_dsn: str) -> None:
+    async with PostgresDurableSaver.from_conn_string(pg_dsn) as saver:
+        with pytest.raises(ConfigurationError, match=r"call saver.setup\(\)"):
+            await saver.aget_tuple(CONFIG)
+        await saver.asetup()
+        assert await saver.aget_tuple(CONFIG) is None
+
+
 def test_a_saver_needs_exactly_one_of_pool_or_dsn() -> None:
     with pytest.raises(ConfigurationError, match="exactly one of pool= or dsn="):
         PostgresDurableSaver()
