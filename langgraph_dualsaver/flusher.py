@@ -11,7 +11,6 @@ COMMIT and XACK) is written again harmlessly: each checkpoint is once in Postgre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -46,6 +45,25 @@ class FlushSettings:
     """An entry held this long by another consumer is taken over (its flusher died)."""
     max_deliveries: int = 5
     """After this many failed attempts an entry goes to the dead-letter stream."""
+
+
+async def _pause(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``. Not ``asyncio.wait_for``: on Python 3.11
+    it can swallow a cancellation that arrives as the wait ends (CPython gh-86296),
+    and a flusher that survives ``asyncio.run``'s shutdown hangs it."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop, even if a library swallowed the
+    ``CancelledError`` (redis-py awaits ``asyncio.wait_for`` too)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return bool(cancelling and cancelling())
 
 
 def consumer_name() -> str:
@@ -126,7 +144,7 @@ class Flusher:
         """Flush until ``stop`` is set; a store outage is logged and retried."""
         interval = self.settings.interval.total_seconds()
         down = False
-        while not stop.is_set():
+        while not stop.is_set() and not _cancel_requested():
             try:
                 moved = await self.run_once()
                 if down:
@@ -139,9 +157,7 @@ class Flusher:
                 moved = 0
             if moved:
                 continue
-            waiter = wake if wake is not None else stop
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(waiter.wait(), timeout=interval)
+            await _pause(wake if wake is not None else stop, interval)
             if wake is not None:
                 wake.clear()
 
