@@ -32,18 +32,27 @@ DRAIN_TIMEOUT = timedelta(minutes=5)
 COLD_TTL = timedelta(seconds=2)
 
 
-async def _load(saver: Any, writers: int, seconds: float) -> int:
-    """``writers`` threads putting checkpoints as fast as they can; returns the puts."""
+async def _warm(saver: Any, writers: int) -> list[CheckpointChain]:
+    """One put per writer, then a flush: the connection pool is as large as the load
+    needs and the saver has checked the server, before the clock starts."""
+    chains = [CheckpointChain(saver, new_thread(f"load-{i}")) for i in range(writers)]
+    await asyncio.gather(*(chain.put(small_state(0)) for chain in chains))
+    await saver.aflush()
+    return chains
+
+
+async def _load(chains: list[CheckpointChain], seconds: float) -> int:
+    """Each chain's thread gets checkpoints as fast as it can take them; returns the puts."""
     deadline = time.perf_counter() + seconds
-    counts = [0] * writers
+    counts = [0] * len(chains)
 
     async def writer(index: int) -> None:
-        chain = CheckpointChain(saver, new_thread(f"load-{index}"))
+        chain = chains[index]
         while time.perf_counter() < deadline:
             await chain.put(small_state(chain.step + 1))
             counts[index] += 1
 
-    await asyncio.gather(*(writer(i) for i in range(writers)))
+    await asyncio.gather(*(writer(i) for i in range(len(chains))))
     return sum(counts)
 
 
@@ -77,10 +86,11 @@ async def outbox_under_load(handle: OpenSaver, grid: Grid) -> list[Record]:
         handle.servers.redis_url, handle.pg_dsn, mode="write_behind", prefix=handle.prefix + "l"
     ) as saver:
         await saver.asetup()
+        chains = await _warm(saver, grid.chain_writers)
         started = time.perf_counter()
         done = asyncio.Event()
         sampler = asyncio.ensure_future(_sample_lag(saver, started, done))
-        puts = await _load(saver, grid.chain_writers, grid.chain_load_seconds)
+        puts = await _load(chains, grid.chain_load_seconds)
         load_s = time.perf_counter() - started
         deadline = time.perf_counter() + DRAIN_TIMEOUT.total_seconds()
         while (await saver.astats()).outbox_length > 0 and time.perf_counter() < deadline:
@@ -111,8 +121,9 @@ async def outbox_under_load(handle: OpenSaver, grid: Grid) -> list[Record]:
         max_lag=10**9,
     ) as saver:
         await saver.asetup()
+        chains = await _warm(saver, grid.chain_writers)
         started = time.perf_counter()
-        puts = await _load(saver, grid.chain_writers, grid.chain_load_seconds)
+        puts = await _load(chains, grid.chain_load_seconds)
         load_s = time.perf_counter() - started
         entries = (await saver.astats()).outbox_length
         started = time.perf_counter()

@@ -77,6 +77,10 @@ async def _all_or_none(coros: list[Coroutine[Any, Any, None]]) -> None:
         raise
 
 
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
 def _failed(measure: str, handle: OpenSaver, exc: BaseException, **where: Any) -> Record:
     """A failed point of a measure: the harness moves it to the run's errors."""
     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -107,6 +111,7 @@ async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> li
                 await graph.ainvoke(case.new_input(), config)
                 out.append(time.perf_counter() - started)
 
+        counters = await handle.counters()
         started = time.perf_counter()
         try:
             await _all_or_none([worker(i) for i in range(concurrency)])
@@ -127,6 +132,7 @@ async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> li
                 "seconds": round(elapsed, 4),
                 "steps_per_s": round(steps / elapsed, 2),
                 **percentiles(latencies),
+                "counters": _delta(counters, await handle.counters()),
             }
         )
         await handle.settle()

@@ -146,6 +146,13 @@ def _graph_table(f: Figures) -> list[str]:
                 _ms(r.get("p99_ms")),
             ]
         rows.append(row)
+    fallbacks = [
+        f"{f.label(r['saver'])} at concurrency {r['concurrency']}: "
+        + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v and k.startswith("degraded"))
+        for r in f.results
+        if r.get("measure") == "graph"
+        and any(v for k, v in (r.get("counters") or {}).items() if k.startswith("degraded"))
+    ]
     header = ["saver"]
     for level in levels:
         header += [f"c={level} steps/s (vs official PG)", "p50 ms", "p99 ms"]
@@ -156,6 +163,15 @@ def _graph_table(f: Figures) -> list[str]:
         "`ainvoke`; each concurrent worker has its own thread.",
         "",
         *_table(header, rows),
+        *(
+            [
+                "**Fallbacks during the graph runs** (Redis unreachable or refusing, so the "
+                "chain went to PostgreSQL directly): " + "; ".join(fallbacks) + ".",
+                "",
+            ]
+            if fallbacks
+            else []
+        ),
     ]
 
 

@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 
+COUNTERS = ("degraded_reads", "degraded_writes", "hot_misses", "backfills", "dead_letters")
+
+
 class SaverUnavailable(Exception):
     """A saver cannot be measured in this run; the message says why."""
 
@@ -56,6 +59,15 @@ class OpenSaver:
         flush = getattr(self.saver, "aflush", None)
         if flush is not None:
             await flush()
+
+    async def counters(self) -> dict[str, int]:
+        """The chain's fallback counters (degraded reads and writes, cache misses), so a
+        figure that hides a fallback says so; empty for the other savers."""
+        stats = getattr(self.saver, "astats", None)
+        if stats is None:
+            return {}
+        current = await stats()
+        return {name: getattr(current, name) for name in COUNTERS}
 
     async def stored_bytes(self, thread_id: str) -> int:
         """A counter of bytes written to the saver's stores so far (see ``bytes_metric``):
