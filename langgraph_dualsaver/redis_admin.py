@@ -82,7 +82,8 @@ async def delete_threads(
 
 
 async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None:
-    """Drop threads' hot copies, without tombstones."""
+    """Drop threads' hot copies, without tombstones. A thread with records still
+    queued for PostgreSQL is kept (and stays registered)."""
     client = await saver.aclient()
     for chunk in K.chunks(thread_ids, _THREADS):
 
@@ -90,9 +91,12 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
             for thread_id in chunk:
                 keys = saver.thread_keys(thread_id).data
                 S.EVICT.queue(pipe, keys, [K.utf8(thread_id)])
-                pipe.zrem(saver.registry_key, K.utf8(thread_id))
 
-        await saver._pipeline(client, build)
+        dropped = await saver._pipeline(client, build)
+        gone = [K.utf8(t) for t, n in zip(chunk, dropped, strict=True) if n]
+        if gone:
+            with saver._errors():
+                await client.zrem(saver.registry_key, *gone)
 
 
 async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:

@@ -359,13 +359,16 @@ async def test_backfill_puts_a_tuple_back_as_it_was(saver: RedisHotSaver) -> Non
     assert (await saver.athread_info("t"))["pending"] == 0
 
 
-async def test_evicting_drops_hot_copies_without_tombstones(
+async def test_evicting_drops_durable_hot_copies_without_tombstones(
     redis_url: str, redis_prefix: str, raw: Any
 ) -> None:
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as s:
         for thread_id in ("a", "b", "c"):
             await put(s, thread_id, {}, {}, {})
         queued = sum(raw.xlen(key) for key in s.outbox_keys())
+        await s.aevict_all_threads()  # all still queued for PostgreSQL: all kept
+        assert all(raw.exists(*s.thread_keys(t).data) > 0 for t in "abc")
+        await s.amark_durable({"a": 1, "b": 1, "c": 1})
         await s.aevict_thread("a")
         assert raw.exists(*s.thread_keys("a").data) == 0
         await s.aevict_all_threads()
