@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
@@ -37,9 +38,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import INTERRUPT
 
 from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver.committer import GroupCommitter
 from langgraph_dualsaver.errors import (
     ConfigurationError,
-    DurableWriteError,
     StoreUnavailableError,
 )
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
@@ -172,6 +173,9 @@ class DualSaver(AsyncFirstSaver):
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
         self._unflushed_estimate = 0
         self._connections_seen = -1
+        self._committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommitter] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- construction -----------------------------------------------------------------
 
@@ -293,31 +297,22 @@ class DualSaver(AsyncFirstSaver):
             self._counters.degraded_writes += 1
             return
         if self.mode == "write_through":
+            self._wake_flusher(now=False)  # for entries a failed commit leaves behind
             await self._commit_through(record, entry_id)
         else:
             self._unflushed_estimate += 1
             self._wake_flusher()
 
     async def _commit_through(self, record: CheckpointRecord | WritesRecord, entry_id: str) -> None:
-        """Commit the record to PostgreSQL ourselves, then remove its outbox entry.
-
-        If PostgreSQL fails, the entry stays queued for the flusher and the caller gets
-        ``DurableWriteError``: the write was not acknowledged.
-        """
-        try:
-            await self.durable.awrite_batch([record], [stream_seq(entry_id)])
-        except StoreUnavailableError as exc:
-            raise DurableWriteError(
-                f"PostgreSQL did not commit checkpoint data of thread {record.thread_id!r} "
-                f"({exc}); it stays queued in the outbox and will be flushed when "
-                "PostgreSQL is back"
-            ) from exc
+        """Wait for PostgreSQL to commit the record (with concurrent puts of this loop,
+        in one transaction). If it fails, the entry stays queued for the flusher and the
+        caller gets ``DurableWriteError``: the write was not acknowledged."""
+        loop = asyncio.get_running_loop()
+        committer = self._committers.get(loop)
+        if committer is None:
+            committer = self._committers[loop] = GroupCommitter(self.hot, self.durable)
+        await committer.commit(record, entry_id)
         self._counters.flushed += 1
-        try:
-            await self.hot.adiscard_entry(record.thread_id, entry_id)
-        except StoreUnavailableError as exc:
-            # Committed already: the entry is flushed again later, harmlessly.
-            self._health.failed(exc)
 
     async def _apply_backpressure(self) -> None:
         length = await (await self.flusher.outbox()).length()
@@ -338,7 +333,8 @@ class DualSaver(AsyncFirstSaver):
     def flush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
         return self._sync(self.aflush(timeout))
 
-    def _wake_flusher(self) -> None:
+    def _wake_flusher(self, *, now: bool = True) -> None:
+        """Start this loop's background flusher if needed; with ``now``, wake it."""
         if not self.background_flush:
             return
         loop = asyncio.get_running_loop()
@@ -347,7 +343,8 @@ class DualSaver(AsyncFirstSaver):
             stop, wake = asyncio.Event(), asyncio.Event()
             task = loop.create_task(self._run_background(stop, wake), name="dualsaver-flusher")
             background = self._background[loop] = _Background(task, stop, wake)
-        background.wake.set()
+        if now:
+            background.wake.set()
 
     async def _run_background(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         await self.flusher.run_forever(stop, wake)

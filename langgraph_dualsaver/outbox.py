@@ -116,10 +116,13 @@ class Outbox:
         """Entries for this consumer: its own unacknowledged ones, or new ones."""
         start = "0" if own_pending else ">"
         entries: list[Entry] = []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=count)
-            replies = await pipe.execute()
+        try:
+            replies = await self._read(start, count)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # the stream was deleted (FLUSHALL, a new server)
+            replies = await self._read(start, count)
         for reply in replies:
             for stream_name, items in reply or []:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
@@ -127,6 +130,12 @@ class Outbox:
                     if fields:  # an own-pending entry deleted meanwhile comes back empty
                         entries.append(_decode(stream, entry_id, fields))
         return entries
+
+    async def _read(self, start: str, count: int) -> list:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=count)
+            return await pipe.execute()
 
     @_reachable
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:

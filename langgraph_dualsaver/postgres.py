@@ -260,8 +260,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
         e.g. outbox positions), the batch takes each thread's advisory lock (in key order,
         so batches never deadlock) and skips every record whose seq is at or below the
         thread's tombstone: a flush still queued when ``delete_thread`` ran never brings
-        the thread back. Without ``seqs`` there is no tombstone to honour, so the batch
-        is a single statement with no lock (one round trip).
+        the thread back. Either way it is one round trip: a single statement without
+        ``seqs``, the ``dualsaver_write_batch`` function with them.
         """
         if seqs is not None and len(seqs) != len(records):
             raise InvalidInputError(f"got {len(seqs)} seqs for {len(records)} records")
@@ -271,19 +271,15 @@ class PostgresDurableSaver(AsyncFirstSaver):
             async with self._connection() as conn:
                 await conn.execute(sql.INSERT_RECORDS, *sql.batch_params(records))
             return len(records)
-        threads = sorted({record.thread_id for record in records})
-        async with self._connection(transaction=True) as conn:
-            await conn.execute(sql.LOCK_THREADS, threads)
-            rows = await conn.fetch(sql.SELECT_TOMBSTONES, threads)
-            deleted = {r["thread_id"]: r["deleted_seq"] for r in rows}
-            applied = [
-                record
-                for record, seq in zip(records, seqs, strict=True)
-                if record.thread_id not in deleted or seq > deleted[record.thread_id]
-            ]
-            if applied:
-                await conn.execute(sql.INSERT_RECORDS, *sql.batch_params(applied))
-        return len(applied)
+        async with self._connection() as conn:
+            applied = await conn.fetchval(
+                sql.WRITE_BATCH_GUARDED,
+                sorted({record.thread_id for record in records}),
+                [record.thread_id for record in records],
+                list(seqs),
+                *sql.batch_params(records, seqs),
+            )
+        return int(applied)
 
     async def aput(
         self,

@@ -48,10 +48,10 @@ __all__ = [
     "PRUNE_WRITES",
     "RECORD_MIGRATION",
     "RUN_THREADS",
-    "SELECT_TOMBSTONES",
     "THREADS",
     "THREAD_INFO",
     "UPSERT_TOMBSTONE",
+    "WRITE_BATCH_GUARDED",
     "batch_params",
     "filter_param",
     "list_sql",
@@ -125,6 +125,82 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS dualsaver_checkpoints_run_id_idx
     ON dualsaver_checkpoints ((metadata ->> 'run_id'))
     """,
+    # 6: the chain's flush in one round trip: lock the batch's threads (sorted, so two
+    # batches never deadlock), then insert only rows whose outbox position is past the
+    # thread's tombstone. A plpgsql function so the insert runs after the lock with a
+    # fresh snapshot, and sees a tombstone committed while it waited.
+    """
+    CREATE OR REPLACE FUNCTION dualsaver_write_batch(
+        lock_threads text[], rec_threads text[], rec_seqs bigint[],
+        b_t text[], b_ns text[], b_ch text[], b_v text[], b_ty text[], b_blob bytea[],
+        s_t text[], s_ns text[], s_id text[], s_task text[], s_path text[], s_idx int[],
+        s_ch text[], s_ty text[], s_blob bytea[],
+        p_t text[], p_ns text[], p_id text[], p_task text[], p_path text[], p_idx int[],
+        p_ch text[], p_ty text[], p_blob bytea[],
+        c_t text[], c_ns text[], c_id text[], c_parent text[], c_cp bytea[],
+        c_versions text[], c_meta text[],
+        b_seq bigint[], s_seq bigint[], p_seq bigint[], c_seq bigint[]
+    ) RETURNS integer LANGUAGE plpgsql AS $fn$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(k) FROM (
+            SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest(lock_threads) AS t
+            ORDER BY k
+        ) AS keys;
+
+        INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+        SELECT r.t, r.ns, r.ch, r.v, r.ty, r.blob
+        FROM unnest(b_t, b_ns, b_ch, b_v, b_ty, b_blob, b_seq) AS r(t, ns, ch, v, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING;
+
+        INSERT INTO dualsaver_writes
+            (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob
+        FROM unnest(s_t, s_ns, s_id, s_task, s_path, s_idx, s_ch, s_ty, s_blob, s_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+        SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+            type = EXCLUDED.type, blob = EXCLUDED.blob
+        WHERE (dualsaver_writes.task_path, dualsaver_writes.channel,
+               dualsaver_writes.type, dualsaver_writes.blob)
+            IS DISTINCT FROM (EXCLUDED.task_path, EXCLUDED.channel, EXCLUDED.type, EXCLUDED.blob);
+
+        INSERT INTO dualsaver_writes
+            (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob
+        FROM unnest(p_t, p_ns, p_id, p_task, p_path, p_idx, p_ch, p_ty, p_blob, p_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+
+        INSERT INTO dualsaver_checkpoints
+            (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+             channel_versions, metadata)
+        SELECT r.t, r.ns, r.id, r.parent, r.cp, r.versions::jsonb, r.meta::jsonb
+        FROM unnest(c_t, c_ns, c_id, c_parent, c_cp, c_versions, c_meta, c_seq)
+            AS r(t, ns, id, parent, cp, versions, meta, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+        SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
+            checkpoint = EXCLUDED.checkpoint,
+            channel_versions = EXCLUDED.channel_versions,
+            metadata = EXCLUDED.metadata
+        WHERE (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpoint,
+               dualsaver_checkpoints.metadata)
+            IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint,
+                              EXCLUDED.metadata);
+
+        RETURN (SELECT count(*) FROM unnest(rec_threads, rec_seqs) AS r(t, seq)
+                WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                                  WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq));
+    END
+    $fn$
+    """,
 ]
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
@@ -146,10 +222,6 @@ SELECT count(pg_advisory_xact_lock(k))
 FROM (
     SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest($1::text[]) AS t ORDER BY k
 ) AS keys
-"""
-
-SELECT_TOMBSTONES = """
-SELECT thread_id, deleted_seq FROM dualsaver_tombstones WHERE thread_id = ANY($1::text[])
 """
 
 UPSERT_TOMBSTONE = """
@@ -202,6 +274,11 @@ WHERE (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpo
        dualsaver_checkpoints.metadata)
     IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint, EXCLUDED.metadata)
 """
+
+WRITE_BATCH_GUARDED = f"SELECT dualsaver_write_batch({', '.join(f'${i}' for i in range(1, 39))})"
+"""``INSERT_RECORDS`` behind the threads' locks and tombstones, in one round trip:
+``lock_threads, rec_threads, rec_seqs``, the 31 arrays of ``batch_params``, then the
+four seq arrays of ``batch_seqs``."""
 
 # -- reads ----------------------------------------------------------------------------
 
@@ -525,19 +602,27 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def batch_params(records: Iterable[CheckpointRecord | WritesRecord]) -> list[list[Any]]:
-    """The 31 column arrays of ``INSERT_RECORDS``, in arrival order.
+def batch_params(
+    records: Iterable[CheckpointRecord | WritesRecord], seqs: Iterable[int] | None = None
+) -> list[list[Any]]:
+    """The 31 column arrays of ``INSERT_RECORDS``, in arrival order; with ``seqs`` (one
+    per record), also the four seq arrays of ``dualsaver_write_batch`` (per row, the
+    highest seq of the records that carry it).
 
     Rows that would hit one key twice in the statement are merged first, by the same
     rules as the tables: a checkpoint's last version wins, a blob and an ordinary write
     keep their first, a special write (idx < 0) its last.
     """
-    blobs: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    blobs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     special: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     plain: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    checkpoints: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    checkpoints: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    row_seq: dict[tuple[Any, ...], int] = {}
+    seq_of = iter(seqs) if seqs is not None else None
     for record in records:
+        seq = next(seq_of) if seq_of is not None else 0
         thread_id, ns = record.thread_id, record.checkpoint_ns
+        touched: list[tuple[Any, ...]] = []
         if isinstance(record, CheckpointRecord):
             versions = decode_checkpoint(record.checkpoint, {}).get("channel_versions") or {}
             versions_json = json.dumps(
@@ -545,34 +630,43 @@ def batch_params(records: Iterable[CheckpointRecord | WritesRecord]) -> list[lis
                 ensure_ascii=False,
                 separators=(",", ":"),
             )
-            key = (thread_id, ns, record.checkpoint_id)
+            key = ("c", thread_id, ns, record.checkpoint_id)
             checkpoints.pop(key, None)  # keep arrival order for the last version
             checkpoints[key] = (
-                *key,
+                *key[1:],
                 record.parent_checkpoint_id,
                 record.checkpoint,
                 versions_json,
                 record.metadata.decode("utf-8"),
             )
+            touched.append(key)
             for blob in record.blobs:
-                blobs.setdefault(
-                    (thread_id, ns, blob.channel, blob.version),
-                    (thread_id, ns, blob.channel, blob.version, blob.type, blob.data),
-                )
-            continue
-        for write in record.writes:
-            key = (thread_id, ns, record.checkpoint_id, write.task_id, write.idx)
-            row = (
-                thread_id, ns, record.checkpoint_id, write.task_id, write.task_path,
-                write.idx, write.channel, write.type, write.data,
-            )  # fmt: skip
-            if write.overwrites:
-                special[key] = row
-            else:
-                plain.setdefault(key, row)
-    return [
+                key = ("b", thread_id, ns, blob.channel, blob.version)
+                blobs.setdefault(key, (*key[1:], blob.type, blob.data))
+                touched.append(key)
+        else:
+            for write in record.writes:
+                key = ("w", thread_id, ns, record.checkpoint_id, write.task_id, write.idx)
+                row = (
+                    thread_id, ns, record.checkpoint_id, write.task_id, write.task_path,
+                    write.idx, write.channel, write.type, write.data,
+                )  # fmt: skip
+                if write.overwrites:
+                    special[key] = row
+                else:
+                    plain.setdefault(key, row)
+                touched.append(key)
+        for key in touched:
+            row_seq[key] = max(row_seq.get(key, seq), seq)
+    columns = [
         *_columns(blobs.values(), 6),
         *_columns(special.values(), 9),
         *_columns(plain.values(), 9),
         *_columns(checkpoints.values(), 7),
+    ]
+    if seqs is None:
+        return columns
+    return [
+        *columns,
+        *([row_seq[k] for k in rows] for rows in (blobs, special, plain, checkpoints)),
     ]

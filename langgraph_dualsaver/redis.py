@@ -468,9 +468,22 @@ class RedisHotSaver(AsyncFirstSaver):
     ) -> None:
         """Remove an outbox entry whose record the caller committed itself (write-through)
         and count it durable, unless a flusher already took it."""
-        tk = self.thread_keys(thread_id)
-        args = [K.utf8(thread_id), entry_id, self._ttl_ms, group or ""]
-        await self._eval(await self.aclient(), S.DISCARD, tk.all, args)
+        await self.adiscard_entries([(thread_id, entry_id)], group=group)
+
+    async def adiscard_entries(
+        self, entries: Sequence[tuple[str, str]], *, group: str | None = None
+    ) -> None:
+        """``adiscard_entry`` for many ``(thread_id, entry_id)`` pairs, one round trip."""
+        if not entries:
+            return
+
+        def build(pipe: Any) -> None:
+            for thread_id, entry_id in entries:
+                tk = self.thread_keys(thread_id)
+                args = [K.utf8(thread_id), entry_id, self._ttl_ms, group or ""]
+                S.DISCARD.queue(pipe, tk.all, args)
+
+        await self._pipeline(await self.aclient(), build)
 
     # -- reads --------------------------------------------------------------------
 

@@ -1,0 +1,111 @@
+"""Group commit for write_through: concurrent puts of one event loop share one
+PostgreSQL transaction (``awrite_batch``), and their outbox entries are removed after it,
+off the puts' path.
+
+A put waits only for the COMMIT that holds its record. Under concurrency, the puts that
+arrive while a batch commits go together in the next one, so PostgreSQL sees one
+transaction per batch instead of one per put; a lone put still commits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from langgraph_dualsaver.errors import DualSaverError, DurableWriteError, StoreUnavailableError
+from langgraph_dualsaver.keys import stream_seq
+from langgraph_dualsaver.outbox import GROUP
+from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
+
+if TYPE_CHECKING:
+    from langgraph_dualsaver.postgres import PostgresDurableSaver
+    from langgraph_dualsaver.redis import RedisHotSaver
+
+__all__ = ["GroupCommitter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: CheckpointRecord | WritesRecord
+    entry_id: str
+    done: asyncio.Future[None]
+
+
+class GroupCommitter:
+    """Commits write_through records of one event loop, batching concurrent ones."""
+
+    def __init__(
+        self, hot: RedisHotSaver, durable: PostgresDurableSaver, max_batch: int = 256
+    ) -> None:
+        self.hot = hot
+        self.durable = durable
+        self.max_batch = max_batch
+        self.committed = 0
+        self._queue: list[_Pending] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, record: CheckpointRecord | WritesRecord, entry_id: str) -> None:
+        """Return once ``record`` is committed to PostgreSQL; raise ``DurableWriteError``
+        if it could not be (its outbox entry then stays queued for the flusher)."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(record, entry_id, loop.create_future())
+        self._queue.append(pending)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="dualsaver-committer")
+        await pending.done
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            committed = await self._write(batch)
+            self.committed += len(committed)
+            for item in committed:
+                if not item.done.done():
+                    item.done.set_result(None)
+            try:
+                await self.hot.adiscard_entries(
+                    [(item.record.thread_id, item.entry_id) for item in committed], group=GROUP
+                )
+            except StoreUnavailableError as exc:
+                # Committed already: the flusher writes these entries again, harmlessly.
+                logger.info("outbox entries left for the flusher: %s", exc)
+
+    async def _write(self, batch: list[_Pending]) -> list[_Pending]:
+        """Commit a batch; on a rejected record, commit the others one by one."""
+        try:
+            await self.durable.awrite_batch(
+                [item.record for item in batch], [stream_seq(item.entry_id) for item in batch]
+            )
+            return batch
+        except StoreUnavailableError as exc:
+            for item in batch:
+                _fail(item, exc)
+            return []
+        except DualSaverError as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return []
+        committed = []
+        for item in batch:
+            committed += await self._write([item])
+        return committed
+
+
+def _fail(item: _Pending, exc: Exception) -> None:
+    if item.done.done():
+        return
+    if not isinstance(exc, StoreUnavailableError):
+        item.done.set_exception(exc)  # PostgreSQL rejected the record itself
+        return
+    error = DurableWriteError(
+        f"PostgreSQL did not commit checkpoint data of thread {item.record.thread_id!r} "
+        f"({exc}); it stays queued in the outbox and will be flushed when PostgreSQL "
+        "is back"
+    )
+    error.__cause__ = exc
+    item.done.set_exception(error)
