@@ -17,7 +17,10 @@ class Grid:
     name: str
     graph_concurrency: tuple[int, ...]
     graph_invokes: int
-    """Invokes per concurrency level (at least one per concurrent thread)."""
+    """Invokes per concurrency level and round (at least one per concurrent thread)."""
+    graph_rounds: int
+    """Rounds of the graph measure, savers interleaved (rotated each round): the figure is
+    the median round, so a burst of load on a shared machine hits one round of each."""
     op_samples: int
     history_lengths: tuple[int, ...]
     history_samples: int
@@ -47,6 +50,7 @@ GRIDS: dict[str, Grid] = {
         name="quick",
         graph_concurrency=(1, 16),
         graph_invokes=16,
+        graph_rounds=1,
         op_samples=20,
         history_lengths=(10, 100),
         history_samples=10,
@@ -63,7 +67,8 @@ GRIDS: dict[str, Grid] = {
     "full": Grid(
         name="full",
         graph_concurrency=(1, 16, 64),
-        graph_invokes=48,
+        graph_invokes=32,
+        graph_rounds=3,
         op_samples=100,
         history_lengths=(10, 100, 1_000, 10_000),
         history_samples=20,

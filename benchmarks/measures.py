@@ -8,6 +8,7 @@ unrecorded warm-up calls.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -37,6 +38,7 @@ __all__ = [
     "floors",
     "graph_throughput",
     "history_scaling",
+    "merge_graph_rounds",
     "raw_ops",
     "state_size_scaling",
 ]
@@ -124,7 +126,7 @@ async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> li
         steps = invokes * case.steps_per_invoke
         records.append(
             {
-                "measure": "graph",
+                "measure": "graph_round",
                 "saver": handle.name,
                 "concurrency": concurrency,
                 "invokes": invokes,
@@ -132,11 +134,43 @@ async def graph_throughput(handle: OpenSaver, grid: Grid, case: CaseGraph) -> li
                 "seconds": round(elapsed, 4),
                 "steps_per_s": round(steps / elapsed, 2),
                 **percentiles(latencies),
+                "latencies_ms": [round(x * 1000, 3) for x in latencies],
                 "counters": _delta(counters, await handle.counters()),
             }
         )
         await handle.settle()
     return records
+
+
+def merge_graph_rounds(rounds: list[Record]) -> list[Record]:
+    """One ``graph`` record per (saver, concurrency): the median round's steps/s, the
+    percentiles of every round's invokes, the fallback counters summed."""
+    groups: dict[tuple[str, int], list[Record]] = {}
+    for record in rounds:
+        groups.setdefault((record["saver"], record["concurrency"]), []).append(record)
+    merged = []
+    for (saver, concurrency), group in groups.items():
+        rates = sorted(r["steps_per_s"] for r in group)
+        latencies = [x / 1000 for r in group for x in r["latencies_ms"]]
+        counters: dict[str, int] = {}
+        for r in group:
+            for name, value in r["counters"].items():
+                counters[name] = counters.get(name, 0) + value
+        merged.append(
+            {
+                "measure": "graph",
+                "saver": saver,
+                "concurrency": concurrency,
+                "rounds": len(group),
+                "round_steps_per_s": [r["steps_per_s"] for r in group],
+                "invokes": sum(r["invokes"] for r in group),
+                "steps": sum(r["steps"] for r in group),
+                "steps_per_s": statistics.median(rates),
+                **percentiles(latencies),
+                "counters": counters,
+            }
+        )
+    return merged
 
 
 # -- 2. raw operations -------------------------------------------------------------------

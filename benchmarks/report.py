@@ -153,6 +153,7 @@ def _graph_table(f: Figures) -> list[str]:
         if r.get("measure") == "graph"
         and any(v for k, v in (r.get("counters") or {}).items() if k.startswith("degraded"))
     ]
+    rounds = max((r.get("rounds", 1) for r in f.results if r.get("measure") == "graph"), default=1)
     header = ["saver"]
     for level in levels:
         header += [f"c={level} steps/s (vs official PG)", "p50 ms", "p99 ms"]
@@ -160,7 +161,9 @@ def _graph_table(f: Figures) -> list[str]:
         "## case_8842 graph",
         "",
         "Graph steps (checkpoints) per second over all concurrent threads, and latency per "
-        "`ainvoke`; each concurrent worker has its own thread.",
+        "`ainvoke`; each concurrent worker has its own thread. Steps/s is the median of "
+        f"{rounds} round(s), savers interleaved and rotated each round; latencies pool "
+        "every round's invokes.",
         "",
         *_table(header, rows),
         *(
@@ -364,22 +367,40 @@ def _reading(doc: dict[str, Any], aims: list[Aim]) -> list[str]:
     lines += ["", "**Why**, from how each saver works:", ""]
     lines += [
         "- InMemorySaver does no I/O: it is the ceiling, and the distance to it is the "
-        "price of round trips and serialization.",
-        "- The official AsyncPostgresSaver runs every query behind one `asyncio.Lock`, even "
-        "with a pool (langgraph issue #7259), so its throughput does not grow with "
-        "concurrency; each put is its own transaction and commit (an fsync with fsync on).",
-        "- DualSaver write_behind returns after the Redis write (the checkpoint and its "
-        "outbox entry in one atomic script); the flusher writes PostgreSQL in batches of up "
-        "to 500 entries per transaction, so the request path pays no PostgreSQL commit. "
-        "Its write debt is paid (`aflush`) between measurements and is not in its figures; "
-        "the drain aim checks that the flusher outruns the writers.",
-        "- DualSaver write_through pays the Redis write and a PostgreSQL commit on every "
-        "put: it can only beat the official saver by doing less per commit and by not "
-        "serializing concurrent threads.",
-        "- The official AsyncRedisSaver stores documents in RedisJSON and finds them through "
-        "RediSearch queries, several round trips per operation; RedisHotSaver uses plain "
-        "hashes and sorted sets under one hash tag per thread.",
+        "price of round trips and serialization. The graph's own work (LangGraph's "
+        "scheduling, reducers, serde) is part of every saver's figure.",
+        "- The official AsyncPostgresSaver takes one `asyncio.Lock` around every query, "
+        "even with a pool (langgraph issue #7259), so its throughput barely grows with "
+        "concurrency. PostgresDurableSaver writes a checkpoint, its blobs and writes in "
+        "one statement (`INSERT ... SELECT FROM unnest(...)`) on an asyncpg pool, and "
+        "reads the latest checkpoint with its blobs and writes in one query.",
+        "- DualSaver write_behind returns after one Redis round trip (a Lua script writes "
+        "the checkpoint and appends its outbox entry atomically); the flusher writes "
+        "PostgreSQL in batches of up to 500 entries per statement, so the request path "
+        "pays no PostgreSQL commit. Its write debt is paid (`aflush`) between "
+        "measurements, outside its figures; the drain aim checks the flusher outruns "
+        "the writers.",
+        "- DualSaver write_through pays, on every put, the Redis script, a PostgreSQL "
+        "commit and a second Redis round trip to drop the outbox entry: three round "
+        "trips where the official saver pipelines its statements into about one, so at low "
+        "concurrency it cannot win; "
+        "its chance is that concurrent threads are not serialized.",
+        "- The official AsyncRedisSaver keeps RedisJSON documents found through RediSearch "
+        "indexes (several commands per operation, and it needs both modules); "
+        "RedisHotSaver keeps a thread in a few hashes and a sorted-set index under one hash "
+        "tag and answers a put, a put_writes or a latest read with one Lua script call.",
+        "- DeltaChannel writes a full snapshot every 100 updates: between snapshots a step "
+        "writes only its delta, and the snapshot, amortized, is what makes bytes per step "
+        "creep up with the conversation (see the mean against the median).",
     ]
+    failures = sorted({e["error"].split(" (at ")[0] for e in doc.get("errors", [])})
+    if failures:
+        lines.append(
+            "- **Failures decide some rows**: "
+            + "; ".join(failures)
+            + ". A missing figure is a failure of the saver, not of the harness (see the "
+            "list at the top)."
+        )
     floor_start = [r for r in f.results if r.get("measure") == "floor" and r.get("when") == "start"]
     floor_end = [r for r in f.results if r.get("measure") == "floor" and r.get("when") == "end"]
     if floor_start and floor_end:

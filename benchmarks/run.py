@@ -161,9 +161,16 @@ async def _measure_all(
         run.save()
         if "floor" in names:
             await _floors(servers, grid, run, "start")
-        steps = [(m, h) for m in selected for h in handles if m.applies(h.spec)]
+        steps: list[tuple[Measure, OpenSaver, int]] = []
+        for measure in selected:
+            rounds = grid.graph_rounds if measure.name == "graph" else 1
+            for round_ in range(rounds):
+                shift = round_ % max(1, len(handles))
+                for handle in handles[shift:] + handles[:shift]:  # rotated each round
+                    if measure.applies(handle.spec):
+                        steps.append((measure, handle, round_))
         progress = tqdm(total=len(steps), unit="step", disable=not bar, file=sys.stderr)
-        for measure, handle in steps:
+        for measure, handle, round_ in steps:
             progress.set_description(f"{measure.name}: {handle.spec.label}")
             started = time.perf_counter()
             try:
@@ -176,6 +183,8 @@ async def _measure_all(
                 run.error(measure.name, handle.name, exc)
             else:
                 for record in records:
+                    if measure.name == "graph":
+                        record["round"] = round_
                     if "error" in record:  # one failed point of a measure that went on
                         where = {
                             k: v
@@ -193,6 +202,9 @@ async def _measure_all(
             run.save()
             progress.update()
         progress.close()
+        rounds = [r for r in run.doc["results"] if r["measure"] == "graph_round"]
+        run.doc["results"].extend(measures.merge_graph_rounds(rounds))
+        run.save()
         if "floor" in names:
             await _floors(servers, grid, run, "end")
 
