@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -87,6 +88,8 @@ class Flusher:
         self.flushed = 0
         self.dead_lettered = 0
         self._attempts: Counter[str] = Counter()
+        self._own_pending = True  # a new consumer holds nothing, but one look is cheap
+        self._next_claim = 0.0
 
     async def outbox(self) -> Outbox:
         client = await self.hot.aclient()
@@ -103,21 +106,35 @@ class Flusher:
         """
         outbox = await self.outbox()
         done = 0
-        own = await outbox.read(self.settings.batch, own_pending=True)
-        if own:
-            done += await self._apply(outbox, own)
-        claim_ms = int(self.settings.claim_idle.total_seconds() * 1000)
-        claimed = await outbox.claim_idle(claim_ms, self.settings.batch)
-        if claimed:
-            poison = [e for e, n in claimed if n > self.settings.max_deliveries]
-            if poison:
-                await self._dead_letter(outbox, poison, "delivered too many times")
-            rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
-            done += await self._apply(outbox, rest)
+        if self._own_pending:  # only after a pass that failed part way
+            own = await outbox.read(self.settings.batch, own_pending=True)
+            self._own_pending = bool(own)
+            if own:
+                done += await self._guarded(self._apply(outbox, own))
+        claim_s = self.settings.claim_idle.total_seconds()
+        now = time.monotonic()
+        if now >= self._next_claim:  # other consumers' leftovers: looked for now and then
+            self._next_claim = now + claim_s / 2
+            claimed = await outbox.claim_idle(int(claim_s * 1000), self.settings.batch)
+            if claimed:
+                poison = [e for e, n in claimed if n > self.settings.max_deliveries]
+                if poison:
+                    await self._dead_letter(outbox, poison, "delivered too many times")
+                rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
+                done += await self._guarded(self._apply(outbox, rest))
         fresh = await outbox.read(self.settings.batch, own_pending=False)
         if fresh:
-            done += await self._apply(outbox, fresh)
+            done += await self._guarded(self._apply(outbox, fresh))
         return done
+
+    async def _guarded(self, applying: Awaitable[int]) -> int:
+        """Apply entries now in this consumer's pending list; if that fails part way,
+        the next pass reads that list first."""
+        try:
+            return await applying
+        except BaseException:
+            self._own_pending = True
+            raise
 
     async def drain(self, timeout: timedelta = timedelta(seconds=30)) -> int:
         """Flush until the outbox is empty (entries held by other live flushers
@@ -197,6 +214,7 @@ class Flusher:
                 raise
             except DualSaverError as exc:
                 self._attempts[entry.id] += 1
+                self._own_pending = True  # retried from this consumer's pending list
                 if self._attempts[entry.id] >= self.settings.max_deliveries:
                     await self._dead_letter(outbox, [entry], str(exc))
         return good

@@ -144,11 +144,12 @@ class Outbox:
         Returns each entry with its delivery count after the claim.
         """
         claimed: list[tuple[Entry, int]] = []
-        for stream in self.streams:
-            pending = await self.client.xpending_range(
-                stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms
-            )
-            if not pending:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        for stream, pending in zip(self.streams, replies, strict=True):
+            if not pending or isinstance(pending, Exception):  # no group yet: nothing held
                 continue
             ids = [p["message_id"] for p in pending]
             deliveries = {_text(p["message_id"]): p["times_delivered"] + 1 for p in pending}

@@ -147,13 +147,16 @@ MIGRATIONS: list[str] = [
             ORDER BY k
         ) AS keys;
 
+        IF cardinality(b_t) > 0 THEN
         INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
         SELECT r.t, r.ns, r.ch, r.v, r.ty, r.blob
         FROM unnest(b_t, b_ns, b_ch, b_v, b_ty, b_blob, b_seq) AS r(t, ns, ch, v, ty, blob, seq)
         WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
                           WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
         ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING;
+        END IF;
 
+        IF cardinality(s_t) > 0 THEN
         INSERT INTO dualsaver_writes
             (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
         SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob
@@ -167,7 +170,9 @@ MIGRATIONS: list[str] = [
         WHERE (dualsaver_writes.task_path, dualsaver_writes.channel,
                dualsaver_writes.type, dualsaver_writes.blob)
             IS DISTINCT FROM (EXCLUDED.task_path, EXCLUDED.channel, EXCLUDED.type, EXCLUDED.blob);
+        END IF;
 
+        IF cardinality(p_t) > 0 THEN
         INSERT INTO dualsaver_writes
             (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
         SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob
@@ -176,7 +181,9 @@ MIGRATIONS: list[str] = [
         WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
                           WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
         ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+        END IF;
 
+        IF cardinality(c_t) > 0 THEN
         INSERT INTO dualsaver_checkpoints
             (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
              channel_versions, metadata)
@@ -194,6 +201,7 @@ MIGRATIONS: list[str] = [
                dualsaver_checkpoints.metadata)
             IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint,
                               EXCLUDED.metadata);
+        END IF;
 
         RETURN (SELECT count(*) FROM unnest(rec_threads, rec_seqs) AS r(t, seq)
                 WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
