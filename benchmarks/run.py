@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_measure_all(servers, grid, specs, chosen, run, not args.no_progress))
         run.doc["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         run.save()
-    report.render(json_path, markdown, out)
+    # The full grid's default report also refreshes the README's headline block.
+    default_full = grid.name == "full" and args.markdown is None and args.out is None
+    report.render(json_path, markdown, out, ROOT / "README.md" if default_full else None)
     print(f"results: {json_path}\nreport:  {markdown}")
     return 0
 
