@@ -33,10 +33,10 @@ lab: $(STAMP)  ## Open Jupyter with the project's environment
 	$(BIN)/pip install --quiet jupyterlab
 	PYTHONPATH=$(CURDIR) $(BIN)/jupyter lab notebooks/
 
-bench: $(STAMP)  ## Full benchmark grid (about 10 minutes): JSON, table and plots in benchmarks/results
+bench: $(STAMP)  ## Full benchmark grid (under 10 minutes): benchmarks/RESULTS.md, JSON and plots in benchmarks/results
 	$(BIN)/python benchmarks/run.py --grid full
 
-bench-quick: $(STAMP)  ## Small benchmark grid (about a minute)
+bench-quick: $(STAMP)  ## Small benchmark grid (about a minute) into benchmarks/results/quick
 	$(BIN)/python benchmarks/run.py --grid quick
 
 lint: $(STAMP)  ## ruff
