@@ -21,9 +21,10 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
 STEP_TIMEOUT_S = {"quick": 60.0, "full": 300.0}
+TERMINATING = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ async def _measure_all(
                         steps.append((measure, handle, round_))
         progress = tqdm(total=len(steps), unit="step", disable=not bar, file=sys.stderr)
         for measure, handle, round_ in steps:
+            if TERMINATING.is_set():
+                raise asyncio.CancelledError
             progress.set_description(f"{measure.name}: {handle.spec.label}")
             started = time.perf_counter()
             try:
@@ -209,6 +213,34 @@ async def _measure_all(
             await _floors(servers, grid, run, "end")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+async def _terminable(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro``; SIGTERM cancels it (at an await, where cleanup can run) and exits."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        TERMINATING.set()  # checked between steps, should a library swallow the cancel
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    if terminated:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="quick")
@@ -241,12 +273,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown saver or measure: {', '.join(unknown)}", file=sys.stderr)
             return 2
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        # SIGTERM unwinds like Ctrl-C, so the servers started here are stopped.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        # SIGTERM unwinds like Ctrl-C, so the servers started here are stopped: outside
+        # the event loop by SystemExit, inside it by cancelling the run (_terminable).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         run = Run(json_path, grid, argv)
         specs = [s for s in SAVERS if s.name in names]
         with bench_servers() as servers:
-            asyncio.run(_measure_all(servers, grid, specs, chosen, run, not args.no_progress))
+            try:
+                asyncio.run(
+                    _terminable(
+                        _measure_all(servers, grid, specs, chosen, run, not args.no_progress)
+                    )
+                )
+            finally:
+                signal.signal(signal.SIGTERM, _exit_on_sigterm)  # the loop reset it
         run.doc["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         run.save()
     # The full grid's default report also refreshes the README's headline block.
