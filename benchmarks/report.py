@@ -15,9 +15,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.aims import Aim, Figures, compute_aims, delta_window
+from benchmarks.headline import update_readme
 from benchmarks.plots import OPS, render_plots
 
-__all__ = ["headline", "render", "render_markdown", "update_readme"]
+__all__ = ["render", "render_markdown"]
 
 MARK = {True: "met", False: "**not met**", None: "not decided"}
 
@@ -450,53 +451,6 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, Path], markdown: Path)
         lines += [f"![outbox under load]({rel['outbox']})", ""]
     lines += _reading(doc, aims)
     return "\n".join(lines)
-
-
-README_START = "<!-- benchmarks:headline:start -->"
-README_END = "<!-- benchmarks:headline:end -->"
-HEADLINE = (
-    ("dual_write_behind", "official_postgres", 1),
-    ("dual_write_behind", "official_postgres", 16),
-    ("dual_write_behind", "memory", 16),
-    ("dual_write_through", "official_postgres", 16),
-    ("postgres", "official_postgres", 16),
-    ("redis", "official_redis", 1),
-)
-
-
-def headline(doc: dict[str, Any]) -> list[str]:
-    """The README's few lines: graph steps/s ratios and the aims met, from one run."""
-    f = Figures(doc)
-    lines = []
-    for ours, theirs, level in HEADLINE:
-        a, b = f.graph_rate(ours, level), f.graph_rate(theirs, level)
-        ratio = a / b if a and b else None
-        lines.append(
-            f"- {f.label(ours)} vs {f.label(theirs)}, case_8842 graph steps/s at "
-            f"concurrency {level}: **{_x(ratio)}**"
-        )
-    aims = compute_aims(doc)
-    met = sum(1 for a in aims if a.met is True)
-    missed = sum(1 for a in aims if a.met is False)
-    lines.append(
-        f"- Aims: {met} met, {missed} not met, {len(aims) - met - missed} not decided "
-        f"(grid `{doc.get('grid')}`, {doc.get('machine', {}).get('cores')} cores, "
-        f"{(doc.get('started_at') or '')[:10]})."
-    )
-    return lines
-
-
-def update_readme(readme: Path, doc: dict[str, Any]) -> bool:
-    """Replace the headline block of the README, if it has one; True if it did."""
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    block = "\n".join([README_START, *headline(doc), README_END])
-    readme.write_text(text[:start] + block + text[end + len(README_END) :])
-    return True
 
 
 def render(json_path: Path, markdown: Path, plots_dir: Path, readme: Path | None = None) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks.aims import compute_aims
 from benchmarks.grid import GRIDS
+from benchmarks.headline import README_END, README_START, update_readme
 from benchmarks.plots import OPS
 from benchmarks.report import render_markdown
 from benchmarks.savers import SAVERS
@@ -211,3 +212,25 @@ def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
     assert summary["p50_ms"] == pytest.approx(50.0)
     assert summary["p99_ms"] == pytest.approx(99.0)
     assert percentiles([]) == {"n": 0}
+
+
+@pytest.mark.pure
+def test_readme_headline_block_is_replaced_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold figures\n{README_END}\nafter\n")
+    doc = {
+        "grid": "full",
+        "savers": {},
+        "results": [
+            {"measure": "graph", "saver": "redis", "concurrency": 1, "steps_per_s": 300.0},
+            {"measure": "graph", "saver": "official_redis", "concurrency": 1, "steps_per_s": 100.0},
+        ],
+    }
+    assert update_readme(readme, doc)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n")
+    assert "old figures" not in text
+    assert "redis vs official_redis, case_8842 graph steps/s at concurrency 1: **3.00x**" in text
+    readme.write_text("no markers\n")
+    assert not update_readme(readme, doc)
+    assert readme.read_text() == "no markers\n"
