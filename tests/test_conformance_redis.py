@@ -3,19 +3,14 @@ the embedded Valkey, and on a real three-master Redis Cluster started by the tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
 from redis.asyncio.cluster import RedisCluster
 
 from langgraph_dualsaver.redis import RedisHotSaver
 from tests.cluster import valkey_cluster
-
-# The suite's size in langgraph-checkpoint-conformance 0.0.2: put 17, put_writes 10,
-# get_tuple 10, list 16, delete_thread 5, delete_for_runs 7, copy_thread 8, prune 8.
-EXPECTED_TESTS = 81
+from tests.conformance import assert_full_conformance
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +19,8 @@ def cluster_url() -> Iterator[str]:
         yield nodes[0].url
 
 
-async def _conformance(name: str, open_saver) -> None:  # type: ignore[no-untyped-def]
-    @checkpointer_test(name=name)
-    async def factory() -> AsyncIterator[RedisHotSaver]:
-        async with open_saver() as saver:
-            await saver.asetup()
-            yield saver
-
-    report = await validate(factory)
-    report.print_report()
-    passed = sum(r.tests_passed for r in report.results.values())
-    failed = sum(r.tests_failed for r in report.results.values())
-    print(f"conformance: {passed} passed, {failed} failed, level {report.conformance_level()}")
-
-    assert set(report.results) == {c.value for c in ALL_CAPABILITIES}
-    failures = {cap: r.failures for cap, r in report.results.items() if not r.passed}
-    assert not failures, failures
-    assert all(r.detected and r.passed for r in report.results.values())
-    assert report.conformance_level() == "FULL"
-    assert (passed, failed) == (EXPECTED_TESTS, 0)
-
-
 async def test_every_capability_on_valkey(redis_url: str, redis_prefix: str) -> None:
-    await _conformance(
+    await assert_full_conformance(
         "RedisHotSaver", lambda: RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix)
     )
 
@@ -56,7 +30,7 @@ async def test_every_capability_on_a_three_master_cluster(cluster_url: str) -> N
     try:
         info = await client.cluster_info()
         assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3
-        await _conformance(
+        await assert_full_conformance(
             "RedisHotSaver on Redis Cluster",
             lambda: RedisHotSaver.from_conn_string(cluster_url, cluster=True, prefix="conf"),
         )
@@ -71,7 +45,7 @@ async def test_every_capability_on_a_three_master_cluster(cluster_url: str) -> N
 async def test_caller_owned_cluster_client_is_used_and_left_open(cluster_url: str) -> None:
     client = RedisCluster.from_url(cluster_url)
     try:
-        await _conformance(
+        await assert_full_conformance(
             "RedisHotSaver on a caller's RedisCluster", lambda: _OwnedClientSaver(client)
         )
         assert await client.ping()
