@@ -173,6 +173,9 @@ class DualSaver(AsyncFirstSaver):
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
         self._unflushed_estimate = 0
         self._connections_seen = -1
+        self._reconcile_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
         self._committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommitter] = (
             weakref.WeakKeyDictionary()
         )
@@ -477,14 +480,29 @@ class DualSaver(AsyncFirstSaver):
         """Make sure Redis serves nothing stale: after it was unreachable, and whenever a
         new connection was opened (the server behind it may have restarted, perhaps
         from an old snapshot). Costs one round trip per new connection."""
-        opened = self.hot.connections_opened
-        if not self._health.needs_reconcile and opened == self._connections_seen:
+        if not self._reconcile_due():
             return
-        if await self.hot.acheck_server_identity():
-            logger.warning(
-                "Redis restarted (or is new to this prefix); evicting every hot thread "
-                "before serving it, so an old snapshot cannot serve a stale latest"
-            )
+        loop = asyncio.get_running_loop()
+        lock = self._reconcile_locks.get(loop)
+        if lock is None:
+            lock = self._reconcile_locks[loop] = asyncio.Lock()
+        async with lock:  # concurrent first calls: one checks, the others wait for it
+            if self._reconcile_due():
+                await self._reconcile()
+
+    def _reconcile_due(self) -> bool:
+        return self._health.needs_reconcile or self.hot.connections_opened != self._connections_seen
+
+    async def _reconcile(self) -> None:
+        identity = await self.hot.aserver_identity()
+        if identity != "same":
+            if identity == "changed":
+                logger.warning(
+                    "Redis restarted; evicting every hot thread before serving it, so "
+                    "an old snapshot cannot serve a stale latest"
+                )
+            else:
+                logger.info("first use of this Redis for prefix %r", self.hot.prefix)
             await self.aflush()
             await self.hot.aevict_all_threads()
             await self.hot.arecord_server_identity()

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.outbox import GROUP, Entry, Outbox
+from langgraph_dualsaver.outbox import Entry, Outbox
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.postgres import PostgresDurableSaver
@@ -87,6 +87,7 @@ class Flusher:
         self.consumer = consumer or consumer_name()
         self.flushed = 0
         self.dead_lettered = 0
+        self.failed_passes = 0
         self._attempts: Counter[str] = Counter()
         self._own_pending = True  # a new consumer holds nothing, but one look is cheap
         self._next_claim = 0.0
@@ -137,19 +138,23 @@ class Flusher:
             raise
 
     async def drain(self, timeout: timedelta = timedelta(seconds=30)) -> int:
-        """Flush until the outbox is empty (entries held by other live flushers
-        included: they are waited for, then reclaimed after ``claim_idle``)."""
+        """Flush until every entry queued before this call is durable (entries held by
+        other live flushers included: they are waited for, or reclaimed after
+        ``claim_idle``). Entries written meanwhile are left to the background flusher,
+        so writers that keep putting cannot keep a drain going."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
         outbox = await self.outbox()
+        cutoff = await outbox.server_time_ms()
         total = 0
         while True:
             moved = await self.run_once()
             total += moved
+            oldest = await outbox.oldest_ms()
+            if oldest is None or oldest > cutoff:
+                return total
             if moved:
                 continue
-            if await outbox.length() == 0:
-                return total
             if loop.time() > deadline:
                 raise StoreUnavailableError(
                     f"the outbox did not drain within {timeout.total_seconds():.0f}s; "
@@ -171,6 +176,12 @@ class Flusher:
                 if not down:
                     logger.warning("flusher %s: %s; retrying", self.consumer, exc)
                     down = True
+                moved = 0
+            except DualSaverError:
+                # A background worker must not die of one bad pass; its entries stay
+                # queued and are retried (and dead-lettered after max_deliveries).
+                logger.exception("flusher %s: pass failed; retrying", self.consumer)
+                self.failed_passes += 1
                 moved = 0
             if moved:
                 continue
@@ -231,12 +242,7 @@ class Flusher:
         """Acknowledge durable entries: XACK + XDEL, then release their threads' TTL."""
         if not entries:
             return
-        async with outbox.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xack(entry.stream, GROUP, entry.id)
-                pipe.xdel(entry.stream, entry.id)
-            replies = await pipe.execute()
-        removed = [bool(replies[i * 2 + 1]) for i in range(len(entries))]
+        removed = await outbox.acknowledge(entries)
         await self._release(entries, removed)
         self.flushed += len(entries)
         for entry in entries:

@@ -10,7 +10,6 @@ committed to PostgreSQL, so the stream is trimmed only behind what is durable.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -161,6 +160,17 @@ class Outbox:
         return claimed
 
     @_reachable
+    async def acknowledge(self, entries: Sequence[Entry]) -> list[bool]:
+        """XACK and XDEL durable entries; for each, whether this call removed it (an
+        entry is counted durable once, by whoever removes it)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xack(entry.stream, GROUP, entry.id)
+                pipe.xdel(entry.stream, entry.id)
+            replies = await pipe.execute()
+        return [bool(replies[i * 2 + 1]) for i in range(len(entries))]
+
+    @_reachable
     async def dead_letter_entries(self, entries: Sequence[Entry], reason: str) -> None:
         """Move entries to their dead-letter stream, then remove them from the outbox."""
         async with self.client.pipeline(transaction=False) as pipe:
@@ -184,16 +194,26 @@ class Outbox:
             return sum(await pipe.execute())
 
     @_reachable
-    async def oldest_age_s(self) -> float | None:
-        """Age of the oldest entry not yet durable, from its stream id's timestamp."""
+    async def oldest_ms(self) -> int | None:
+        """Server time (ms) of the oldest entry not yet durable, from its stream id."""
         async with self.client.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xrange(stream, count=1)
             replies = await pipe.execute()
         stamps = [int(items[0][0].split(b"-")[0]) for items in replies if items]
-        if not stamps:
+        return min(stamps) if stamps else None
+
+    @_reachable
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def oldest_age_s(self) -> float | None:
+        """Age of the oldest entry not yet durable."""
+        oldest = await self.oldest_ms()
+        if oldest is None:
             return None
-        return max(0.0, time.time() - min(stamps) / 1000)
+        return max(0.0, (await self.server_time_ms() - oldest) / 1000)
 
     @_reachable
     async def dead_letter_count(self) -> int:

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -352,14 +352,21 @@ class RedisHotSaver(AsyncFirstSaver):
         recorded under ``<prefix>:server`` (a restart, perhaps from an old snapshot;
         or the record is missing). Every process sees the same answer. After making
         the hot data safe, call ``arecord_server_identity``."""
+        return await self.aserver_identity() != "same"
+
+    async def aserver_identity(self) -> Literal["same", "new", "changed"]:
+        """``"same"``: the recorded server; ``"new"``: nothing recorded under this
+        prefix yet; ``"changed"``: another run_id (the server restarted)."""
         client = await self.aclient()
         with self._errors():
             info = await client.info("server")
             if self._cluster:  # one run_id per node: restarts show up as errors instead
-                return False
+                return "same"
             recorded = await client.get(K.server_key(self.prefix))
         self._run_id = _text(info.get("run_id", ""))
-        return recorded is None or _text(recorded) != self._run_id
+        if recorded is None:
+            return "new"
+        return "same" if _text(recorded) == self._run_id else "changed"
 
     async def arecord_server_identity(self) -> None:
         """Record the current server as the one the hot data is good on."""
