@@ -305,9 +305,15 @@ LEFT JOIN LATERAL (
     SELECT array_agg(b.channel) AS channels, array_agg(b.version) AS versions,
            array_agg(b.type) AS types, array_agg(b.blob) AS blobs
     FROM jsonb_each_text(c.channel_versions) AS v
-    JOIN dualsaver_blobs AS b
-      ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
-     AND b.channel = v.key AND b.version = v.value
+    CROSS JOIN LATERAL (
+        -- One primary-key lookup per channel, never a hash of every blob of the thread
+        -- (which the planner picks when its row estimate is stale): flat in the
+        -- thread's history length. LIMIT 1 keeps the subquery from being flattened.
+        SELECT * FROM dualsaver_blobs AS b
+        WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+          AND b.channel = v.key COLLATE "C" AND b.version = v.value COLLATE "C"
+        LIMIT 1
+    ) AS b
 ) AS bl ON true
 LEFT JOIN LATERAL (
     SELECT array_agg(w.task_id) AS task_ids, array_agg(w.task_path) AS task_paths,
