@@ -107,6 +107,8 @@ def _graph_aims(f: Figures) -> list[Aim]:
     pairs = (
         ("dual_write_behind", "official_postgres", 2.0),
         ("dual_write_behind", "memory", 0.5),
+        ("dual_write_behind_worker", "official_postgres", 2.0),
+        ("dual_write_behind_worker", "memory", 0.5),
         ("dual_write_through", "official_postgres", 1.2),
     )
     for concurrency in f.concurrencies():

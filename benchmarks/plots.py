@@ -25,6 +25,7 @@ STYLE = {
     "redis": ("tab:red", "-"),
     "dual_write_through": ("tab:purple", "-"),
     "dual_write_behind": ("tab:green", "-"),
+    "dual_write_behind_worker": ("tab:green", "--"),
 }
 
 

@@ -9,6 +9,9 @@ be opened (its module does not exist yet, its server lacks a module) raises
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -236,6 +239,37 @@ def _dual(mode: str) -> Callable[[OpenSaver], Any]:
     return opener
 
 
+@contextlib.asynccontextmanager
+async def _dual_with_worker(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
+    """write_behind as deployed for throughput: the application process only writes to
+    Redis, and a ``dualsaver flush --follow`` worker process moves the outbox."""
+    cls = _import("langgraph_dualsaver.dual", "DualSaver")
+    assert handle.servers is not None
+    async with cls.from_conn_string(
+        handle.servers.redis_url,
+        handle.pg_dsn,
+        mode="write_behind",
+        prefix=handle.prefix,
+        background_flush=False,
+    ) as saver:
+        await saver.asetup()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "langgraph_dualsaver",
+             "--redis-url", handle.servers.redis_url, "--postgres-url", handle.pg_dsn,
+             "--prefix", handle.prefix, "flush", "--follow"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            yield saver
+        finally:
+            worker.send_signal(signal.SIGINT)  # finishes its batch, then exits
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+
+
 SAVERS: tuple[SaverSpec, ...] = (
     SaverSpec("memory", "InMemorySaver", False, ("memory",), _memory),
     SaverSpec("sqlite", "AsyncSqliteSaver", False, ("sqlite",), _sqlite),
@@ -256,6 +290,13 @@ SAVERS: tuple[SaverSpec, ...] = (
         True,
         ("redis", "postgres"),
         _dual("write_behind"),
+    ),
+    SaverSpec(
+        "dual_write_behind_worker",
+        "DualSaver write_behind + flush worker",
+        True,
+        ("redis", "postgres"),
+        _dual_with_worker,
     ),
 )
 
