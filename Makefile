@@ -24,7 +24,10 @@ test: $(STAMP)  ## Run every test: pure, real servers, notebooks, benchmark smok
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-pure: $(STAMP)  ## Run only the tests that need no server
-	$(BIN)/pytest -q -m pure
+	$(BIN)/pytest -q -p no:cacheprovider -m pure
+
+test-servers: $(STAMP)  ## Run only the tests against real servers
+	$(BIN)/pytest -q -p no:cacheprovider -m "not pure"
 
 notebooks: $(STAMP)  ## Execute the notebooks and refresh their committed outputs
 	$(BIN)/python notebooks/execute.py --write
