@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.outbox import Entry, Outbox
+from langgraph_dualsaver.outbox import GROUP, Entry, Outbox
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.postgres import PostgresDurableSaver
@@ -239,11 +239,16 @@ class Flusher:
             self._attempts.pop(entry.id, None)
 
     async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
-        """Acknowledge durable entries: XACK + XDEL, then release their threads' TTL."""
+        """Acknowledge durable entries, one script per entry, one round trip for all:
+        XACK + XDEL and, if this call removed the entry, the thread's pending count
+        down (at zero its keys get their TTL), atomically: a crash can never leave a
+        thread counted pending forever (it would never expire)."""
         if not entries:
             return
-        removed = await outbox.acknowledge(entries)
-        await self._release(entries, removed)
+        await self.hot.adiscard_entries(
+            [(entry.thread_id, entry.id) for entry in entries if entry.thread_id is not None],
+            group=GROUP,
+        )
         self.flushed += len(entries)
         for entry in entries:
             self._attempts.pop(entry.id, None)

@@ -160,17 +160,6 @@ class Outbox:
         return claimed
 
     @_reachable
-    async def acknowledge(self, entries: Sequence[Entry]) -> list[bool]:
-        """XACK and XDEL durable entries; for each, whether this call removed it (an
-        entry is counted durable once, by whoever removes it)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xack(entry.stream, GROUP, entry.id)
-                pipe.xdel(entry.stream, entry.id)
-            replies = await pipe.execute()
-        return [bool(replies[i * 2 + 1]) for i in range(len(entries))]
-
-    @_reachable
     async def dead_letter_entries(self, entries: Sequence[Entry], reason: str) -> None:
         """Move entries to their dead-letter stream, then remove them from the outbox."""
         async with self.client.pipeline(transaction=False) as pipe:
