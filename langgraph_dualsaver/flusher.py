@@ -239,13 +239,13 @@ class Flusher:
             self._attempts.pop(entry.id, None)
 
     async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
-        """Acknowledge durable entries, one script per entry, one round trip for all:
+        """Acknowledge durable entries, one script per shard, one round trip for all:
         XACK + XDEL and, if this call removed the entry, the thread's pending count
         down (at zero its keys get their TTL), atomically: a crash can never leave a
         thread counted pending forever (it would never expire)."""
         if not entries:
             return
-        await self.hot.adiscard_entries(
+        await self.hot.aack_durable(
             [(entry.thread_id, entry.id) for entry in entries if entry.thread_id is not None],
             group=GROUP,
         )

@@ -490,6 +490,28 @@ class RedisHotSaver(AsyncFirstSaver):
         and count it durable, unless a flusher already took it."""
         await self.adiscard_entries([(thread_id, entry_id)], group=group)
 
+    async def aack_durable(self, entries: Sequence[tuple[str, str]], *, group: str) -> None:
+        """Acknowledge flushed ``(thread_id, entry_id)`` pairs: one atomic script per
+        shard, one round trip in all (see ``redis_scripts.ACK``)."""
+        by_shard: dict[int, dict[str, list[str]]] = {}
+        for thread_id, entry_id in entries:
+            by_shard.setdefault(self.shard_of(thread_id), {}).setdefault(thread_id, []).append(
+                entry_id
+            )
+        if not by_shard:
+            return
+
+        def build(pipe: Any) -> None:
+            for shard, threads in by_shard.items():
+                keys = [K.outbox_key(self.prefix, shard)]
+                args: list[Any] = [group, self._ttl_ms, len(threads)]
+                for thread_id, ids in threads.items():
+                    keys += self.thread_keys(thread_id).data
+                    args += [K.utf8(thread_id), len(ids), *ids]
+                S.ACK.queue(pipe, keys, args)
+
+        await self._pipeline(await self.aclient(), build)
+
     async def adiscard_entries(
         self, entries: Sequence[tuple[str, str]], *, group: str | None = None
     ) -> None:

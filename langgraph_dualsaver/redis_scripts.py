@@ -22,6 +22,7 @@ from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
 
 __all__ = [
+    "ACK",
     "ALL_SCRIPTS",
     "CHAIN",
     "DELETE",
@@ -384,8 +385,42 @@ return 0
 """,
 )
 
+ACK = Script(
+    "ack",
+    r"""
+-- The flusher's acknowledgement for one shard, atomic: for each thread, XACK + XDEL its
+-- entries and lower its pending count by the entries this call removed (one removed
+-- elsewhere is counted there); at zero, its five keys get the ttl together.
+-- KEYS: the shard's outbox, then five keys per thread (meta, cp, idx, blobs, writes).
+-- ARGV: group, ttl_ms (0 = none), n_threads, then per thread: thread_id, n, ids...
+local outbox, group, ttl_ms = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local a = 4
+for t = 0, tonumber(ARGV[3]) - 1 do
+  local first = 2 + t * 5
+  local thread_id, n = ARGV[a], tonumber(ARGV[a + 1])
+  local removed = 0
+  for k = a + 2, a + 1 + n do
+    redis.call('XACK', outbox, group, ARGV[k])
+    removed = removed + redis.call('XDEL', outbox, ARGV[k])
+  end
+  a = a + 2 + n
+  if removed > 0 and redis.call('HGET', KEYS[first], 'thread_id') == thread_id then
+    local pending = redis.call('HINCRBY', KEYS[first], 'pending', -removed)
+    if pending <= 0 then
+      if pending < 0 then redis.call('HSET', KEYS[first], 'pending', '0') end
+      for i = first, first + 4 do
+        if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[i], ttl_ms)
+        else redis.call('PERSIST', KEYS[i]) end
+      end
+    end
+  end
+end
+return 1
+""",
+)
+
 ALL_SCRIPTS: tuple[Script, ...] = (
-    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DUMP, FORGET,
+    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DUMP, FORGET, ACK,
 )  # fmt: skip
 
 
