@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -63,6 +63,7 @@ __all__ = ["DualSaver", "DualStats", "Mode"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_LEFTOVER_AGE = timedelta(seconds=5)
 Mode = Literal["write_behind", "write_through"]
 MODES: tuple[Mode, ...] = ("write_behind", "write_through")
 
@@ -167,6 +168,13 @@ class DualSaver(AsyncFirstSaver):
         self.mode: Mode = mode
         self.max_lag = max_lag
         self.flusher = Flusher(hot, durable, flush)
+        # write_through commits each record itself; its background flusher only picks
+        # up what a failed commit left behind (see FlushSettings.min_age).
+        self._background_flusher = (
+            Flusher(hot, durable, replace(flush or FlushSettings(), min_age=_LEFTOVER_AGE))
+            if mode == "write_through"
+            else self.flusher
+        )
         self.background_flush = background_flush
         self._counters = _Counters()
         self._health = _RedisHealth()
@@ -350,9 +358,9 @@ class DualSaver(AsyncFirstSaver):
             background.wake.set()
 
     async def _run_background(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
-        await self.flusher.run_forever(stop, wake)
+        await self._background_flusher.run_forever(stop, wake)
         try:  # a last pass, so a clean shutdown leaves nothing behind
-            await self.flusher.run_once()
+            await self._background_flusher.run_once()
         except StoreUnavailableError as exc:
             logger.warning("final flush skipped: %s", exc)
 
@@ -537,7 +545,9 @@ class DualSaver(AsyncFirstSaver):
             backfills=self._counters.backfills,
             degraded_reads=self._counters.degraded_reads,
             degraded_writes=self._counters.degraded_writes,
-            flushed=self._counters.flushed + self.flusher.flushed,
+            flushed=self._counters.flushed
+            + self.flusher.flushed
+            + (self._background_flusher.flushed if self.mode == "write_through" else 0),
             redis_available=self._health.down_since is None,
         )
 

@@ -46,6 +46,10 @@ class FlushSettings:
     """An entry held this long by another consumer is taken over (its flusher died)."""
     max_deliveries: int = 5
     """After this many failed attempts an entry goes to the dead-letter stream."""
+    min_age: timedelta = timedelta(0)
+    """Entries younger than this are left alone. write_through's background flusher
+    uses it: the put commits its own record, and the flusher only picks up what a
+    failed commit left behind, never a record a prune or delete has since removed."""
 
 
 async def _pause(event: asyncio.Event, seconds: float) -> None:
@@ -107,9 +111,10 @@ class Flusher:
         """
         outbox = await self.outbox()
         done = 0
-        if self._own_pending:  # only after a pass that failed part way
+        if self._own_pending:  # only after a pass that failed part way, or left some
             own = await outbox.read(self.settings.batch, own_pending=True)
             self._own_pending = bool(own)
+            own = self._ripe(own)
             if own:
                 done += await self._guarded(self._apply(outbox, own))
         claim_s = self.settings.claim_idle.total_seconds()
@@ -123,10 +128,22 @@ class Flusher:
                     await self._dead_letter(outbox, poison, "delivered too many times")
                 rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
                 done += await self._guarded(self._apply(outbox, rest))
-        fresh = await outbox.read(self.settings.batch, own_pending=False)
+        fresh = self._ripe(await outbox.read(self.settings.batch, own_pending=False))
         if fresh:
             done += await self._guarded(self._apply(outbox, fresh))
         return done
+
+    def _ripe(self, entries: list[Entry]) -> list[Entry]:
+        """The entries at least ``min_age`` old; the others stay in this consumer's
+        pending list for a later pass."""
+        min_age_ms = self.settings.min_age.total_seconds() * 1000
+        if not min_age_ms or not entries:
+            return entries
+        newest_ripe = time.time() * 1000 - min_age_ms
+        ripe = [e for e in entries if int(e.id.split("-")[0]) <= newest_ripe]
+        if len(ripe) < len(entries):
+            self._own_pending = True
+        return ripe
 
     async def _guarded(self, applying: Awaitable[int]) -> int:
         """Apply entries now in this consumer's pending list; if that fails part way,

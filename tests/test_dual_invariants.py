@@ -17,7 +17,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.errors import UnsafeRedisConfigError
-from langgraph_dualsaver.flusher import Flusher
+from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from tests.dual_helpers import (
     checkpoint,
     config,
@@ -224,3 +224,19 @@ async def test_setup_refuses_an_eviction_policy_that_could_drop_the_outbox(pg_ds
             assert await client.dbsize() == 0  # refused before writing anything
         finally:
             await client.aclose()
+
+
+async def test_a_flusher_with_min_age_leaves_young_entries_alone(
+    behind: DualSaver, pg_dsn: str
+) -> None:
+    """write_through's background flusher: it never writes a record the put is still
+    committing itself (which a prune right after could otherwise see come back)."""
+    thread = f"young-{uuid.uuid4()}"
+    saved = await put_chain(behind, thread, 1)
+    patient = Flusher(behind.hot, behind.durable, FlushSettings(min_age=timedelta(hours=1)))
+    assert await patient.run_once() == 0
+    assert await durable_ids(pg_dsn, thread) == []
+    assert await behind.alag() == 1
+    eager = Flusher(behind.hot, behind.durable, FlushSettings(claim_idle=timedelta(0)))
+    await eager.drain()
+    assert await durable_ids(pg_dsn, thread) == ids_of(saved)
