@@ -5,11 +5,18 @@ nothing here skips."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from tests.servers import fresh_database, fresh_prefix, postgres_server, valkey_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (a CI timeout, `kill`) ends the run like Ctrl-C: pytest then tears the
+    # fixtures down, so the servers they started are stopped, not left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
