@@ -532,9 +532,13 @@ UNION ALL
 SELECT 'b', seeds.depth, b.channel, NULL, NULL, NULL, b.type, b.blob
 FROM seeds
 JOIN chain ON chain.depth = seeds.depth
-JOIN dualsaver_blobs AS b
-  ON b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = seeds.ch
- AND b.version = chain.channel_versions ->> seeds.ch
+CROSS JOIN LATERAL (
+    -- A primary-key lookup per seed, never a hash of the thread's blobs (see _TUPLE_COLUMNS).
+    SELECT * FROM dualsaver_blobs AS b
+    WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = seeds.ch COLLATE "C"
+      AND b.version = (chain.channel_versions ->> seeds.ch) COLLATE "C"
+    LIMIT 1
+) AS b
 """
 
 # $3 is unused by the latest form but kept so both take the same parameters.
