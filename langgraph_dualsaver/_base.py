@@ -16,6 +16,7 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from typing_extensions import Self
 
 from langgraph_dualsaver._loops import run_sync
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
@@ -104,6 +105,20 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
 
     def close(self) -> None:
         self._sync(self.aclose())
+
+    # -- ``async with saver`` / ``with saver`` closes what it opened -----------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def asetup(self) -> None:
         """Create or migrate what the store needs. Idempotent."""

@@ -21,7 +21,6 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -203,7 +202,7 @@ class DualSaver(AsyncFirstSaver):
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
         **options: Any,
-    ) -> _Opened:
+    ) -> DualSaver:
         """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit."""
         hot = RedisHotSaver(
             url=redis_url,
@@ -217,7 +216,7 @@ class DualSaver(AsyncFirstSaver):
         durable = PostgresDurableSaver(
             dsn=postgres_url, timeouts=timeouts or Timeouts(), serde=serde, limits=limits
         )
-        return _Opened(cls(hot, durable, mode=mode, **options))
+        return cls(hot, durable, mode=mode, **options)
 
     @classmethod
     def from_env(cls, *, mode: Mode | None = None, setup: bool = True, **options: Any) -> DualSaver:
@@ -237,7 +236,7 @@ class DualSaver(AsyncFirstSaver):
             postgres_url = postgres_url or servers.postgres_url
         chosen = mode or os.environ.get("DUALSAVER_MODE", "write_behind")
         options.setdefault("prefix", os.environ.get("DUALSAVER_PREFIX", "dualsaver"))
-        saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options).saver
+        saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options)
         if setup:
             saver.setup()
         return saver
@@ -593,22 +592,3 @@ def _newest_first(item: CheckpointTuple) -> tuple[str, str, str]:
 
 def _invert(text: str) -> str:
     return "".join(chr(0x10FFFF - ord(ch)) for ch in text)
-
-
-class _Opened(AbstractAsyncContextManager, AbstractContextManager):
-    """What ``from_conn_string`` returns: usable as ``async with`` and ``with``."""
-
-    def __init__(self, saver: DualSaver) -> None:
-        self.saver = saver
-
-    async def __aenter__(self) -> DualSaver:
-        return self.saver
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.saver.aclose()
-
-    def __enter__(self) -> DualSaver:
-        return self.saver
-
-    def __exit__(self, *exc: object) -> None:
-        self.saver.close()

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
@@ -43,6 +42,7 @@ from langgraph_dualsaver.records import (
     BlobRecord,
     CheckpointRecord,
     WriteRecord,
+    checkpoint_config,
     decode_checkpoint,
     decode_metadata,
     load_blobs,
@@ -75,6 +75,7 @@ __all__ = [
     "latest_range",
     "ns_prefix",
     "outbox_key",
+    "pairs",
     "registry_key",
     "shard_base",
     "shard_of",
@@ -84,6 +85,7 @@ __all__ = [
     "stored_metadata_matches",
     "stream_id",
     "stream_seq",
+    "text",
     "thread_digest",
     "thread_keys",
     "utf8",
@@ -327,22 +329,14 @@ def checkpoint_tuple(
     }
     checkpoint["channel_values"] = load_blobs(serde, versions, found)
     return CheckpointTuple(
-        config=_config(thread_id, ns, checkpoint_id),
+        config=checkpoint_config(thread_id, ns, checkpoint_id),
         checkpoint=checkpoint,
         metadata=decode_metadata(entry.metadata),
-        parent_config=_config(thread_id, ns, entry.parent_id) if entry.parent_id else None,
+        parent_config=(
+            checkpoint_config(thread_id, ns, entry.parent_id) if entry.parent_id else None
+        ),
         pending_writes=load_writes(serde, resolve_writes(decode_writes_log(writes_log))),
     )
-
-
-def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint_id,
-        }
-    }
 
 
 def encode_write(write: WriteRecord) -> bytes:
@@ -368,17 +362,27 @@ def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
 def stream_seq(entry_id: str | bytes) -> int:
     """A stream entry id ``<ms>-<seq>`` as one BIGINT-safe, order-preserving integer:
     ``(ms << 20) | seq``."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms_text, _, seq_text = text.partition("-")
+    entry = text(entry_id)
+    ms_text, _, seq_text = entry.partition("-")
     ms, seq = int(ms_text), int(seq_text or 0)
     if seq >= 1 << _SEQ_BITS or ms < 0 or seq < 0:
-        raise ValueError(f"stream id {text!r} does not fit (ms << 20) | seq")
+        raise ValueError(f"stream id {entry!r} does not fit (ms << 20) | seq")
     return (ms << _SEQ_BITS) | seq
 
 
 def stream_id(seq: int) -> str:
     """The stream entry id of a ``stream_seq`` value."""
     return f"{seq >> _SEQ_BITS}-{seq & ((1 << _SEQ_BITS) - 1)}"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as ``str`` (UTF-8, as every key part and id is written)."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat ``[field, value, ...]`` reply (HGETALL, script results) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def chunks(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 from redis import exceptions as redis_errors
 
 from langgraph_dualsaver.errors import StoreUnavailableError
-from langgraph_dualsaver.keys import stream_seq
+from langgraph_dualsaver.keys import stream_seq, text
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
@@ -66,10 +66,6 @@ class Entry:
         if self.record is not None:
             return self.record.thread_id
         return self.deleted_thread
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(stream: str, entry_id: bytes | str, fields: dict) -> Entry:
@@ -151,7 +147,7 @@ class Outbox:
             if not pending or isinstance(pending, Exception):  # no group yet: nothing held
                 continue
             ids = [p["message_id"] for p in pending]
-            deliveries = {_text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
+            deliveries = {text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
             items = await self.client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
             for entry_id, fields in items or []:
                 if fields:

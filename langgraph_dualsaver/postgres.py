@@ -49,6 +49,7 @@ from langgraph_dualsaver.records import (
     Limits,
     WriteRecord,
     WritesRecord,
+    checkpoint_config,
     checkpoint_ids,
     checkpoint_record,
     decode_checkpoint,
@@ -144,18 +145,6 @@ class PostgresDurableSaver(AsyncFirstSaver):
     def from_pool(cls, pool: asyncpg.Pool, **options: Any) -> PostgresDurableSaver:
         """A saver on the caller's pool, which it never closes."""
         return cls(pool, **options)
-
-    async def __aenter__(self) -> PostgresDurableSaver:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __enter__(self) -> PostgresDurableSaver:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._res.home
@@ -385,10 +374,10 @@ class PostgresDurableSaver(AsyncFirstSaver):
         thread_id, ns = row["thread_id"], row["checkpoint_ns"]
         parent = row["parent_checkpoint_id"]
         return CheckpointTuple(
-            config=_config(thread_id, ns, row["checkpoint_id"]),
+            config=checkpoint_config(thread_id, ns, row["checkpoint_id"]),
             checkpoint=checkpoint,
             metadata=decode_metadata(row["metadata"]),
-            parent_config=_config(thread_id, ns, parent) if parent else None,
+            parent_config=checkpoint_config(thread_id, ns, parent) if parent else None,
             pending_writes=load_writes(self.serde, writes),
         )
 
@@ -531,16 +520,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     is released or the session ended. asyncpg still rolls back an open transaction
     before calling this. Measured (loopback, same run): ``aget_tuple`` p50 0.74 -> 0.58 ms.
     """
-
-
-def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint_id,
-        }
-    }
 
 
 def _server_name(dsn: str | None) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "Limits",
     "WriteRecord",
     "WritesRecord",
+    "checkpoint_config",
     "checkpoint_ids",
     "checkpoint_record",
     "decode_checkpoint",
@@ -465,12 +466,17 @@ def writes_record(
     return WritesRecord(thread_id, ns, checkpoint_id, tuple(records))
 
 
-def saved_config(record: CheckpointRecord) -> RunnableConfig:
-    """The config ``put`` returns for a stored checkpoint."""
+def checkpoint_config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    """The config that addresses one stored checkpoint."""
     return {
         "configurable": {
-            "thread_id": record.thread_id,
-            "checkpoint_ns": record.checkpoint_ns,
-            "checkpoint_id": record.checkpoint_id,
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
         }
     }
+
+
+def saved_config(record: CheckpointRecord) -> RunnableConfig:
+    """The config ``put`` returns for a stored checkpoint."""
+    return checkpoint_config(record.thread_id, record.checkpoint_ns, record.checkpoint_id)

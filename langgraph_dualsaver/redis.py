@@ -75,30 +75,6 @@ _UNAVAILABLE = (
 )
 
 
-class _SaverContext:
-    """What ``from_conn_string`` returns: an async and a sync context manager."""
-
-    def __init__(self, make: Callable[[], RedisHotSaver]) -> None:
-        self._make = make
-        self._saver: RedisHotSaver | None = None
-
-    async def __aenter__(self) -> RedisHotSaver:
-        self._saver = self._make()
-        return self._saver
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._saver is not None
-        await self._saver.aclose()
-
-    def __enter__(self) -> RedisHotSaver:
-        self._saver = self._make()
-        return self._saver
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._saver is not None
-        self._saver.close()
-
-
 class RedisHotSaver(AsyncFirstSaver):
     """A LangGraph checkpointer on Redis or Valkey (no modules), sync and async.
 
@@ -174,9 +150,9 @@ class RedisHotSaver(AsyncFirstSaver):
             self._res = LoopLocal(open=self._open_client, close=self._close_client)
 
     @classmethod
-    def from_conn_string(cls, url: str, **options: Any) -> _SaverContext:
+    def from_conn_string(cls, url: str, **options: Any) -> RedisHotSaver:
         """``async with RedisHotSaver.from_conn_string(url) as saver`` (or ``with``)."""
-        return _SaverContext(lambda: cls(url=url, **options))
+        return cls(url=url, **options)
 
     @property
     def outbox_enabled(self) -> bool:
@@ -316,7 +292,7 @@ class RedisHotSaver(AsyncFirstSaver):
                     f"redis at {self._where} is version {version_text}; "
                     "RedisHotSaver needs Redis >= 6.2 or Valkey >= 7.2"
                 )
-            self._run_id = _text(info.get("run_id", ""))
+            self._run_id = K.text(info.get("run_id", ""))
             await self._check_eviction_policy(client)
             await self._load_scripts(client)
 
@@ -326,10 +302,10 @@ class RedisHotSaver(AsyncFirstSaver):
                 replies = await client.config_get(
                     "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
                 )
-                policies = {_text(v) for reply in replies.values() for v in reply.values()}
+                policies = {K.text(v) for reply in replies.values() for v in reply.values()}
             else:
                 policies = {
-                    _text(v) for v in (await client.config_get("maxmemory-policy")).values()
+                    K.text(v) for v in (await client.config_get("maxmemory-policy")).values()
                 }
         except rex.ResponseError as exc:
             log.warning(
@@ -363,10 +339,10 @@ class RedisHotSaver(AsyncFirstSaver):
             if self._cluster:  # one run_id per node: restarts show up as errors instead
                 return "same"
             recorded = await client.get(K.server_key(self.prefix))
-        self._run_id = _text(info.get("run_id", ""))
+        self._run_id = K.text(info.get("run_id", ""))
         if recorded is None:
             return "new"
-        return "same" if _text(recorded) == self._run_id else "changed"
+        return "same" if K.text(recorded) == self._run_id else "changed"
 
     async def arecord_server_identity(self) -> None:
         """Record the current server as the one the hot data is good on."""
@@ -374,7 +350,7 @@ class RedisHotSaver(AsyncFirstSaver):
         with self._errors():
             info = await client.info("server")
             if not self._cluster:
-                await client.set(K.server_key(self.prefix), _text(info.get("run_id", "")))
+                await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
 
     async def _count_connection(self, connection: Any) -> None:
         """Connection hook: a new connection may reach a restarted server."""
@@ -467,7 +443,7 @@ class RedisHotSaver(AsyncFirstSaver):
                 pipe.zadd(self.registry_key, {K.utf8(thread_id): time.time()})
 
             ids = (await self._pipeline(client, build))[0]
-        return [_text(i) for i in ids]
+        return [K.text(i) for i in ids]
 
     async def amark_durable(self, thread_counts: Mapping[str, int]) -> None:
         """``count`` queued records of each thread reached PostgreSQL: lower its pending
@@ -551,7 +527,7 @@ class RedisHotSaver(AsyncFirstSaver):
         if reply[0] != b"ok":
             return []
         _, items, flat = reply
-        blobs = _pairs(flat)
+        blobs = K.pairs(flat)
         return [
             K.checkpoint_tuple(self.serde, thread_id, field, stored, writes, blobs)
             for field, stored, writes in items
@@ -623,11 +599,3 @@ class RedisHotSaver(AsyncFirstSaver):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         return await admin.delta_channel_history(self, config, channels)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -129,7 +129,7 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
         saver._partial(source)
     if reply[0] != b"ok":
         return
-    records = copied_records(target, *(_pairs(flat) for flat in reply[1:]))
+    records = copied_records(target, *(K.pairs(flat) for flat in reply[1:]))
     for batch in K.chunks(records, _COPY_BATCH):
         await saver._store(target, batch, enqueue=saver.outbox)
 
@@ -329,13 +329,9 @@ async def _chain(
             return
         _, steps, next_id = reply
         for step_id, log, flat in steps:
-            found = {k.decode("utf-8", "surrogatepass"): v for k, v in _pairs(flat).items()}
+            found = {k.decode("utf-8", "surrogatepass"): v for k, v in K.pairs(flat).items()}
             yield step_id.decode("utf-8", "surrogatepass"), log, found
             remaining = [c for c in remaining if c not in found]
         if not next_id or not remaining:
             return
         mode, start = b"ancestor", next_id.decode("utf-8", "surrogatepass")
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -25,7 +25,7 @@ def test_sync_close_inside_a_running_loop_that_used_the_saver_returns(
 
         async def main():
             saver = DualSaver.from_conn_string({redis_url!r}, {pg_dsn!r},
-                                               prefix={redis_prefix!r}).saver
+                                               prefix={redis_prefix!r})
             await saver.asetup()
             await saver.aget_tuple({{"configurable": {{"thread_id": "x"}}}})
             saver.close()
