@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import asyncpg
 import pytest
 import redis
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from langgraph_dualsaver import (
     CheckpointTooLargeError,
@@ -23,19 +21,9 @@ from langgraph_dualsaver import (
     SerializationError,
 )
 from tests.dual_helpers import checkpoint, config, put_chain
+from tests.refusing_serde import RefusingSerde, Unstorable
 
 TABLES = ("dualsaver_checkpoints", "dualsaver_blobs", "dualsaver_writes", "dualsaver_tombstones")
-
-
-class Unstorable:
-    """A value the test serde refuses."""
-
-
-class RefusingSerde(JsonPlusSerializer):
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        if isinstance(obj, Unstorable):
-            raise TypeError("Unstorable is not serializable")
-        return super().dumps_typed(obj)
 
 
 @pytest.fixture(params=["write_behind", "write_through"])

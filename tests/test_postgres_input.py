@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import pytest
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
@@ -22,6 +21,7 @@ from langgraph_dualsaver.errors import (
 )
 from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import Limits
+from tests.refusing_serde import RefusingSerde, Unstorable
 
 TABLES = (
     "dualsaver_checkpoints",
@@ -32,17 +32,6 @@ TABLES = (
 )
 LIMITS = Limits(max_id_bytes=800, max_value_bytes=4096)
 OTHER = "other-thread"
-
-
-class Unstorable:
-    """A value the test serde refuses."""
-
-
-class RefusingSerde(JsonPlusSerializer):
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        if isinstance(obj, Unstorable):
-            raise TypeError("Unstorable is not serializable")
-        return super().dumps_typed(obj)
 
 
 async def tables(dsn: str) -> dict[str, list[str]]:

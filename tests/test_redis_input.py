@@ -13,7 +13,6 @@ import pytest
 import redis
 import redis.asyncio
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
@@ -27,20 +26,10 @@ from langgraph_dualsaver.errors import (
 )
 from langgraph_dualsaver.records import Limits
 from langgraph_dualsaver.redis import RedisHotSaver
+from tests.refusing_serde import RefusingSerde, Unstorable
 
 LIMITS = Limits(max_id_bytes=800, max_value_bytes=4096)
 OTHER = "other-thread"
-
-
-class Unstorable:
-    """A value the test serde refuses."""
-
-
-class RefusingSerde(JsonPlusSerializer):
-    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        if isinstance(obj, Unstorable):
-            raise TypeError("Unstorable is not serializable")
-        return super().dumps_typed(obj)
 
 
 @pytest.fixture
