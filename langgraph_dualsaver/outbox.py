@@ -10,8 +10,8 @@ committed to PostgreSQL, so the stream is trimmed only behind what is durable.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
@@ -56,6 +56,8 @@ class Entry:
     record: CheckpointRecord | WritesRecord | None
     deleted_thread: str | None = None
     undecodable: bytes | None = None
+    fields: Mapping[bytes, bytes] = field(default_factory=dict)
+    """The entry's raw fields, as the stream holds them (dead letters keep them all)."""
 
     @property
     def seq(self) -> int:
@@ -71,13 +73,13 @@ class Entry:
 def _decode(stream: str, entry_id: bytes | str, fields: dict) -> Entry:
     entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     if b"d" in fields:
-        return Entry(stream, entry_id, None, deleted_thread=fields[b"d"].decode())
+        return Entry(stream, entry_id, None, deleted_thread=fields[b"d"].decode(), fields=fields)
     raw = fields.get(b"r", b"")
     try:
-        return Entry(stream, entry_id, unpack_record(raw))
+        return Entry(stream, entry_id, unpack_record(raw), fields=fields)
     except (ValueError, TypeError, KeyError) as exc:  # msgpack errors derive from ValueError
         del exc
-        return Entry(stream, entry_id, None, undecodable=raw)
+        return Entry(stream, entry_id, None, undecodable=raw, fields=fields)
 
 
 class Outbox:

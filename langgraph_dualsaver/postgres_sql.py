@@ -209,6 +209,20 @@ MIGRATIONS: list[str] = [
     END
     $fn$
     """,
+    # 7: every row remembers the outbox position that wrote it (0 outside the chain),
+    # so a tombstone removes only what was written before it, never a later
+    # incarnation of the thread; and a table for the installation's own settings
+    # (the outbox authentication key, the schema's owning prefix).
+    """
+    ALTER TABLE dualsaver_checkpoints ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE dualsaver_blobs ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE dualsaver_writes ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS dualsaver_settings (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
 ]
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
