@@ -242,33 +242,61 @@ class PostgresDurableSaver(AsyncFirstSaver):
         self,
         records: Sequence[CheckpointRecord | WritesRecord],
         seqs: Sequence[int] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> int:
         """Write records in one transaction; return how many were applied.
 
         Idempotent: replaying a batch changes nothing. With ``seqs`` (one per record,
-        e.g. outbox positions), the batch takes each thread's advisory lock (in key order,
-        so batches never deadlock) and skips every record whose seq is at or below the
-        thread's tombstone: a flush still queued when ``delete_thread`` ran never brings
-        the thread back. Either way it is one round trip: a single statement without
-        ``seqs``, the ``dualsaver_write_batch`` function with them.
+        e.g. outbox positions), see ``awrite_guarded``; this returns how many records
+        it did not refuse.
         """
-        if seqs is not None and len(seqs) != len(records):
+        if seqs is None:
+            if records:
+                async with self._connection() as conn:
+                    await conn.execute(
+                        sql.INSERT_RECORDS, *sql.batch_params(records), timeout=timeout
+                    )
+            return len(records)
+        refused = await self.awrite_guarded(records, seqs, timeout=timeout)
+        return len(records) - len(refused)
+
+    async def awrite_guarded(
+        self,
+        records: Sequence[CheckpointRecord | WritesRecord],
+        seqs: Sequence[int],
+        *,
+        timeout: float | None = None,
+    ) -> list[int]:
+        """Write records at their outbox positions ``seqs``, in one round trip and one
+        transaction; return the indexes of the records a tombstone refused.
+
+        The batch takes each thread's advisory lock (in key order, so batches never
+        deadlock) and refuses every record at or below its thread's tombstone: a flush
+        still queued when ``delete_thread`` ran never brings the thread back. Each row
+        keeps its position, so a tombstone replayed later removes only what came before
+        it. ``timeout`` overrides the command timeout (a large batch needs longer).
+        """
+        if len(seqs) != len(records):
             raise InvalidInputError(f"got {len(seqs)} seqs for {len(records)} records")
         if not records:
-            return 0
-        if seqs is None:
-            async with self._connection() as conn:
-                await conn.execute(sql.INSERT_RECORDS, *sql.batch_params(records))
-            return len(records)
+            return []
         async with self._connection() as conn:
-            applied = await conn.fetchval(
+            refused = await conn.fetchval(
                 sql.WRITE_BATCH_GUARDED,
                 sorted({record.thread_id for record in records}),
                 [record.thread_id for record in records],
                 list(seqs),
                 *sql.batch_params(records, seqs),
+                timeout=timeout,
             )
-        return int(applied)
+        return [position - 1 for position in refused]
+
+    async def aping(self, timeout: float) -> None:
+        """One trivial query: raises ``StoreUnavailableError`` unless the server answers
+        within ``timeout`` seconds."""
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1", timeout=timeout)
 
     async def aput(
         self,
@@ -394,14 +422,18 @@ class PostgresDurableSaver(AsyncFirstSaver):
     # -- deletes, copies, prune ------------------------------------------------------
 
     async def adelete_thread(self, thread_id: str, *, tombstone_seq: int | None = None) -> None:
-        """Delete every row of the thread. With ``tombstone_seq``, also record it (the
-        highest one wins), so ``awrite_batch`` skips records queued at or before it."""
+        """Delete every row of the thread. With ``tombstone_seq`` (an outbox position),
+        delete only the rows written at or before it, and record it (the highest one
+        wins), so ``awrite_guarded`` refuses records queued at or before it. Replaying
+        it is harmless: rows written after it stay."""
         validate_id("thread_id", thread_id, self.limits)
         async with self._connection(transaction=True) as conn:
             await conn.execute(sql.LOCK_THREADS, [thread_id])
-            await delta.delete_threads(conn, [thread_id])
-            if tombstone_seq is not None:
-                await conn.execute(sql.UPSERT_TOMBSTONE, thread_id, tombstone_seq)
+            if tombstone_seq is None:
+                await delta.delete_threads(conn, [thread_id])
+                return
+            await conn.execute(sql.DELETE_THREAD_UPTO, thread_id, tombstone_seq)
+            await conn.execute(sql.UPSERT_TOMBSTONE, thread_id, tombstone_seq)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata ``run_id`` is listed, with their writes

@@ -33,6 +33,7 @@ __all__ = [
     "DELETE_FOR_RUNS",
     "DELETE_RUN_WRITES",
     "DELETE_THREADS",
+    "DELETE_THREAD_UPTO",
     "DELTA_HISTORY_BY_ID",
     "DELTA_HISTORY_LATEST",
     "DELTA_KEEP_CHAIN",
@@ -223,6 +224,97 @@ MIGRATIONS: list[str] = [
         updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )
     """,
+    # 8: the guarded batch keeps each row's outbox position and says which records a
+    # tombstone refused (their 1-based positions in the batch), instead of a count the
+    # caller cannot act on. A tombstone refuses a record at or before its position;
+    # rows written after it (a thread used again) are never its business.
+    """
+    DROP FUNCTION IF EXISTS dualsaver_write_batch;
+    CREATE FUNCTION dualsaver_write_batch(
+        lock_threads text[], rec_threads text[], rec_seqs bigint[],
+        b_t text[], b_ns text[], b_ch text[], b_v text[], b_ty text[], b_blob bytea[],
+        s_t text[], s_ns text[], s_id text[], s_task text[], s_path text[], s_idx int[],
+        s_ch text[], s_ty text[], s_blob bytea[],
+        p_t text[], p_ns text[], p_id text[], p_task text[], p_path text[], p_idx int[],
+        p_ch text[], p_ty text[], p_blob bytea[],
+        c_t text[], c_ns text[], c_id text[], c_parent text[], c_cp bytea[],
+        c_versions text[], c_meta text[],
+        b_seq bigint[], s_seq bigint[], p_seq bigint[], c_seq bigint[]
+    ) RETURNS integer[] LANGUAGE plpgsql AS $fn$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(k) FROM (
+            SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest(lock_threads) AS t
+            ORDER BY k
+        ) AS keys;
+
+        IF cardinality(b_t) > 0 THEN
+        INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob, seq)
+        SELECT r.t, r.ns, r.ch, r.v, r.ty, r.blob, r.seq
+        FROM unnest(b_t, b_ns, b_ch, b_v, b_ty, b_blob, b_seq) AS r(t, ns, ch, v, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING;
+        END IF;
+
+        IF cardinality(s_t) > 0 THEN
+        INSERT INTO dualsaver_writes (thread_id, checkpoint_ns, checkpoint_id, task_id,
+                                      task_path, idx, channel, type, blob, seq)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob, r.seq
+        FROM unnest(s_t, s_ns, s_id, s_task, s_path, s_idx, s_ch, s_ty, s_blob, s_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+        SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+            type = EXCLUDED.type, blob = EXCLUDED.blob,
+            seq = GREATEST(dualsaver_writes.seq, EXCLUDED.seq)
+        WHERE dualsaver_writes.seq <= EXCLUDED.seq
+          AND (dualsaver_writes.task_path, dualsaver_writes.channel,
+               dualsaver_writes.type, dualsaver_writes.blob)
+            IS DISTINCT FROM (EXCLUDED.task_path, EXCLUDED.channel, EXCLUDED.type, EXCLUDED.blob);
+        END IF;
+
+        IF cardinality(p_t) > 0 THEN
+        INSERT INTO dualsaver_writes (thread_id, checkpoint_ns, checkpoint_id, task_id,
+                                      task_path, idx, channel, type, blob, seq)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob, r.seq
+        FROM unnest(p_t, p_ns, p_id, p_task, p_path, p_idx, p_ch, p_ty, p_blob, p_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+        END IF;
+
+        IF cardinality(c_t) > 0 THEN
+        INSERT INTO dualsaver_checkpoints
+            (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+             channel_versions, metadata, seq)
+        SELECT r.t, r.ns, r.id, r.parent, r.cp, r.versions::jsonb, r.meta::jsonb, r.seq
+        FROM unnest(c_t, c_ns, c_id, c_parent, c_cp, c_versions, c_meta, c_seq)
+            AS r(t, ns, id, parent, cp, versions, meta, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+        SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
+            checkpoint = EXCLUDED.checkpoint,
+            channel_versions = EXCLUDED.channel_versions,
+            metadata = EXCLUDED.metadata,
+            seq = GREATEST(dualsaver_checkpoints.seq, EXCLUDED.seq)
+        WHERE dualsaver_checkpoints.seq <= EXCLUDED.seq
+          AND (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpoint,
+               dualsaver_checkpoints.metadata)
+            IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint,
+                              EXCLUDED.metadata);
+        END IF;
+
+        RETURN ARRAY(
+            SELECT r.n::integer FROM unnest(rec_threads, rec_seqs) WITH ORDINALITY AS r(t, seq, n)
+            WHERE EXISTS (SELECT 1 FROM dualsaver_tombstones x
+                          WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+            ORDER BY r.n);
+    END
+    $fn$
+    """,
 ]
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
@@ -244,6 +336,17 @@ SELECT count(pg_advisory_xact_lock(k))
 FROM (
     SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest($1::text[]) AS t ORDER BY k
 ) AS keys
+"""
+
+# A tombstone removes what was written at or before its outbox position, and only that:
+# a replayed (or late) tombstone never touches a thread used again after the delete.
+DELETE_THREAD_UPTO = """
+WITH c AS (
+    DELETE FROM dualsaver_checkpoints WHERE thread_id = $1 AND seq <= $2
+), b AS (
+    DELETE FROM dualsaver_blobs WHERE thread_id = $1 AND seq <= $2
+)
+DELETE FROM dualsaver_writes WHERE thread_id = $1 AND seq <= $2
 """
 
 UPSERT_TOMBSTONE = """
@@ -299,8 +402,8 @@ WHERE (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpo
 
 WRITE_BATCH_GUARDED = f"SELECT dualsaver_write_batch({', '.join(f'${i}' for i in range(1, 39))})"
 """``INSERT_RECORDS`` behind the threads' locks and tombstones, in one round trip:
-``lock_threads, rec_threads, rec_seqs``, the 31 arrays of ``batch_params``, then the
-four seq arrays of ``batch_seqs``."""
+``lock_threads, rec_threads, rec_seqs``, the 31 arrays of ``batch_params``, then its
+four seq arrays. Returns the 1-based positions of the records a tombstone refused."""
 
 # -- reads ----------------------------------------------------------------------------
 

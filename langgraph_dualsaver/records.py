@@ -65,6 +65,7 @@ __all__ = [
     "saved_config",
     "unpack_record",
     "validate_id",
+    "validate_key",
     "validate_metadata",
     "version_key",
     "writes_record",
@@ -78,14 +79,20 @@ EMPTY_TYPE = "empty"
 class Limits:
     """Input limits, checked before any I/O, identically in both tiers.
 
-    The id limit keeps PostgreSQL's primary-key index entries under its 2,704-byte row
-    limit with room to spare: three ids of 800 bytes each.
+    PostgreSQL refuses a primary-key index entry over 2,704 bytes (a third of a page).
+    The longest keys hold four texts (the writes table: thread, namespace, checkpoint
+    and task ids; the blobs table: thread, namespace, channel and version), so each id
+    is capped and so is their sum: ``max_key_bytes`` leaves room for the entry's own
+    overhead. A Redis-only saver may raise both (a 1 MB thread_id works there).
     """
 
     max_id_bytes: int = 800
-    """Longest thread_id, checkpoint_ns or checkpoint_id, in UTF-8 bytes."""
+    """Longest thread_id, checkpoint_ns, checkpoint_id, task_id, channel or version,
+    in UTF-8 bytes."""
+    max_key_bytes: int = 2400
+    """Longest sum of the ids that form one stored row's primary key, in UTF-8 bytes."""
     max_value_bytes: int = 64 * 1024 * 1024
-    """Largest serialized channel value or pending write, in bytes."""
+    """Largest serialized channel value, pending write or metadata, in bytes."""
 
 
 DEFAULT_LIMITS = Limits()
@@ -106,12 +113,34 @@ def validate_id(kind: str, value: object, limits: Limits, *, allow_empty: bool =
         raise InvalidIdError(f"{kind} must not be empty")
     if "\x00" in value:
         raise InvalidIdError(f"{kind} contains a NUL character")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    size = len(_utf8(kind, value))
     if size > limits.max_id_bytes:
         raise InvalidIdError(
             f"{kind} is {size} bytes long; the limit is {limits.max_id_bytes} (Limits.max_id_bytes)"
         )
     return value
+
+
+def _utf8(what: str, value: str) -> bytes:
+    """UTF-8 bytes of a text both stores must keep; a lone surrogate (which no store can
+    hold as text) is refused here, before any I/O."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidIdError(
+            f"{what} contains a lone surrogate ({value[exc.start : exc.end]!r} at position "
+            f"{exc.start}), which is not valid UTF-8"
+        ) from None
+
+
+def validate_key(what: str, parts: Sequence[str], limits: Limits) -> None:
+    """Refuse ids whose sum would overflow one PostgreSQL primary-key index entry."""
+    size = sum(len(_utf8(what, part)) for part in parts)
+    if size > limits.max_key_bytes:
+        raise InvalidIdError(
+            f"{what} is {size} bytes long in all; the limit is {limits.max_key_bytes} "
+            "(Limits.max_key_bytes), since PostgreSQL's index entries hold at most 2,704"
+        )
 
 
 def checkpoint_ids(
@@ -139,6 +168,7 @@ def validate_metadata(metadata: Mapping[str, Any], path: str = "metadata") -> No
             raise InvalidMetadataError(f"{path} keys must be strings, got {key!r}")
         if "\x00" in key:
             raise InvalidMetadataError(f"{path} key {key!r} contains a NUL character")
+        _validate_metadata_value(key, f"{path} key")
         _validate_metadata_value(value, f"{path}[{key!r}]")
 
 
@@ -146,6 +176,12 @@ def _validate_metadata_value(value: Any, path: str) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidMetadataError(f"{path} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidMetadataError(
+                f"{path} contains a lone surrogate, which is not valid UTF-8"
+            ) from None
     elif isinstance(value, Mapping):
         validate_metadata(value, path)
     elif isinstance(value, (list, tuple)):
@@ -158,16 +194,26 @@ def _validate_metadata_value(value: Any, path: str) -> None:
 # -- metadata -------------------------------------------------------------------------
 
 
-def encode_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> bytes:
-    """Metadata as stored: LangGraph's serializable form, as compact UTF-8 JSON."""
+def encode_metadata(
+    config: RunnableConfig, metadata: CheckpointMetadata, limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """Metadata as stored: LangGraph's serializable form, as compact UTF-8 JSON, at
+    most ``limits.max_value_bytes``."""
     validate_metadata(metadata)
     merged = get_serializable_checkpoint_metadata(config, metadata)
+    validate_metadata(merged, "metadata (with the config's values)")
     try:
-        return json.dumps(
+        data = json.dumps(
             merged, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidMetadataError(f"metadata cannot be stored as JSON: {exc}") from exc
+    if len(data) > limits.max_value_bytes:
+        raise CheckpointTooLargeError(
+            f"metadata is {len(data)} bytes as JSON; the limit is {limits.max_value_bytes} "
+            "(Limits.max_value_bytes)"
+        )
+    return data
 
 
 def decode_metadata(data: bytes | str) -> CheckpointMetadata:
@@ -201,7 +247,10 @@ def _contains(value: Any, pattern: Any) -> bool:
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     """The checkpoint without its channel values, packed with msgpack."""
     body = {k: v for k, v in checkpoint.items() if k != "channel_values"}
-    return msgpack.packb(body, use_bin_type=True)
+    try:
+        return msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # incl. UnicodeEncodeError
+        raise SerializationError(f"cannot encode the checkpoint's own fields: {exc}") from exc
 
 
 def decode_checkpoint(data: bytes, channel_values: dict[str, Any]) -> Checkpoint:
@@ -266,6 +315,8 @@ def dump_blobs(
     """Blobs for the channels whose version changed in this checkpoint, and only those."""
     blobs = []
     for channel, version in new_versions.items():
+        validate_id("channel", channel, limits)
+        validate_id("version", version_key(version), limits)
         if channel in values:
             type_, data = _dumps(serde, values[channel], f"channel {channel!r}", limits)
             blobs.append(BlobRecord(channel, version_key(version), type_, data))
@@ -319,10 +370,10 @@ def dump_writes(
     validate_id("task_id", task_id, limits, allow_empty=True)
     if not isinstance(task_path, str) or "\x00" in task_path:
         raise InvalidIdError("task_path must be a string without NUL characters")
+    _utf8("task_path", task_path)
     records = []
     for idx, (channel, value) in enumerate(writes):
-        if not isinstance(channel, str) or "\x00" in channel:
-            raise InvalidIdError(f"channel {channel!r} must be a string without NUL characters")
+        validate_id("channel", channel, limits)
         type_, data = _dumps(serde, value, f"write to {channel!r}", limits)
         records.append(
             WriteRecord(task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
@@ -438,14 +489,23 @@ def checkpoint_record(
     thread_id, ns, _ = checkpoint_ids(config, limits)
     checkpoint_id = validate_id("checkpoint_id", checkpoint.get("id"), limits)
     parent_id = (config.get("configurable") or {}).get("checkpoint_id") or None
+    validate_key(
+        "thread_id + checkpoint_ns + checkpoint_id", [thread_id, ns, checkpoint_id], limits
+    )
     blobs = dump_blobs(serde, checkpoint.get("channel_values") or {}, new_versions, limits)
+    for blob in blobs:
+        validate_key(
+            f"thread_id + checkpoint_ns + channel + version of channel {blob.channel!r}",
+            [thread_id, ns, blob.channel, blob.version],
+            limits,
+        )
     return CheckpointRecord(
         thread_id=thread_id,
         checkpoint_ns=ns,
         checkpoint_id=checkpoint_id,
         parent_checkpoint_id=parent_id,
         checkpoint=encode_checkpoint(checkpoint),
-        metadata=encode_metadata(config, metadata),
+        metadata=encode_metadata(config, metadata, limits),
         blobs=tuple(blobs),
     )
 
@@ -462,6 +522,11 @@ def writes_record(
     thread_id, ns, checkpoint_id = checkpoint_ids(config, limits)
     if checkpoint_id is None:
         raise InvalidIdError("put_writes needs config['configurable']['checkpoint_id']")
+    validate_key(
+        "thread_id + checkpoint_ns + checkpoint_id + task_id",
+        [thread_id, ns, checkpoint_id, task_id if isinstance(task_id, str) else ""],
+        limits,
+    )
     records = dump_writes(serde, task_id, task_path, writes, limits)
     return WritesRecord(thread_id, ns, checkpoint_id, tuple(records))
 

@@ -31,7 +31,7 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
 
 @pytest.fixture
 async def saver(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHotSaver]:
-    limits = Limits(max_id_bytes=2_000_000)
+    limits = Limits(max_id_bytes=2_000_000, max_key_bytes=8_000_000)
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, limits=limits) as s:
         await s.asetup()
         yield s
