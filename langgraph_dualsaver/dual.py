@@ -40,11 +40,12 @@ from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver.committer import GroupCommitter
 from langgraph_dualsaver.errors import (
     ConfigurationError,
+    InvalidInputError,
     StoreUnavailableError,
 )
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.keys import stream_seq
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.postgres import PostgresDurableSaver, records_tuple
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -79,6 +80,8 @@ class DualStats:
     hot_hits: int
     hot_misses: int
     backfills: int
+    backfills_skipped: int
+    """Checkpoints read from PostgreSQL but not put back into Redis: beyond the limits."""
     degraded_reads: int
     degraded_writes: int
     flushed: int
@@ -90,6 +93,7 @@ class _Counters:
     hot_hits: int = 0
     hot_misses: int = 0
     backfills: int = 0
+    backfills_skipped: int = 0
     degraded_reads: int = 0
     degraded_writes: int = 0
     flushed: int = 0
@@ -377,18 +381,24 @@ class DualSaver(AsyncFirstSaver):
                     self._counters.hot_hits += 1
                     return found
                 self._counters.hot_misses += 1
-                found = await self.durable.aget_tuple(config)
+                records = await self.durable.aload_records(config)
+                found = records_tuple(self.serde, records)
                 if found is not None and not config["configurable"].get("checkpoint_id"):
-                    await self._backfill(found)
+                    await self._backfill(records)
                 return found
         self._counters.degraded_reads += 1
         return await self.durable.aget_tuple(config)
 
-    async def _backfill(self, found: CheckpointTuple) -> None:
-        """Put a thread's latest checkpoint, read from PostgreSQL, back into Redis."""
+    async def _backfill(self, records: Sequence[CheckpointRecord | WritesRecord]) -> None:
+        """Put a thread's latest checkpoint, as PostgreSQL holds it, back into Redis.
+        One beyond this saver's limits (say, an older database written under larger
+        ones) stays in PostgreSQL only: logged and counted in ``backfills_skipped``."""
         try:
-            await self.hot.abackfill(found)
+            await self.hot.abackfill(records, self.limits)
             self._counters.backfills += 1
+        except InvalidInputError as exc:
+            logger.warning("not putting %r back into Redis: %s", records[0].thread_id, exc)
+            self._counters.backfills_skipped += 1
         except StoreUnavailableError as exc:
             self._health.failed(exc)
 
@@ -542,6 +552,7 @@ class DualSaver(AsyncFirstSaver):
             hot_hits=self._counters.hot_hits,
             hot_misses=self._counters.hot_misses,
             backfills=self._counters.backfills,
+            backfills_skipped=self._counters.backfills_skipped,
             degraded_reads=self._counters.degraded_reads,
             degraded_writes=self._counters.degraded_writes,
             flushed=self._counters.flushed

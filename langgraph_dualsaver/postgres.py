@@ -45,6 +45,7 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
 )
 from langgraph_dualsaver.records import (
+    BlobRecord,
     CheckpointRecord,
     Limits,
     WriteRecord,
@@ -56,13 +57,14 @@ from langgraph_dualsaver.records import (
     decode_metadata,
     load_blobs,
     load_writes,
+    resolve_writes,
     saved_config,
     validate_id,
     writes_record,
 )
 from langgraph_dualsaver.settings import Timeouts
 
-__all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver"]
+__all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver", "records_tuple", "stored_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -327,13 +329,23 @@ class PostgresDurableSaver(AsyncFirstSaver):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint in ``config`` (the latest when it has no id), with its channel
         values and pending writes, in one query."""
+        row = await self._fetch_checkpoint(config)
+        return None if row is None else self._tuple(row)
+
+    async def aload_records(self, config: RunnableConfig) -> list[CheckpointRecord | WritesRecord]:
+        """The checkpoint in ``config`` (the latest when it has no id) as the records
+        PostgreSQL holds, bytes unchanged (see ``stored_records``); ``[]`` when there is
+        none. The same one query as ``aget_tuple``; ``records_tuple`` decodes the result.
+        Nothing is checked against ``limits`` beyond the config's ids."""
+        row = await self._fetch_checkpoint(config)
+        return [] if row is None else stored_records(row)
+
+    async def _fetch_checkpoint(self, config: RunnableConfig) -> asyncpg.Record | None:
         thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
         async with self._connection() as conn:
             if checkpoint_id is None:
-                row = await conn.fetchrow(sql.GET_LATEST, thread_id, ns)
-            else:
-                row = await conn.fetchrow(sql.GET_BY_ID, thread_id, ns, checkpoint_id)
-        return None if row is None else self._tuple(row)
+                return await conn.fetchrow(sql.GET_LATEST, thread_id, ns)
+            return await conn.fetchrow(sql.GET_BY_ID, thread_id, ns, checkpoint_id)
 
     async def alist(
         self,
@@ -541,6 +553,56 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+def stored_records(row: Mapping[str, Any]) -> list[CheckpointRecord | WritesRecord]:
+    """A ``GET_LATEST``/``GET_BY_ID`` row as records, bytes as stored: the checkpoint
+    (metadata as JSONB's text, UTF-8) with the blobs at its channel versions, then its
+    pending writes, task paths included, in ``writes_sort_key`` order (if any)."""
+    thread_id, ns, checkpoint_id = row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]
+    blob_columns = ("blob_channels", "blob_versions", "blob_types", "blob_data")
+    blobs = tuple(BlobRecord(*b) for b in zip(*(row[c] or () for c in blob_columns), strict=True))
+    records: list[CheckpointRecord | WritesRecord] = [
+        CheckpointRecord(
+            thread_id, ns, checkpoint_id, row["parent_checkpoint_id"], row["checkpoint"],
+            row["metadata"].encode("utf-8"), blobs,
+        )
+    ]  # fmt: skip
+    write_columns = (
+        "task_ids", "task_paths", "idxs", "write_channels", "write_types", "write_data"
+    )  # fmt: skip
+    writes = [WriteRecord(*w) for w in zip(*(row[c] or () for c in write_columns), strict=True)]
+    if writes:
+        writes.sort(key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+        records.append(WritesRecord(thread_id, ns, checkpoint_id, tuple(writes)))
+    return records
+
+
+def records_tuple(
+    serde: SerializerProtocol, records: Sequence[CheckpointRecord | WritesRecord]
+) -> CheckpointTuple | None:
+    """The ``CheckpointTuple`` of ``stored_records``' result (``None`` for ``[]``)."""
+    if not records:
+        return None
+    head = records[0]
+    if not isinstance(head, CheckpointRecord):
+        raise TypeError("records must start with the checkpoint's CheckpointRecord")
+    checkpoint = decode_checkpoint(head.checkpoint, {})
+    found = {(b.channel, b.version): (b.type, b.data) for b in head.blobs}
+    checkpoint["channel_values"] = load_blobs(
+        serde, checkpoint.get("channel_versions") or {}, found
+    )
+    writes = [w for r in records[1:] if isinstance(r, WritesRecord) for w in r.writes]
+    parent = head.parent_checkpoint_id
+    return CheckpointTuple(
+        config=saved_config(head),
+        checkpoint=checkpoint,
+        metadata=decode_metadata(head.metadata),
+        parent_config=(
+            checkpoint_config(head.thread_id, head.checkpoint_ns, parent) if parent else None
+        ),
+        pending_writes=load_writes(serde, resolve_writes(writes)),
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -412,12 +412,16 @@ class RedisHotSaver(AsyncFirstSaver):
         ids = await self._store(record.thread_id, [record], enqueue=enqueue)
         return ids[0] if ids else None
 
-    async def abackfill(self, found: CheckpointTuple) -> None:
-        """Put a checkpoint read elsewhere (PostgreSQL) back in Redis, unqueued, with its
-        channel values and pending writes. ``CheckpointTuple`` carries no task paths, so
-        the pending writes are stored with ``task_path=""``."""
-        records = admin.backfill_records(self.serde, found)
-        await self._store(records[0].thread_id, records, enqueue=False)
+    async def abackfill(
+        self, records: Sequence[CheckpointRecord | WritesRecord], limits: Limits | None = None
+    ) -> None:
+        """Put records read elsewhere (PostgreSQL's ``aload_records``) back in Redis as
+        they are, unqueued, in one script: no value is decoded or serialized again.
+        Records beyond ``limits`` (this saver's by default) raise ``InvalidIdError`` or
+        ``CheckpointTooLargeError`` and nothing is stored."""
+        admin.check_limits(records, limits or self.limits)
+        if records:
+            await self._store(records[0].thread_id, records, enqueue=False)
 
     async def _store(
         self,

@@ -1,6 +1,6 @@
 """The hot tier's whole-thread operations: delete, evict, delete_for_runs, copy, prune,
-and the delta-channel walk. ``RedisHotSaver`` delegates to these functions; they use
-its connection, script and error plumbing.
+the delta-channel walk, and the limits check of a backfill. ``RedisHotSaver`` delegates
+to these functions; they use its connection, script and error plumbing.
 
 ``delete_for_runs`` reads every registered thread, and ``prune``/``copy_thread`` read
 whole threads: administrative calls, not request-path ones.
@@ -12,30 +12,20 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
-    CheckpointTuple,
-    DeltaChannelHistory,
-    PendingWrite,
-)
-from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
-from langgraph_dualsaver.errors import InvalidInputError
+from langgraph_dualsaver.errors import CheckpointTooLargeError, InvalidInputError
 from langgraph_dualsaver.records import (
-    EMPTY_TYPE,
     BlobRecord,
     CheckpointRecord,
-    WriteRecord,
+    Limits,
     WritesRecord,
     checkpoint_ids,
     decode_metadata,
-    encode_checkpoint,
-    encode_metadata,
     resolve_writes,
     validate_id,
-    version_key,
 )
 from langgraph_dualsaver.redis_list import registered_threads
 
@@ -43,7 +33,7 @@ if TYPE_CHECKING:
     from langgraph_dualsaver.redis import Client, RedisHotSaver
 
 __all__ = [
-    "backfill_records",
+    "check_limits",
     "copy_thread",
     "delete_for_runs",
     "delete_threads",
@@ -166,43 +156,39 @@ def copied_records(
     return records
 
 
-def backfill_records(
-    serde: SerializerProtocol, found: CheckpointTuple
-) -> list[CheckpointRecord | WritesRecord]:
-    """A checkpoint tuple (read from PostgreSQL) as the records that put it back: the
-    checkpoint with a blob for every channel version, and its pending writes, whose task
-    paths a tuple does not carry (stored as ``""``)."""
-    conf = found.config["configurable"]
-    thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-    checkpoint_id = conf["checkpoint_id"]
-    checkpoint = found.checkpoint
-    values = checkpoint.get("channel_values") or {}
-    blobs = []
-    for channel, version in (checkpoint.get("channel_versions") or {}).items():
-        if channel in values:
-            blobs.append(
-                BlobRecord(channel, version_key(version), *serde.dumps_typed(values[channel]))
-            )
+def check_limits(records: Iterable[CheckpointRecord | WritesRecord], limits: Limits) -> None:
+    """Raise ``InvalidIdError`` or ``CheckpointTooLargeError`` if a record read elsewhere
+    (PostgreSQL, perhaps written under larger limits) holds an id or a value that
+    ``limits`` would refuse on input."""
+    for record in records:
+        validate_id("thread_id", record.thread_id, limits)
+        validate_id("checkpoint_ns", record.checkpoint_ns, limits, allow_empty=True)
+        validate_id("checkpoint_id", record.checkpoint_id, limits)
+        if isinstance(record, CheckpointRecord):
+            _check_checkpoint(record, limits)
         else:
-            blobs.append(BlobRecord(channel, version_key(version), EMPTY_TYPE, None))
-    parent = ((found.parent_config or {}).get("configurable") or {}).get("checkpoint_id")
-    records: list[CheckpointRecord | WritesRecord] = [
-        CheckpointRecord(
-            thread_id, ns, checkpoint_id, parent, encode_checkpoint(checkpoint),
-            encode_metadata({"configurable": {}}, found.metadata), tuple(blobs),
+            for write in record.writes:
+                validate_id("task_id", write.task_id, limits, allow_empty=True)
+                validate_id("channel", write.channel, limits)
+                _check_size(f"write to {write.channel!r}", write.data, limits)
+
+
+def _check_checkpoint(record: CheckpointRecord, limits: Limits) -> None:
+    if record.parent_checkpoint_id is not None:
+        validate_id("parent checkpoint_id", record.parent_checkpoint_id, limits)
+    _check_size("metadata", record.metadata, limits)
+    for blob in record.blobs:
+        validate_id("channel", blob.channel, limits)
+        validate_id("version", blob.version, limits)
+        _check_size(f"channel {blob.channel!r}", blob.data, limits)
+
+
+def _check_size(what: str, data: bytes | None, limits: Limits) -> None:
+    if data is not None and len(data) > limits.max_value_bytes:
+        raise CheckpointTooLargeError(
+            f"{what} is {len(data)} bytes; the limit is {limits.max_value_bytes} "
+            "(Limits.max_value_bytes)"
         )
-    ]  # fmt: skip
-    writes: list[WriteRecord] = []
-    position: dict[str, int] = {}
-    for task_id, channel, value in found.pending_writes or []:
-        idx = position[task_id] = position.get(task_id, -1) + 1
-        type_, data = serde.dumps_typed(value)
-        writes.append(
-            WriteRecord(task_id, "", WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
-        )
-    if writes:
-        records.append(WritesRecord(thread_id, ns, checkpoint_id, tuple(writes)))
-    return records
 
 
 async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) -> None:

@@ -15,15 +15,25 @@ import pytest
 import redis
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from redis.asyncio import Redis
 from typing_extensions import TypedDict
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin
-from langgraph_dualsaver.errors import DualSaverError, UnsafeRedisConfigError
-from langgraph_dualsaver.records import checkpoint_record, unpack_record
+from langgraph_dualsaver.errors import (
+    CheckpointTooLargeError,
+    DualSaverError,
+    UnsafeRedisConfigError,
+)
+from langgraph_dualsaver.postgres import records_tuple
+from langgraph_dualsaver.records import (
+    Limits,
+    WritesRecord,
+    checkpoint_record,
+    unpack_record,
+    writes_record,
+)
 from langgraph_dualsaver.redis import RedisHotSaver
 from tests.servers import valkey_server
 
@@ -345,17 +355,29 @@ async def test_delete_for_runs_removes_runs_and_only_blobs_nothing_else_uses(
 # -- the chain's hooks: backfill, eviction ------------------------------------------------------
 
 
-async def test_backfill_puts_a_tuple_back_as_it_was(saver: RedisHotSaver) -> None:
-    memory = InMemorySaver()
-    first = await put(memory, "t", {"x": [1], "y": "a"}, {"x": "1", "y": "1"}, {"x": "1", "y": "1"})
-    head = await put(memory, "t", {"x": [1, 2], "y": "a"}, {"x": "2", "y": "1"}, {"x": "2"},
-                     first["configurable"]["checkpoint_id"], source="loop")  # fmt: skip
-    await memory.aput_writes(head, [("x", [3]), ("__interrupt__", "why")], "task")
-    found = await memory.aget_tuple(config("t"))
+async def test_backfill_stores_records_as_they_are_and_refuses_ones_beyond_limits(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"x": "v" * 100}
+    checkpoint["channel_versions"] = {"x": "1"}
+    head = checkpoint_record(saver.serde, saver.limits, config("t"), checkpoint, {}, {"x": "1"})
+    at = config("t", checkpoint_id=head.checkpoint_id)
+    writes = [
+        w
+        for task, path in (("a", "~2"), ("b", "~1"))
+        for w in writes_record(saver.serde, saver.limits, at, [("x", task)], task, path).writes
+    ]
+    records = [head, WritesRecord("t", "", head.checkpoint_id, tuple(writes))]
 
-    await saver.abackfill(found)
+    with pytest.raises(CheckpointTooLargeError):
+        await saver.abackfill(records, Limits(max_value_bytes=50))
+    assert raw.exists(*saver.thread_keys("t").data) == 0
 
-    assert await saver.aget_tuple(config("t")) == found
+    await saver.abackfill(records)
+    found = await saver.aget_tuple(config("t"))
+    assert found == records_tuple(saver.serde, records)
+    assert found is not None and [w[0] for w in found.pending_writes] == ["b", "a"]  # by path
     assert (await saver.athread_info("t"))["pending"] == 0
 
 
