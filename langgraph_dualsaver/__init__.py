@@ -8,6 +8,7 @@ graph = builder.compile(checkpointer=DualSaver.from_env())
 ```
 """
 
+from langgraph_dualsaver._base import StrictSerializer
 from langgraph_dualsaver.dual import DualSaver, DualStats
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
@@ -22,6 +23,7 @@ from langgraph_dualsaver.errors import (
     SerializationError,
     StoreUnavailableError,
     UnsafeRedisConfigError,
+    UnsafeValueError,
 )
 from langgraph_dualsaver.flusher import FlushSettings
 from langgraph_dualsaver.postgres import PostgresDurableSaver
@@ -47,6 +49,8 @@ __all__ = [
     "RedisHotSaver",
     "SerializationError",
     "StoreUnavailableError",
+    "StrictSerializer",
     "Timeouts",
     "UnsafeRedisConfigError",
+    "UnsafeValueError",
 ]

@@ -1,9 +1,11 @@
-"""The sync half of the saver interface, written once over the async half."""
+"""The sync half of the saver interface, written once over the async half, and the
+serializer every saver decodes with unless given its own."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -16,23 +18,108 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.event_hooks import SerdeEvent, register_serde_event_listener
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from typing_extensions import Self
 
 from langgraph_dualsaver._loops import run_sync
+from langgraph_dualsaver.errors import UnsafeValueError
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
 
-__all__ = ["AsyncFirstSaver"]
+__all__ = ["AsyncFirstSaver", "StrictSerializer"]
+
+
+# -- strict decoding ----------------------------------------------------------------
+
+_REFUSAL_KINDS = frozenset({"msgpack_blocked", "msgpack_method_blocked"})
+_refusals: ContextVar[list[SerdeEvent] | None] = ContextVar("dualsaver_refusals", default=None)
+
+
+def _note_refusal(event: SerdeEvent) -> None:
+    """LangGraph reports each type its strict decoder refuses, however deeply nested;
+    keep those of the decode running in this context (events of others are ignored)."""
+    found = _refusals.get()
+    if found is not None and event["kind"] in _REFUSAL_KINDS:
+        found.append(event)
+
+
+register_serde_event_listener(_note_refusal)
+
+
+def _dotted(event: SerdeEvent) -> str:
+    parts = [event["module"], event["name"], event.get("method", "")]
+    return ".".join(part for part in parts if part)
+
+
+def _refusal_message(events: list[SerdeEvent]) -> str:
+    names = sorted({_dotted(e) for e in events})
+    keys = sorted({(e["module"], e["name"]) for e in events if e["kind"] == "msgpack_blocked"})
+    message = (
+        f"refused to decode a stored value holding {', '.join(names)}: only LangGraph and "
+        "langchain-core types, and the types you allow, are decoded, so a value crafted in "
+        "Redis or PostgreSQL cannot run code. Nothing it names was imported or called."
+    )
+    if keys:
+        allow = ", ".join(repr(key) for key in keys)
+        message += (
+            f" If you trust it, allow it: saver.with_allowlist([{allow}]), or pass "
+            f"serde=StrictSerializer(allowed_msgpack_modules=[{allow}])."
+        )
+    if len(keys) < len(names):
+        message += " A method call other than LangGraph's own cannot be allowed."
+    return message
+
+
+class StrictSerializer(JsonPlusSerializer):
+    """LangGraph's ``JsonPlusSerializer`` in its strict mode, whatever
+    ``LANGGRAPH_STRICT_MSGPACK`` says: it decodes LangGraph's safe types
+    (``SAFE_MSGPACK_TYPES``: langchain-core messages, ``Send``, ``Interrupt``,
+    ``Command``, datetimes, ...) and ``allowed_msgpack_modules``, which
+    ``with_allowlist`` extends.
+
+    Where LangGraph's strict decoder logs a refused type and returns its raw fields in its
+    place, this one raises ``UnsafeValueError`` naming it: a value that silently comes back
+    as a dict instead of the user's model corrupts state far from the cause, and a refused
+    type means the store holds what this application never wrote (a crafted value) or a
+    type missing from the allowlist; both need a person. Pickle is refused the same way.
+    """
+
+    def __init__(
+        self, *, allowed_msgpack_modules: Iterable[tuple[str, ...] | type] | None = None
+    ) -> None:
+        super().__init__(allowed_msgpack_modules=allowed_msgpack_modules)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        if data[0] == "pickle" and not self.pickle_fallback:
+            raise UnsafeValueError(
+                "refused to decode a stored 'pickle' value: unpickling can run any code, "
+                "and the savers never write pickle"
+            )
+        token = _refusals.set([])
+        try:
+            value = super().loads_typed(data)
+            refused = _refusals.get()
+        finally:
+            _refusals.reset(token)
+        if refused:
+            raise UnsafeValueError(_refusal_message(refused))
+        return value
+
+
+# -- the saver base -----------------------------------------------------------------
 
 
 class AsyncFirstSaver(BaseCheckpointSaver[str]):
     """A saver whose logic is async; every sync method runs its ``a*`` twin.
 
     Subclasses implement the ``a*`` methods and may set ``_home_loop`` to the loop a
-    caller-owned client is bound to.
+    caller-owned client is bound to. Without ``serde=`` values are decoded by a
+    ``StrictSerializer``: Redis and PostgreSQL may be written by others, so what they hold
+    is not trusted to name code to run.
     """
 
     def __init__(self, *, serde: SerializerProtocol | None = None, limits: Limits | None = None):
-        super().__init__(serde=serde)
+        super().__init__(serde=serde or StrictSerializer())
         self.limits = limits or DEFAULT_LIMITS
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:

@@ -16,6 +16,7 @@ __all__ = [
     "SerializationError",
     "StoreUnavailableError",
     "UnsafeRedisConfigError",
+    "UnsafeValueError",
 ]
 
 
@@ -68,3 +69,10 @@ class StoreUnavailableError(DualSaverError, ConnectionError):
 
 class DurableWriteError(StoreUnavailableError):
     """A write_through ``put`` could not commit to PostgreSQL; the entry stays queued."""
+
+
+class UnsafeValueError(DualSaverError, ValueError):
+    """A stored value names a type the serde does not allow, so it was not decoded.
+
+    Nothing the value names was imported or called. Raised on read, after I/O.
+    """
