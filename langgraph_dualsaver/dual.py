@@ -201,13 +201,18 @@ class DualSaver(AsyncFirstSaver):
         *,
         mode: Mode = "write_behind",
         prefix: str = "dualsaver",
+        schema: str | None = None,
         ttl: timedelta | None = timedelta(hours=24),
         timeouts: Timeouts | None = None,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
         **options: Any,
     ) -> DualSaver:
-        """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit."""
+        """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit.
+
+        ``schema`` gives the app a PostgreSQL schema of its own, as ``prefix`` gives it
+        its own Redis keys; ``asetup`` records the prefix as the schema's owner.
+        """
         hot = RedisHotSaver(
             url=redis_url,
             prefix=prefix,
@@ -218,7 +223,11 @@ class DualSaver(AsyncFirstSaver):
             limits=limits,
         )
         durable = PostgresDurableSaver(
-            dsn=postgres_url, timeouts=timeouts or Timeouts(), serde=serde, limits=limits
+            dsn=postgres_url,
+            timeouts=timeouts or Timeouts(),
+            serde=serde,
+            limits=limits,
+            schema=schema,
         )
         return cls(hot, durable, mode=mode, **options)
 
@@ -228,7 +237,8 @@ class DualSaver(AsyncFirstSaver):
 
         Where they are unset, the embedded servers (``pip install
         'langgraph-dualsaver[embedded]'``) are started on a per-user data directory, or
-        reused if an earlier process started them. ``DUALSAVER_MODE`` picks the mode.
+        reused if an earlier process started them. ``DUALSAVER_MODE`` picks the mode,
+        ``DUALSAVER_PREFIX`` the Redis prefix and ``DUALSAVER_SCHEMA`` the PostgreSQL schema.
         """
         redis_url = os.environ.get("DUALSAVER_REDIS_URL")
         postgres_url = os.environ.get("DUALSAVER_POSTGRES_URL")
@@ -240,6 +250,7 @@ class DualSaver(AsyncFirstSaver):
             postgres_url = postgres_url or servers.postgres_url
         chosen = mode or os.environ.get("DUALSAVER_MODE", "write_behind")
         options.setdefault("prefix", os.environ.get("DUALSAVER_PREFIX", "dualsaver"))
+        options.setdefault("schema", os.environ.get("DUALSAVER_SCHEMA") or None)
         saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options)
         if setup:
             saver.setup()
@@ -249,10 +260,28 @@ class DualSaver(AsyncFirstSaver):
         return self.hot._home_loop() or self.durable._home_loop()
 
     async def asetup(self) -> None:
-        """Migrate PostgreSQL, check Redis' eviction policy, create the consumer group."""
+        """Migrate PostgreSQL, claim its schema for this prefix (if a schema is set),
+        check Redis' eviction policy, create the consumer group."""
         await self.durable.asetup()
+        await self.aclaim_schema()
         await self.hot.asetup()
         await self.flusher.setup()
+
+    async def aclaim_schema(self) -> None:
+        """Record this saver's Redis prefix as its PostgreSQL schema's owner, or raise
+        ``ConfigurationError`` if another prefix owns it: two apps in one schema would
+        read and delete each other's threads. Nothing to do without a schema."""
+        schema, prefix = self.durable.schema, self.hot.prefix
+        if schema is None:
+            return
+        owner = await self.durable.aclaim_owner(prefix)
+        if owner != prefix:
+            raise ConfigurationError(
+                f"PostgreSQL schema {schema!r} belongs to Redis prefix {owner!r}, not "
+                f"{prefix!r}: two apps sharing a schema would read and delete each "
+                f"other's threads. Use prefix={owner!r} for this app, or give it a schema "
+                f"of its own (schema=... / DUALSAVER_SCHEMA / dualsaver --schema)"
+            )
 
     async def aclose(self) -> None:
         """Stop this loop's background flusher (after one last pass) and close both tiers."""

@@ -75,6 +75,9 @@ DEFAULT_TIMEOUTS = Timeouts()
 SETUP_TIMEOUT_S = 60.0
 """Statement timeout for migrations and for waiting on another process's migration run."""
 
+OWNER_PREFIX = "owner_prefix"
+"""The ``dualsaver_settings`` row naming the Redis prefix that owns a schema."""
+
 # Errors that mean the server is down, unreachable, restarting or not answering.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable; TimeoutError is an OSError from 3.11
@@ -108,6 +111,10 @@ class PostgresDurableSaver(AsyncFirstSaver):
         timeouts: how long to wait for a connection and for each statement.
         min_size: connections each owned pool keeps open.
         max_size: connections each owned pool may open.
+        schema: a PostgreSQL schema of this app's own (``setup()`` creates it), so apps
+            sharing a database never see each other's threads; ``None``: the tables
+            stay where the connection's ``search_path`` puts them (``public``). A
+            caller's pool must be created with ``server_settings=schema_settings(...)``.
     """
 
     def __init__(
@@ -120,8 +127,10 @@ class PostgresDurableSaver(AsyncFirstSaver):
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         min_size: int = 1,
         max_size: int = 10,
+        schema: str | None = None,
     ) -> None:
         super().__init__(serde=serde, limits=limits)
+        self.schema = None if schema is None else sql.schema_name(schema)
         if (pool is None) == (dsn is None):
             raise ConfigurationError("give exactly one of pool= or dsn=")
         if dsn is not None and (not isinstance(dsn, str) or not dsn):
@@ -131,7 +140,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
-        self._where = _server_name(dsn)
+        self._where = _server_name(dsn, self.schema)
+        # A caller's pool cannot be reconfigured: its search_path is checked once.
+        self._check_pool = pool is not None and self.schema is not None
         self._res: LoopLocal[asyncpg.Pool] = (
             LoopLocal(fixed=pool)
             if pool is not None
@@ -148,19 +159,28 @@ class PostgresDurableSaver(AsyncFirstSaver):
         """A saver on the caller's pool, which it never closes."""
         return cls(pool, **options)
 
+    @staticmethod
+    def schema_settings(schema: str) -> dict[str, str]:
+        """The ``server_settings`` a pool needs to serve a saver with ``schema``: every
+        statement then finds its tables there, at no extra round trip."""
+        return {"search_path": sql.quoted_schema(schema)}
+
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._res.home
 
     # -- connections ----------------------------------------------------------------
 
     async def _open_pool(self) -> asyncpg.Pool:
+        settings = {"application_name": "langgraph-dualsaver"}
+        if self.schema is not None:
+            settings.update(self.schema_settings(self.schema))
         return await asyncpg.create_pool(
             self._dsn,
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=self.timeouts.connect_s,
             command_timeout=self.timeouts.command_s,
-            server_settings={"application_name": "langgraph-dualsaver"},
+            server_settings=settings,
             reset=_keep_session,
         )
 
@@ -182,6 +202,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
         try:
             pool = await self._res.get()
             async with pool.acquire() as conn:
+                if self._check_pool:
+                    await self._check_search_path(conn)
                 if transaction:
                     async with conn.transaction():
                         yield conn
@@ -201,6 +223,18 @@ class PostgresDurableSaver(AsyncFirstSaver):
         except _BAD_CONFIG as exc:
             raise ConfigurationError(f"cannot use {self._where}: {exc}") from exc
 
+    async def _check_search_path(self, conn: asyncpg.Connection) -> None:
+        """Refuse a caller's pool whose ``search_path`` is not exactly the schema:
+        statements would read and write another schema's tables (or ``public``'s)."""
+        path = await conn.fetchval(sql.SEARCH_PATH)
+        if [part.strip().strip('"') for part in path.split(",")] != [self.schema]:
+            raise ConfigurationError(
+                f"the pool given for schema {self.schema!r} has search_path {path!r}; "
+                f"create it with asyncpg.create_pool(..., server_settings="
+                f"PostgresDurableSaver.schema_settings({self.schema!r}))"
+            )
+        self._check_pool = False
+
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             return StoreUnavailableError(
@@ -215,12 +249,14 @@ class PostgresDurableSaver(AsyncFirstSaver):
     # -- setup ----------------------------------------------------------------------
 
     async def asetup(self) -> None:
-        """Create or migrate the tables. Idempotent, and safe from several processes at
-        once: the run holds a session advisory lock, so the others wait, then find
-        nothing left to do."""
+        """Create or migrate the tables (and the schema, if one is set). Idempotent, and
+        safe from several processes at once: the run holds the schema's session advisory
+        lock, so the others wait, then find nothing left to do."""
+        lock_key = sql.setup_lock_key(self.schema)
         async with self._connection() as conn:
-            await conn.execute(sql.ADVISORY_LOCK_SETUP, timeout=SETUP_TIMEOUT_S)
+            await conn.execute(sql.ADVISORY_LOCK_SETUP, lock_key, timeout=SETUP_TIMEOUT_S)
             try:
+                await self._create_schema(conn)
                 await conn.execute(sql.MIGRATIONS[0], timeout=SETUP_TIMEOUT_S)
                 current = await conn.fetchval(sql.CURRENT_MIGRATION)
                 for version in range(current + 1, len(sql.MIGRATIONS)):
@@ -233,10 +269,22 @@ class PostgresDurableSaver(AsyncFirstSaver):
                 # does not reset sessions, see _keep_session): if it cannot be released,
                 # end the session, which releases it.
                 try:
-                    await conn.execute(sql.ADVISORY_UNLOCK_SETUP)
+                    await conn.execute(sql.ADVISORY_UNLOCK_SETUP, lock_key)
                 except BaseException:
                     conn.terminate()
                     raise
+
+    async def _create_schema(self, conn: asyncpg.Connection) -> None:
+        """The saver's schema, unless it exists (then no CREATE privilege is needed)."""
+        if self.schema is not None and not await conn.fetchval(sql.SCHEMA_EXISTS, self.schema):
+            await conn.execute(sql.create_schema_sql(self.schema), timeout=SETUP_TIMEOUT_S)
+
+    async def aclaim_owner(self, prefix: str) -> str:
+        """Record ``prefix`` as the Redis prefix that owns this saver's tables, unless
+        one is recorded already; return the recorded one. ``DualSaver.asetup`` calls it."""
+        async with self._connection() as conn:
+            await conn.execute(sql.CLAIM_SETTING, OWNER_PREFIX, prefix)
+            return str(await conn.fetchval(sql.GET_SETTING, OWNER_PREFIX))
 
     # -- writes ---------------------------------------------------------------------
 
@@ -616,13 +664,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-def _server_name(dsn: str | None) -> str:
-    """``PostgreSQL at host:port/db`` for messages; never the password."""
+def _server_name(dsn: str | None, schema: str | None = None) -> str:
+    """``PostgreSQL at host:port/db`` (and the schema) for messages; never the password."""
+    in_schema = "" if schema is None else f" (schema {schema!r})"
     if not dsn:
-        return "PostgreSQL"
+        return f"PostgreSQL{in_schema}"
     try:
         parts = urlsplit(dsn)
         where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
     except ValueError:
-        return "PostgreSQL"
-    return f"PostgreSQL at {where}"
+        return f"PostgreSQL{in_schema}"
+    return f"PostgreSQL at {where}{in_schema}"

@@ -6,17 +6,23 @@ in the same database. Ids are ``COLLATE "C"``: bytewise order, which is Python's
 for ``str`` (the Redis tier and the chain sort the same way) and cheaper to compare.
 
 Every statement is parameterized; values never become SQL text. The only composed
-statement is ``list_sql``, which joins fixed predicates chosen by which arguments are
-present.
+statements are ``list_sql``, which joins fixed predicates chosen by which arguments are
+present, and ``create_schema_sql``, whose one piece of text is a schema name checked by
+``schema_name``.
+
+A saver with a ``schema`` runs every statement here unchanged: its connections'
+``search_path`` is that schema alone, so tables, the index and ``dualsaver_write_batch``
+are created and found there (and never in ``public``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from langgraph_dualsaver.errors import InvalidMetadataError
+from langgraph_dualsaver.errors import ConfigurationError, InvalidMetadataError
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
@@ -28,6 +34,7 @@ __all__ = [
     "ADVISORY_LOCK_SETUP",
     "ADVISORY_UNLOCK_SETUP",
     "AUDIT",
+    "CLAIM_SETTING",
     "COPY_THREAD",
     "CURRENT_MIGRATION",
     "DELETE_FOR_RUNS",
@@ -40,6 +47,7 @@ __all__ = [
     "GC_BLOBS",
     "GET_BY_ID",
     "GET_LATEST",
+    "GET_SETTING",
     "INSERT_RECORDS",
     "LOCK_THREADS",
     "MIGRATIONS",
@@ -49,13 +57,19 @@ __all__ = [
     "PRUNE_WRITES",
     "RECORD_MIGRATION",
     "RUN_THREADS",
+    "SCHEMA_EXISTS",
+    "SEARCH_PATH",
     "THREADS",
     "THREAD_INFO",
     "UPSERT_TOMBSTONE",
     "WRITE_BATCH_GUARDED",
     "batch_params",
+    "create_schema_sql",
     "filter_param",
     "list_sql",
+    "quoted_schema",
+    "schema_name",
+    "setup_lock_key",
 ]
 
 # -- migrations -----------------------------------------------------------------------
@@ -319,14 +333,60 @@ MIGRATIONS: list[str] = [
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
 
-# One key for the whole migration run (session lock: held across the per-migration
-# transactions, released in ``finally`` or when the session ends).
-ADVISORY_LOCK_SETUP = "SELECT pg_advisory_lock(hashtextextended('langgraph-dualsaver:setup', 0))"
-ADVISORY_UNLOCK_SETUP = (
-    "SELECT pg_advisory_unlock(hashtextextended('langgraph-dualsaver:setup', 0))"
-)
+# One key per schema for the whole migration run (session lock: held across the
+# per-migration transactions, released in ``finally`` or when the session ends).
+# $1 is ``setup_lock_key(schema)``.
+ADVISORY_LOCK_SETUP = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+ADVISORY_UNLOCK_SETUP = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 CURRENT_MIGRATION = "SELECT coalesce(max(v), -1) FROM dualsaver_migrations"
 RECORD_MIGRATION = "INSERT INTO dualsaver_migrations (v) VALUES ($1) ON CONFLICT (v) DO NOTHING"
+
+# -- schemas: one per app ---------------------------------------------------------------
+
+SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+SEARCH_PATH = "SELECT current_setting('search_path')"
+# A setting is recorded once; the first writer wins and everyone reads the winner.
+CLAIM_SETTING = (
+    "INSERT INTO dualsaver_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+)
+GET_SETTING = "SELECT value FROM dualsaver_settings WHERE name = $1"
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SETUP_LOCK = "langgraph-dualsaver:setup"
+
+
+def schema_name(name: object) -> str:
+    """``name``, if the saver accepts it as a schema: lower-case ASCII letters, digits
+    and ``_``, not starting with a digit or ``pg_``, at most 63 characters. Such a name
+    means the same quoted or not, and is safe SQL text once quoted."""
+    if (
+        not isinstance(name, str)
+        or not _SCHEMA_NAME.fullmatch(name)
+        or name.startswith("pg_")
+        or name == "information_schema"
+    ):
+        raise ConfigurationError(
+            f"schema must be a lower-case PostgreSQL name (a-z, 0-9 and _, not starting "
+            f"with a digit or pg_, at most 63 characters), got {name!r}"
+        )
+    return name
+
+
+def quoted_schema(name: str) -> str:
+    """The checked name as a quoted identifier (for SQL text and ``search_path``)."""
+    return f'"{schema_name(name)}"'
+
+
+def create_schema_sql(name: str) -> str:
+    """``CREATE SCHEMA`` for a checked name: DDL takes no parameters."""
+    return f"CREATE SCHEMA IF NOT EXISTS {quoted_schema(name)}"
+
+
+def setup_lock_key(schema: str | None) -> str:
+    """The setup lock's key: the historical one for the default location, so older
+    versions still wait for newer ones; one of its own per schema."""
+    return _SETUP_LOCK if schema is None else f"{_SETUP_LOCK}:{schema_name(schema)}"
+
 
 # -- writes ---------------------------------------------------------------------------
 

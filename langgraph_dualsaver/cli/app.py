@@ -9,6 +9,8 @@ import typer
 
 from langgraph_dualsaver.cli import inspect, ops
 from langgraph_dualsaver.cli.session import DEFAULT_TIMEOUT_S, Target, env_mode
+from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.postgres_sql import schema_name
 
 __all__ = ["app"]
 
@@ -16,9 +18,10 @@ app = typer.Typer(
     name="dualsaver",
     help="Look inside LangGraph threads kept by DualSaver (Redis + PostgreSQL), audit "
     "them, flush the outbox, check the stores.\n\n"
-    "Connects like DualSaver.from_env(): --redis-url / --postgres-url / --prefix (given "
-    "before the command), else DUALSAVER_REDIS_URL / DUALSAVER_POSTGRES_URL / "
-    "DUALSAVER_PREFIX, else the embedded servers that `dualsaver up` runs.\n\n"
+    "Connects like DualSaver.from_env(): --redis-url / --postgres-url / --prefix / "
+    "--schema (given before the command), else DUALSAVER_REDIS_URL / "
+    "DUALSAVER_POSTGRES_URL / DUALSAVER_PREFIX / DUALSAVER_SCHEMA, else the embedded "
+    "servers that `dualsaver up` runs.\n\n"
     "Exit codes: 0 done, 1 error, 2 usage.\n\n"
     "Example: dualsaver --prefix myapp threads",
     no_args_is_help=True,
@@ -27,6 +30,16 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _checked_schema(value: str | None) -> str | None:
+    """``--schema`` as the savers check it; a bad name is a usage error (exit 2)."""
+    if not value:
+        return None
+    try:
+        return schema_name(value)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.callback()
@@ -53,6 +66,16 @@ def configure(
     prefix: Annotated[
         str, typer.Option("--prefix", envvar="DUALSAVER_PREFIX", help="Redis key prefix.")
     ] = "dualsaver",
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            "--schema",
+            envvar="DUALSAVER_SCHEMA",
+            help="PostgreSQL schema of the app (default: where search_path finds the tables).",
+            show_default=False,
+            callback=_checked_schema,
+        ),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -70,7 +93,9 @@ def configure(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Target(redis_url or None, postgres_url or None, prefix, env_mode(), timeout)
+    ctx.obj = Target(
+        redis_url or None, postgres_url or None, prefix, env_mode(), timeout, schema or None
+    )
 
 
 app.command("up")(ops.up)

@@ -139,7 +139,7 @@ def setup(ctx: typer.Context) -> None:
         async with open_saver(target, prepare=False) as saver:
             await saver.asetup()
         redis_url, postgres_url = resolve_urls(target)
-        redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
+        redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts, target.schema)
         for found in (redis, postgres):
             if isinstance(found, Unreachable):
                 raise found
@@ -188,9 +188,10 @@ async def _status(target: Target) -> dict[str, Any]:
     from langgraph_dualsaver.dual import DualSaver
 
     redis_url, postgres_url = resolve_urls(target)
-    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
+    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts, target.schema)
     report: dict[str, Any] = {
         "prefix": target.prefix,
+        "schema": target.schema,
         "redis": _facts(redis),
         "postgres": _facts(postgres),
         "outbox": None,
@@ -203,6 +204,7 @@ async def _status(target: Target) -> dict[str, Any]:
         postgres_url,
         mode=target.mode,
         prefix=target.prefix,
+        schema=target.schema,
         timeouts=target.timeouts,
         background_flush=False,
     ) as saver:
@@ -260,6 +262,8 @@ def _print_status(report: dict[str, Any]) -> None:
     else:
         rows.append(("PostgreSQL", Text(f"UNREACHABLE at {postgres['url']}", style="bold red")))
     rows.append(("prefix", report["prefix"]))
+    if report["schema"] is not None:
+        rows.append(("schema", report["schema"]))
     outbox = report["outbox"]
     if outbox is not None:
         age = outbox["oldest_pending_age_s"]

@@ -140,19 +140,27 @@ class PostgresFacts:
     schema_latest: int
 
 
-async def postgres_facts(url: str, timeouts: Timeouts | None = None) -> PostgresFacts:
-    """Connect, read the server's version, durability settings and schema version.
+async def postgres_facts(
+    url: str, timeouts: Timeouts | None = None, schema: str | None = None
+) -> PostgresFacts:
+    """Connect, read the server's version, durability settings and the version of the
+    tables (in ``schema``, if given).
 
     Raises ``Unreachable`` when the server does not answer.
     """
     import asyncpg
 
     from langgraph_dualsaver import postgres_sql
+    from langgraph_dualsaver.postgres import PostgresDurableSaver
 
     timeouts = timeouts or Timeouts()
+    settings = None if schema is None else PostgresDurableSaver.schema_settings(schema)
     try:
         conn = await asyncpg.connect(
-            url, timeout=timeouts.connect_s, command_timeout=timeouts.command_s
+            url,
+            timeout=timeouts.connect_s,
+            command_timeout=timeouts.command_s,
+            server_settings=settings,
         )
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise Unreachable(

@@ -1,9 +1,9 @@
 """Where the commands connect, and how failures become messages and exit codes.
 
 The configuration is ``DualSaver.from_env()``'s: ``--redis-url`` / ``--postgres-url`` /
-``--prefix``, else ``DUALSAVER_REDIS_URL`` / ``DUALSAVER_POSTGRES_URL`` /
-``DUALSAVER_PREFIX``, else the per-user embedded servers (``dualsaver up`` runs them;
-if none runs, a command starts them for its own duration).
+``--prefix`` / ``--schema``, else ``DUALSAVER_REDIS_URL`` / ``DUALSAVER_POSTGRES_URL`` /
+``DUALSAVER_PREFIX`` / ``DUALSAVER_SCHEMA``, else the per-user embedded servers
+(``dualsaver up`` runs them; if none runs, a command starts them for its own duration).
 
 Exit codes: 0 done, 1 error (``CliError``: the message says what to do), 2 usage.
 """
@@ -72,6 +72,8 @@ class Target:
     prefix: str = "dualsaver"
     mode: str = "write_behind"
     timeout_s: float = DEFAULT_TIMEOUT_S
+    schema: str | None = None
+    """The app's PostgreSQL schema; ``None``: the tables where ``search_path`` finds them."""
 
     @property
     def timeouts(self) -> Timeouts:
@@ -108,12 +110,15 @@ def resolve_urls(target: Target) -> tuple[str, str]:
 
 
 async def probe_both(
-    redis_url: str, postgres_url: str, timeouts: Timeouts | None = None
+    redis_url: str,
+    postgres_url: str,
+    timeouts: Timeouts | None = None,
+    schema: str | None = None,
 ) -> tuple[RedisFacts | Unreachable, PostgresFacts | Unreachable]:
     """Both stores' facts, probed at once; an unreachable one comes back as its error."""
     found = await asyncio.gather(
         redis_facts(redis_url, timeouts),
-        postgres_facts(postgres_url, timeouts),
+        postgres_facts(postgres_url, timeouts, schema),
         return_exceptions=True,
     )
     for item in found:
@@ -136,12 +141,13 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
     """A ``DualSaver`` on the target, once both stores answered.
 
     With ``prepare``, the tables and the outbox consumer group are created if missing
-    (idempotent, as ``DualSaver.from_env()`` does); Redis' configuration is never
-    changed. The saver runs no background flusher: only ``dualsaver flush`` flushes,
-    besides the flush that ``audit`` and ``prune`` do first.
+    (idempotent, as ``DualSaver.from_env()`` does) and a schema is claimed for the
+    prefix (refused if another prefix owns it); Redis' configuration is never changed.
+    The saver runs no background flusher: only ``dualsaver flush`` flushes, besides the
+    flush that ``audit`` and ``prune`` do first.
     """
     redis_url, postgres_url = resolve_urls(target)
-    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts)
+    redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts, target.schema)
     problems = [str(p) for p in (redis, postgres) if isinstance(p, Unreachable)]
     if problems:
         raise CliError("\n".join(problems))
@@ -153,11 +159,13 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
         postgres_url,
         mode=target.mode,  # type: ignore[arg-type]
         prefix=target.prefix,
+        schema=target.schema,
         timeouts=target.timeouts,
         background_flush=False,
     ) as saver:
         if prepare:
             await saver.durable.asetup()
+            await saver.aclaim_schema()
             await saver.flusher.setup()
         yield Session(saver, redis, postgres)
 
