@@ -5,6 +5,9 @@ so a thread's keys and its shard's outbox stream live in one Redis Cluster slot 
 one Lua script can write them all atomically::
 
     <prefix>:threads                                  ZSET  registry: thread_id -> last write (s)
+    <prefix>:server                                   STRING  run_id the data is good on
+    <prefix>:{<prefix>:s<shard>}:server               STRING  the same, per shard (Cluster)
+    <prefix>:{<prefix>:threads}:server                STRING  the same, registry's slot (Cluster)
     <prefix>:{<prefix>:s<shard>}:outbox               STREAM  records queued for PostgreSQL
     <prefix>:{<prefix>:s<shard>}:dead                 STREAM  dead letters
     <prefix>:{<prefix>:s<shard>}:<digest>:meta        HASH  thread_id, pending, c/b/w key flags
@@ -64,6 +67,7 @@ __all__ = [
     "blob_field",
     "checkpoint_tuple",
     "chunks",
+    "cluster_server_keys",
     "cp_field",
     "dead_letter_key",
     "decode_blob",
@@ -157,6 +161,14 @@ def server_key(prefix: str) -> str:
     """The ``run_id`` of the server the hot data was last known good on. A restart
     (say, from an old snapshot) changes the run_id, so a mismatch means: distrust."""
     return f"{prefix}:server"
+
+
+def cluster_server_keys(prefix: str, shards: int) -> list[str]:
+    """On Redis Cluster, one ``server_key`` in each slot holding this prefix's data (each
+    shard's, then the registry's), so each lives on the master whose ``run_id`` it records."""
+    return [f"{shard_base(prefix, shard)}:server" for shard in range(shards)] + [
+        f"{prefix}:{{{registry_key(prefix)}}}:server"
+    ]
 
 
 @dataclass(frozen=True, slots=True)

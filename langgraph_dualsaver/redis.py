@@ -73,6 +73,15 @@ _UNAVAILABLE = (
     rex.SlotNotCoveredError,
     OSError,
 )
+_SLOT_IDENTITY = r"""
+-- KEYS[1]: a slot's server record. ARGV[1]: '' to read it; a run_id (or '*': any) to
+-- record this master's run_id first, if it is that one. Returns {record, run_id}.
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if ARGV[1] == '*' or ARGV[1] == run_id then
+  redis.call('SET', KEYS[1], run_id)
+end
+return {redis.call('GET', KEYS[1]), run_id}
+"""
 
 
 class RedisHotSaver(AsyncFirstSaver):
@@ -129,6 +138,7 @@ class RedisHotSaver(AsyncFirstSaver):
         """Reads that found half a thread (an evicted key) and treated it as absent."""
         self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
         self._run_id: str | None = None
+        self._seen_run_ids: dict[str, str] = {}
         self.connections_opened = 0
         """Connections opened so far: the chain re-checks the server after each."""
         self._res: LoopLocal[Client]
@@ -172,7 +182,9 @@ class RedisHotSaver(AsyncFirstSaver):
             "decode_responses": False,
         }
         if self._cluster:
-            return RedisCluster.from_url(self._url, **options)
+            cluster = RedisCluster.from_url(self._url, **options)
+            self._count_connections_of(cluster)
+            return cluster
         # A blocking pool: past max_connections a call waits (up to the command timeout)
         # for a free connection, instead of failing at once as redis-py's default pool
         # does at 100 (seen with 64 concurrent graph runs).
@@ -184,6 +196,15 @@ class RedisHotSaver(AsyncFirstSaver):
             **options,
         )
         return Redis.from_pool(pool)
+
+    def _count_connections_of(self, cluster: RedisCluster) -> None:
+        """Count each node's new connections as the single-server pool does: one may
+        reach a master that restarted. RedisCluster takes no connect hook, so it goes in
+        the kwargs node connections are built from: the template kept for nodes found
+        later, and the startup nodes already built from it."""
+        cluster.get_connection_kwargs()["redis_connect_func"] = self._count_connection
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_kwargs["redis_connect_func"] = self._count_connection
 
     async def _close_client(self, client: Client) -> None:
         await client.aclose()
@@ -326,18 +347,28 @@ class RedisHotSaver(AsyncFirstSaver):
     async def acheck_server_identity(self) -> bool:
         """Whether the hot data may be stale: the server's ``run_id`` is not the one
         recorded under ``<prefix>:server`` (a restart, perhaps from an old snapshot;
-        or the record is missing). Every process sees the same answer. After making
-        the hot data safe, call ``arecord_server_identity``."""
+        or the record is missing). On Redis Cluster, the same per master: see
+        ``aserver_identity``. Every process sees the same answer. After making the hot
+        data safe, call ``arecord_server_identity``."""
         return await self.aserver_identity() != "same"
 
     async def aserver_identity(self) -> Literal["same", "new", "changed"]:
         """``"same"``: the recorded server; ``"new"``: nothing recorded under this
-        prefix yet; ``"changed"``: another run_id (the server restarted)."""
+        prefix yet; ``"changed"``: another run_id (the server restarted).
+
+        On Redis Cluster every slot holding this prefix's data (each shard's, the
+        registry's) keeps its own record, on the master serving it, and the answer is
+        ``"changed"`` unless each still names that master: so a master restarted from
+        an old snapshot is caught whichever it is. A failover counts as a change too:
+        replication is asynchronous, so a promoted replica may miss the last acknowledged
+        writes (a stale latest), and nothing left on it tells a caught-up replica apart.
+        Resharding also shows as a change. Each costs a flush and a cold hot tier, never
+        data."""
+        if self._cluster:
+            return await self._cluster_identity()
         client = await self.aclient()
         with self._errors():
             info = await client.info("server")
-            if self._cluster:  # one run_id per node: restarts show up as errors instead
-                return "same"
             recorded = await client.get(K.server_key(self.prefix))
         self._run_id = K.text(info.get("run_id", ""))
         if recorded is None:
@@ -345,12 +376,42 @@ class RedisHotSaver(AsyncFirstSaver):
         return "same" if K.text(recorded) == self._run_id else "changed"
 
     async def arecord_server_identity(self) -> None:
-        """Record the current server as the one the hot data is good on."""
+        """Record the current server as the one the hot data is good on. On Redis
+        Cluster, per slot, and only where the master is still the one the last
+        ``aserver_identity`` saw: a master restarted since stays "changed"."""
+        if self._cluster:
+            await self._cluster_identity_round(record=True)
+            return
         client = await self.aclient()
         with self._errors():
             info = await client.info("server")
-            if not self._cluster:
-                await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
+            await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
+
+    async def _cluster_identity(self) -> Literal["same", "new", "changed"]:
+        seen = await self._cluster_identity_round(record=False)
+        if all(recorded is None for recorded, _ in seen.values()):
+            return "new"
+        current = all(recorded == run_id for recorded, run_id in seen.values())
+        return "same" if current else "changed"
+
+    async def _cluster_identity_round(self, *, record: bool) -> dict[str, tuple[str | None, str]]:
+        """Each slot's ``(recorded run_id, run_id of the master serving it)``, read in one
+        script on that master (so both come from the same node). With ``record``, first
+        set the record where that master is the one seen last time (or none was seen)."""
+        keys = K.cluster_server_keys(self.prefix, self.shards)
+
+        def build(pipe: Any) -> None:
+            for key in keys:
+                expected = self._seen_run_ids.get(key, "*") if record else ""
+                pipe.execute_command("EVAL", _SLOT_IDENTITY, 1, key, expected)
+
+        replies = await self._pipeline(await self.aclient(), build)
+        seen = {
+            key: (None if recorded is None else K.text(recorded), K.text(run_id))
+            for key, (recorded, run_id) in zip(keys, replies, strict=True)
+        }
+        self._seen_run_ids = {key: run_id for key, (_, run_id) in seen.items()}
+        return seen
 
     async def _count_connection(self, connection: Any) -> None:
         """Connection hook: a new connection may reach a restarted server."""

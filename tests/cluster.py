@@ -4,12 +4,16 @@ Each node gets its own throwaway directory, port and cluster-bus port; the slots
 split in three with CLUSTER ADDSLOTSRANGE, the nodes are joined with CLUSTER MEET, and
 the fixture waits (polling, with a deadline) until every node reports
 ``cluster_state:ok``. All three processes are stopped by PID even when a test fails.
+A node can be snapshotted (SAVE) and later killed and restarted from that snapshot, and
+a master can be given a replica (its own process, stopped by PID the same way) that a
+test promotes.
 """
 
 from __future__ import annotations
 
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import redis
@@ -65,9 +69,114 @@ def valkey_cluster(masters: int = 3) -> Iterator[list[EmbeddedValkey]]:
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high - 1)
         for node, bus_port in started[1:]:
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _cluster_ok(clients, masters):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the {masters}-node cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
+        _wait_until_ok(clients, masters)
         yield nodes
+
+
+def _wait_until_ok(clients: list[redis.Redis], masters: int) -> None:
+    _wait(lambda: _cluster_ok(clients, masters), f"the {masters}-master cluster to be ok")
+
+
+def _wait(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``READY_TIMEOUT_S``."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {READY_TIMEOUT_S:.0f}s for {what}")
+        time.sleep(0.05)
+
+
+def snapshot(node: EmbeddedValkey) -> None:
+    """SAVE the node's data to its RDB file, the one it loads when restarted."""
+    with redis.Redis(port=node.port) as client:
+        client.save()
+
+
+def restart_from_snapshot(node: EmbeddedValkey, nodes: list[EmbeddedValkey]) -> None:
+    """SIGKILL ``node`` and start it again on its port, directory and nodes.conf: it
+    comes back with the data of its last ``snapshot``, as the same cluster node with a
+    new run_id. Returns once every node reports ``cluster_state:ok`` again (a restarted
+    master waits a moment before it serves)."""
+    node.kill()
+    node.start()
+    clients = [redis.Redis(port=n.port, decode_responses=True) for n in nodes]
+    try:
+        _wait_until_ok(clients, len(nodes))
+    finally:
+        for client in clients:
+            client.close()
+
+
+@contextmanager
+def replica_of(master: EmbeddedValkey) -> Iterator[EmbeddedValkey]:
+    """A new node replicating ``master``, caught up with it; stopped by PID on exit."""
+    with ExitStack() as stack:
+        replica, bus_port = _node(stack)
+        m = stack.enter_context(redis.Redis(port=master.port, decode_responses=True))
+        r = stack.enter_context(redis.Redis(port=replica.port, decode_responses=True))
+        master_id = m.execute_command("CLUSTER", "MYID")
+        m.execute_command("CLUSTER", "MEET", "127.0.0.1", replica.port, bus_port)
+        _wait(lambda: master_id in r.execute_command("CLUSTER", "NODES"), "the replica to meet")
+        r.execute_command("CLUSTER", "REPLICATE", master_id)
+        wait_caught_up(master, replica)
+        yield replica
+
+
+def wait_caught_up(master: EmbeddedValkey, replica: EmbeddedValkey) -> None:
+    """Return once ``replica`` has applied everything ``master`` has written."""
+    with (
+        redis.Redis(port=master.port, decode_responses=True) as m,
+        redis.Redis(port=replica.port, decode_responses=True) as r,
+    ):
+
+        def caught_up() -> bool:
+            info = r.info("replication")
+            return info.get("master_link_status") == "up" and info.get(
+                "slave_repl_offset"
+            ) == m.info("replication").get("master_repl_offset")
+
+        _wait(caught_up, "the replica to catch up")
+
+
+@contextmanager
+def replication_cut(master: EmbeddedValkey, replica: EmbeddedValkey) -> Iterator[None]:
+    """Inside, nothing ``master`` writes reaches ``replica``: the replica is paused
+    (SIGSTOP) and the master drops its link, so not even socket buffers carry it over.
+    The replica resumes (SIGCONT) on the way out, however the block ends."""
+    replica.signal(signal.SIGSTOP)
+    try:
+        with redis.Redis(port=master.port) as m:
+            m.client_kill_filter(_type="replica")
+        yield
+    finally:
+        replica.signal(signal.SIGCONT)
+
+
+def take_over(replica: EmbeddedValkey, live: list[EmbeddedValkey]) -> None:
+    """``CLUSTER FAILOVER TAKEOVER``: ``replica`` becomes master of its master's slots
+    with whatever data it has, asking no one (its master may be dead). Returns once
+    every node in ``live`` maps those slots to it and reports ``cluster_state:ok``."""
+    clients = [redis.Redis(port=n.port, decode_responses=True) for n in live]
+    try:
+        with redis.Redis(port=replica.port, decode_responses=True) as r:
+            replica_id = r.execute_command("CLUSTER", "MYID")
+            r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        _wait(
+            lambda: (
+                all(_serves_slots(c, replica_id) for c in clients)
+                and _cluster_ok(clients, len(live))
+            ),
+            "every node to see the replica as master",
+        )
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _serves_slots(client: redis.Redis, node_id: str) -> bool:
+    """Whether ``client``'s node sees ``node_id`` as a master serving slots."""
+    for line in client.execute_command("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if fields and fields[0] == node_id:
+            return "master" in fields[2].split(",") and len(fields) > 8
+    return False

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from redis.crc import key_slot
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
@@ -246,3 +247,11 @@ def test_a_checkpoint_tuple_is_rebuilt_from_what_the_layout_stores() -> None:
     assert tup.checkpoint["channel_values"] == {"a": [1]}
     assert tup.metadata == {"k": 1}
     assert tup.pending_writes == [("task", "a", "w")]
+
+
+def test_each_cluster_server_record_shares_the_slot_of_the_data_it_vouches_for() -> None:
+    records = K.cluster_server_keys("pfx", 4)
+    assert [hash_tag(key) for key in records[:-1]] == [f"pfx:s{n}" for n in range(4)]
+    assert key_slot(K.utf8(records[-1])) == key_slot(K.utf8(K.registry_key("pfx")))
+    assert all(key.startswith("pfx:") for key in records)
+    assert len(set(records)) == 5
