@@ -21,7 +21,6 @@ from langgraph_dualsaver.keys import stream_seq, text
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
-    pack_record,
     unpack_record,
 )
 
@@ -158,19 +157,26 @@ class Outbox:
         return claimed
 
     @_reachable
-    async def dead_letter_entries(self, entries: Sequence[Entry], reason: str) -> None:
-        """Move entries to their dead-letter stream, then remove them from the outbox."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                fields = {"id": entry.id, "reason": reason[:500]}
-                if entry.record is not None:
-                    fields["r"] = pack_record(entry.record)
-                elif entry.undecodable is not None:
-                    fields["raw"] = entry.undecodable
-                pipe.xadd(self.dead_letter(entry.stream), fields)
-                pipe.xack(entry.stream, GROUP, entry.id)
-                pipe.xdel(entry.stream, entry.id)
-            await pipe.execute()
+    async def dead_letter_entries(
+        self, entries: Sequence[Entry], reason: str, *, cap: int | None = None
+    ) -> list[bool]:
+        """Move entries to their shard's dead-letter stream with all their fields, each
+        in one atomic script (see ``deadletters``).
+
+        Returns, per entry, whether this call removed it from the outbox. An entry whose
+        dead-letter stream already holds ``cap`` letters (``DEAD_LETTER_CAP`` if
+        ``None``) stays queued and pending, and an error is logged.
+        """
+        from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, move
+
+        return await move(
+            self.client,
+            entries,
+            group=GROUP,
+            dead_letter=self.dead_letter,
+            reason=reason,
+            cap=DEAD_LETTER_CAP if cap is None else cap,
+        )
 
     @_reachable
     async def length(self) -> int:
@@ -204,6 +210,7 @@ class Outbox:
 
     @_reachable
     async def dead_letter_count(self) -> int:
+        """Dead letters in all shards (``deadletters.DeadLetters.counts`` per shard)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xlen(self.dead_letter(stream))
