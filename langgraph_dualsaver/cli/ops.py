@@ -15,6 +15,7 @@ from rich.text import Text
 
 from langgraph_dualsaver.cli import render
 from langgraph_dualsaver.cli.data import hot_thread_ids, thread_presence
+from langgraph_dualsaver.cli.deadletters import cap_warnings
 from langgraph_dualsaver.cli.inspect import not_found
 from langgraph_dualsaver.cli.probe import (
     PostgresFacts,
@@ -34,6 +35,7 @@ from langgraph_dualsaver.cli.session import (
     target_of,
     thread_arg,
 )
+from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError
 
 __all__ = ["delete", "flush", "prune", "setup", "status", "up"]
@@ -199,6 +201,7 @@ async def _status(target: Target) -> dict[str, Any]:
         "degraded": isinstance(redis, Unreachable),
     }
     stats = None
+    dead_letters_near_cap: list[str] = []
     async with DualSaver.from_conn_string(
         redis_url,
         postgres_url,
@@ -214,15 +217,20 @@ async def _status(target: Target) -> dict[str, Any]:
                 "length": stats.outbox_length,
                 "oldest_pending_age_s": stats.oldest_pending_age_s,
                 "dead_letters": stats.dead_letters,
+                "dead_letter_cap": DEAD_LETTER_CAP,
             }
+            dead_letters_near_cap = await cap_warnings(saver)
             report["threads"]["hot"] = len(await hot_thread_ids(saver))
         if isinstance(postgres, PostgresFacts) and postgres.schema_version >= 0:
             report["threads"]["durable"] = len(await saver.durable.athreads())
-    report["warnings"] = warnings_for(
-        redis if isinstance(redis, RedisFacts) else None,
-        postgres if isinstance(postgres, PostgresFacts) else None,
-        outbox_age_s=stats.oldest_pending_age_s if stats else None,
-        dead_letters=stats.dead_letters if stats else 0,
+    report["warnings"] = (
+        warnings_for(
+            redis if isinstance(redis, RedisFacts) else None,
+            postgres if isinstance(postgres, PostgresFacts) else None,
+            outbox_age_s=stats.oldest_pending_age_s if stats else None,
+            dead_letters=stats.dead_letters if stats else 0,
+        )
+        + dead_letters_near_cap
     )
     if report["degraded"]:
         report["warnings"].insert(

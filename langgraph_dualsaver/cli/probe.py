@@ -254,7 +254,8 @@ def warnings_for(
         )
     if dead_letters:
         found.append(
-            f"{dead_letters} outbox entries are dead letters (PostgreSQL rejected them "
-            "repeatedly); read them from the shards' `:dead` streams"
+            f"{dead_letters} outbox entries are dead letters (the flusher gave up on them: "
+            "they are not in PostgreSQL); `dualsaver deadletters list` shows them, "
+            "`replay` puts them back after a fix"
         )
     return found
