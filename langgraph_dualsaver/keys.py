@@ -14,7 +14,7 @@ one Lua script can write them all atomically::
     <prefix>:{<prefix>:s<shard>}:<digest>:cp          HASH  cp field -> stored checkpoint
     <prefix>:{<prefix>:s<shard>}:<digest>:idx         ZSET  cp field, score 0 (lex = time)
     <prefix>:{<prefix>:s<shard>}:<digest>:blobs       HASH  blob field -> stored blob
-    <prefix>:{<prefix>:s<shard>}:<digest>:writes      HASH  cp field -> pending-writes log
+    <prefix>:{<prefix>:s<shard>}:<digest>:writes      ZSET  one member per write, score 0 (below)
 
 ``shard = int(sha256(thread_id)[:8], 16) % shards`` and ``digest`` is the sha256 hex
 of the UTF-8 thread_id, so any string (``*``, ``{x}``, ``a:b``, 1 MB of text) gives a
@@ -26,6 +26,15 @@ Fields are length-prefixed with msgpack raw headers, so no two values alias
 a blob field ``lp(ns) + lp(channel) + version``. The index holds cp fields with score 0,
 so the latest checkpoint of a namespace is one ``ZRANGE BYLEX REV LIMIT 0 1`` over the
 ``lp(ns)`` prefix (UTF-8 never contains byte 0xFF, which closes the range).
+
+Pending writes are one member each, ``write_key + encode_write(write)``: the key is the
+cp field, a NUL, then the write's task_id and idx (its own msgpack elements, which the
+Lua scripts copy out of the encoded write). Ids hold no NUL, so the NUL closes the cp
+field: a checkpoint's writes are one ``ZRANGE BYLEX`` (``writes_range``: a key goes on
+with a msgpack str header, never 0xFF), and a ``(task_id, idx)`` is the range over its
+key (an encoded write starts with 0x96), which the write rules keep to one member. So
+storing a write is O(log n) however many its checkpoint has. (The old layout kept a
+HASH, cp field -> the encoded writes concatenated; the scripts rewrite it on first use.)
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ __all__ = [
     "dead_letter_key",
     "decode_blob",
     "decode_stored_checkpoint",
+    "decode_write_members",
     "decode_writes_log",
     "encode_blob",
     "encode_stored_checkpoint",
@@ -86,6 +96,7 @@ __all__ = [
     "shard_tag",
     "split_blob_field",
     "split_cp_field",
+    "split_write_member",
     "stored_metadata_matches",
     "stream_id",
     "stream_seq",
@@ -94,6 +105,9 @@ __all__ = [
     "thread_keys",
     "utf8",
     "validate_prefix",
+    "write_key",
+    "write_member",
+    "writes_range",
 ]
 
 DEFAULT_PREFIX = "dualsaver"
@@ -325,11 +339,11 @@ def checkpoint_tuple(
     thread_id: str,
     field: bytes,
     stored: bytes,
-    writes_log: bytes | None,
+    writes: Sequence[bytes],
     blobs: Mapping[bytes, bytes],
 ) -> CheckpointTuple:
     """The ``CheckpointTuple`` of a stored checkpoint, given the stored blobs it names
-    (``blob field -> stored blob``) and its pending-writes log."""
+    (``blob field -> stored blob``) and its writes' members."""
     ns, checkpoint_id = split_cp_field(field)
     entry = decode_stored_checkpoint(stored)
     checkpoint = decode_checkpoint(entry.checkpoint, {})
@@ -347,20 +361,60 @@ def checkpoint_tuple(
         parent_config=(
             checkpoint_config(thread_id, ns, entry.parent_id) if entry.parent_id else None
         ),
-        pending_writes=load_writes(serde, resolve_writes(decode_writes_log(writes_log))),
+        pending_writes=load_writes(serde, resolve_writes(decode_write_members(field, writes))),
     )
 
 
 def encode_write(write: WriteRecord) -> bytes:
-    """One entry of a checkpoint's pending-writes log (the log is these, concatenated)."""
+    """One write as STORE takes it and a writes member ends with."""
     return msgpack.packb(
         [write.task_id, write.task_path, write.idx, write.channel, write.type, write.data],
         use_bin_type=True,
     )
 
 
+def write_key(cp: bytes, write: WriteRecord) -> bytes:
+    """The key a write's member starts with, as the Lua scripts derive it from
+    ``encode_write(write)``: one per ``(checkpoint, task_id, idx)``."""
+    return cp + b"\0" + msgpack.packb(write.task_id, use_bin_type=True) + msgpack.packb(write.idx)
+
+
+def write_member(cp: bytes, write: WriteRecord) -> bytes:
+    """A write as the writes ZSET holds it."""
+    return write_key(cp, write) + encode_write(write)
+
+
+def writes_range(cp: bytes) -> tuple[bytes, bytes]:
+    """``(min, max)`` for ``ZRANGE writes min max BYLEX``: one checkpoint's writes."""
+    return b"[" + cp + b"\0", b"(" + cp + b"\0\xff"
+
+
+def _write_after(member: bytes, start: int) -> WriteRecord:
+    """The write of a member whose key's task_id element begins at ``start``."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(member))
+    unpacker.feed(member[start:])
+    unpacker.skip()  # task_id and idx: the write repeats them
+    unpacker.skip()
+    return WriteRecord(*unpacker.unpack())
+
+
+def decode_write_members(cp: bytes, members: Iterable[bytes]) -> list[WriteRecord]:
+    """The writes of checkpoint ``cp``'s members (resolve and sort them with
+    ``records.resolve_writes``)."""
+    return [_write_after(member, len(cp) + 1) for member in members]
+
+
+def split_write_member(member: bytes) -> tuple[bytes, WriteRecord]:
+    """``(cp field, write)`` of any member of the writes ZSET."""
+    unpacker = msgpack.Unpacker(raw=True, max_buffer_size=len(member))
+    unpacker.feed(member)
+    unpacker.skip()  # lp(ns); the checkpoint_id after it holds no NUL
+    end = member.index(b"\0", unpacker.tell())
+    return member[:end], _write_after(member, end + 1)
+
+
 def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
-    """The log's writes in arrival order (resolve them with ``records.resolve_writes``)."""
+    """Encoded writes, concatenated (the old layout's log), in order."""
     if not log:
         return []
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(log) + 1)

@@ -21,6 +21,7 @@ from langgraph_dualsaver.records import (
     BlobRecord,
     CheckpointRecord,
     Limits,
+    WriteRecord,
     WritesRecord,
     checkpoint_ids,
     decode_metadata,
@@ -119,7 +120,8 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
         saver._partial(source)
     if reply[0] != b"ok":
         return
-    records = copied_records(target, *(K.pairs(flat) for flat in reply[1:]))
+    _, checkpoints, blobs, members = reply
+    records = copied_records(target, K.pairs(checkpoints), K.pairs(blobs), _by_field(members))
     for batch in K.chunks(records, _COPY_BATCH):
         await saver._store(target, batch, enqueue=saver.outbox)
 
@@ -128,7 +130,7 @@ def copied_records(
     target: str,
     checkpoints: Mapping[bytes, bytes],
     blobs: Mapping[bytes, bytes],
-    writes: Mapping[bytes, bytes],
+    writes: Mapping[bytes, Sequence[WriteRecord]],
 ) -> list[CheckpointRecord | WritesRecord]:
     """A thread's contents as records of ``target``, oldest first. Each blob travels
     with the first checkpoint that references it, each checkpoint's writes after it,
@@ -151,9 +153,17 @@ def copied_records(
             )
         )  # fmt: skip
         if field in writes:
-            logged = tuple(K.decode_writes_log(writes[field]))
-            records.append(WritesRecord(target, ns, checkpoint_id, logged))
+            records.append(WritesRecord(target, ns, checkpoint_id, tuple(writes[field])))
     return records
+
+
+def _by_field(members: Iterable[bytes]) -> dict[bytes, list[WriteRecord]]:
+    """Members of a writes ZSET, grouped by cp field."""
+    grouped: dict[bytes, list[WriteRecord]] = {}
+    for member in members:
+        field, write = K.split_write_member(member)
+        grouped.setdefault(field, []).append(write)
+    return grouped
 
 
 def check_limits(records: Iterable[CheckpointRecord | WritesRecord], limits: Limits) -> None:
@@ -276,8 +286,11 @@ async def delta_channel_history(
     seeds: dict[str, Any] = {}
     remaining = set(channels)
     client = await saver.aclient()
-    async for _, log, found in _chain(saver, client, thread_id, ns, checkpoint_id, channels):
-        for write in reversed(resolve_writes(K.decode_writes_log(log))):
+    async for step_id, members, found in _chain(
+        saver, client, thread_id, ns, checkpoint_id, channels
+    ):
+        step_writes = K.decode_write_members(K.cp_field(ns, step_id), members)
+        for write in reversed(resolve_writes(step_writes)):
             if write.channel in remaining:
                 value = saver.serde.loads_typed((write.type, write.data))
                 collected[write.channel].append((write.task_id, write.channel, value))
@@ -300,8 +313,8 @@ async def _chain(
     ns: str,
     checkpoint_id: str | None,
     channels: Iterable[str],
-) -> AsyncIterator[tuple[str, bytes, dict[str, bytes]]]:
-    """``(checkpoint_id, writes log, {channel: seed blob})`` per ancestor, from the
+) -> AsyncIterator[tuple[str, list[bytes], dict[str, bytes]]]:
+    """``(checkpoint_id, writes' members, {channel: seed blob})`` per ancestor, from the
     target's parent up to where every channel has found its seed."""
     remaining = list(dict.fromkeys(channels))
     tk = saver.thread_keys(thread_id)
@@ -314,9 +327,9 @@ async def _chain(
         if reply[0] != b"ok":
             return
         _, steps, next_id = reply
-        for step_id, log, flat in steps:
+        for step_id, members, flat in steps:
             found = {k.decode("utf-8", "surrogatepass"): v for k, v in K.pairs(flat).items()}
-            yield step_id.decode("utf-8", "surrogatepass"), log, found
+            yield step_id.decode("utf-8", "surrogatepass"), members, found
             remaining = [c for c in remaining if c not in found]
         if not next_id or not remaining:
             return

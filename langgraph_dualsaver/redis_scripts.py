@@ -9,6 +9,13 @@ named by its digest). They use only what plain Redis >= 6.2 and Valkey >= 7.2 sh
 Consistency: every write sets the same expiry on all five keys in the same script, so
 they expire together; meta's ``c``/``b``/``w`` flags say which keys must exist, so a
 reader that finds one evicted reports the thread ``partial`` instead of half of it.
+
+Pending writes: one ZSET member per ``(checkpoint, task_id, idx)`` (``keys`` module
+docstring), so storing a write is O(log n) whatever the checkpoint already holds, and
+one checkpoint's writes are one ``ZRANGE BYLEX``. The scripts derive each member's key
+from the encoded write itself (``cmsgpack`` cannot read msgpack ``bin``, so ``skip``
+reads element headers only). A writes HASH of the old layout (cp field -> the encoded
+writes, concatenated) is rewritten as the ZSET by the first script that touches it.
 """
 
 from __future__ import annotations
@@ -80,6 +87,75 @@ local function read_meta(thread_id)
   return m
 end
 
+-- Where the msgpack element at byte `at` of `s` ends: headers only, for the types an
+-- encoded write holds (keys.encode_write: ints, nil, bool, float, str, bin).
+local FIXED = {[0xc0] = 0, [0xc2] = 0, [0xc3] = 0, [0xca] = 4, [0xcb] = 8, [0xcc] = 1,
+  [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8}
+local COUNTED = {[0xc4] = 1, [0xc5] = 2, [0xc6] = 4, [0xd9] = 1, [0xda] = 2, [0xdb] = 4}
+local function skip(s, at)
+  local b = string.byte(s, at)
+  if not b then error({err = 'DUALSAVER truncated encoded write'}) end
+  if b <= 0x7f or b >= 0xe0 then return at + 1 end
+  if b >= 0xa0 and b <= 0xbf then return at + 1 + b - 0xa0 end
+  if FIXED[b] then return at + 1 + FIXED[b] end
+  local width = COUNTED[b]
+  if not width or at + width > #s then
+    error({err = 'DUALSAVER malformed encoded write'})
+  end
+  local n = 0
+  for k = at + 1, at + width do n = n * 256 + string.byte(s, k) end
+  return at + 1 + width + n
+end
+
+-- The encoded write at byte `at` of `s` (a 6-array: task_id, task_path, idx, channel,
+-- type, data): its key (cp field, NUL, its task_id and idx elements as encoded),
+-- whether it overwrites (idx < 0: a special channel) and where it ends.
+local function write_key(field, s, at)
+  if string.byte(s, at) ~= 0x96 then error({err = 'DUALSAVER malformed encoded write'}) end
+  local task, path = at + 1, skip(s, at + 1)
+  local idx = skip(s, path)
+  local stop = skip(s, idx)
+  local b = string.byte(s, idx)
+  local negative = b >= 0xe0 or (b >= 0xd0 and b <= 0xd3 and string.byte(s, idx + 1) >= 0x80)
+  local key = field .. '\0' .. string.sub(s, task, path - 1) .. string.sub(s, idx, stop - 1)
+  for _ = 1, 3 do stop = skip(s, stop) end
+  return key, negative, stop
+end
+
+-- Store encoded writes (one, or several concatenated, in arrival order) by the write
+-- rules: per key, a special channel's write replaces, an ordinary one is kept only if
+-- there is none. O(log n) each.
+local function put_writes(field, s)
+  local at = 1
+  while at <= #s do
+    local key, overwrites, stop = write_key(field, s, at)
+    local lo, hi = '[' .. key, '(' .. key .. '\255'
+    if overwrites then
+      redis.call('ZREMRANGEBYLEX', WRITES, lo, hi)
+    end
+    if overwrites or redis.call('ZLEXCOUNT', WRITES, lo, hi) == 0 then
+      redis.call('ZADD', WRITES, 0, key .. string.sub(s, at, stop - 1))
+    end
+    at = stop
+  end
+end
+
+-- The old layout's writes HASH (cp field -> encoded writes, concatenated), rewritten as
+-- the ZSET in arrival order, so the rules keep the same winners; the expiry stays.
+local function upgrade_writes()
+  if redis.call('TYPE', WRITES)['ok'] ~= 'hash' then return end
+  local old = redis.call('HGETALL', WRITES)
+  local ttl = redis.call('PTTL', WRITES)
+  redis.call('DEL', WRITES)
+  for k = 1, #old, 2 do put_writes(old[k], old[k + 1]) end
+  if ttl > 0 then redis.call('PEXPIRE', WRITES, ttl) end
+end
+
+-- One checkpoint's writes: its members of WRITES, in (task_id, idx) key order.
+local function writes_of(field)
+  return redis.call('ZRANGE', WRITES, '[' .. field .. '\0', '(' .. field .. '\0\255', 'BYLEX')
+end
+
 -- Whether every key that meta says exists still does (none was evicted).
 local function intact(m)
   if m[3] and (redis.call('EXISTS', CP) == 0 or redis.call('EXISTS', IDX) == 0) then
@@ -135,8 +211,8 @@ for _ = 1, tonumber(ARGV[4]) do
     local n = tonumber(ARGV[i + 2])
     i = i + 3
     if n > 0 then
-      local log = redis.call('HGET', WRITES, field) or ''
-      redis.call('HSET', WRITES, field, log .. table.concat(ARGV, '', i, i + n - 1))
+      upgrade_writes()
+      for j = i, i + n - 1 do put_writes(field, ARGV[j]) end
       flags.w = true
     end
     i = i + n
@@ -165,10 +241,11 @@ LOAD = _script(
 --   'latest': max, min of the namespace's BYLEX range (the newest checkpoint)
 --   'fields': cp fields
 -- Returns {'absent'} | {'partial'} | {'ok', items, blobs}: item = {field, stored,
--- writes log or nil}; blobs = flat {blob_field, blob, ...}, each blob once.
+-- its writes' members}; blobs = flat {blob_field, blob, ...}, each blob once.
 local m = read_meta(ARGV[1])
 if not m then return {'absent'} end
 if not intact(m) then return {'partial'} end
+upgrade_writes()
 local latest = ARGV[3] == 'latest'
 local fields
 if latest then
@@ -190,7 +267,7 @@ for _, field in ipairs(fields) do
         blobs[#blobs + 1] = blob
       end
     end
-    items[#items + 1] = {field, stored, redis.call('HGET', WRITES, field)}
+    items[#items + 1] = {field, stored, writes_of(field)}
   elseif latest then
     return {'partial'}
   end
@@ -209,12 +286,13 @@ CHAIN = _script(
 -- ARGV: thread_id, ns_prefix, max_steps, mode, checkpoint_id, channels...
 --   mode 'latest' (checkpoint_id ignored) or 'target': walk from the target's parent;
 --   mode 'ancestor': continue a walk at checkpoint_id.
--- Per ancestor: {checkpoint_id, writes log or nil, {channel, blob, ...}} with the
+-- Per ancestor: {checkpoint_id, its writes' members, {channel, blob, ...}} with the
 -- non-empty blobs of channels still unresolved, which then stop walking.
 -- Returns {'absent'} | {'partial'} | {'ok', steps, next checkpoint_id or nil}.
 local m = read_meta(ARGV[1])
 if not m then return {'absent'} end
 if not intact(m) then return {'partial'} end
+upgrade_writes()
 local P, max_steps, mode, cur = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local remaining, left = {}, 0
 for k = 6, #ARGV do
@@ -253,7 +331,7 @@ while cur ~= '' and left > 0 do
       end
     end
   end
-  steps[#steps + 1] = {cur, redis.call('HGET', WRITES, field) or '', seeds}
+  steps[#steps + 1] = {cur, writes_of(field), seeds}
   for k = 1, #seeds, 2 do
     remaining[seeds[k]] = nil
     left = left - 1
@@ -285,11 +363,12 @@ REMOVE = _script(
 -- blobs no remaining checkpoint references. Returns how many checkpoints went.
 local m = read_meta(ARGV[1])
 if not m then return 0 end
+upgrade_writes()
 local removed = 0
 for k = 2, #ARGV do
   removed = removed + redis.call('HDEL', CP, ARGV[k])
   redis.call('ZREM', IDX, ARGV[k])
-  redis.call('HDEL', WRITES, ARGV[k])
+  redis.call('ZREMRANGEBYLEX', WRITES, '[' .. ARGV[k] .. '\0', '(' .. ARGV[k] .. '\0\255')
 end
 if removed > 0 then
   local keep = {}
@@ -363,12 +442,13 @@ DUMP = _script(
     "dump",
     r"""
 -- ARGV: thread_id. The whole thread, for copy_thread:
--- {'absent'} | {'partial'} | {'ok', cp pairs, blob pairs, writes pairs}.
+-- {'absent'} | {'partial'} | {'ok', cp pairs, blob pairs, writes' members}.
 local m = read_meta(ARGV[1])
 if not m then return {'absent'} end
 if not intact(m) then return {'partial'} end
+upgrade_writes()
 return {'ok', redis.call('HGETALL', CP), redis.call('HGETALL', BLOBS),
-  redis.call('HGETALL', WRITES)}
+  redis.call('ZRANGE', WRITES, 0, -1)}
 """,
 )
 

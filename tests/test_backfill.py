@@ -138,7 +138,11 @@ async def in_redis(raw: aioredis.Redis, saver: DualSaver, thread_id: str) -> Sto
         metadata=entry.metadata,
         parent_id=entry.parent_id,
         blobs=blobs,  # type: ignore[arg-type]
-        writes=resolve_writes(K.decode_writes_log(await raw.hget(tk.writes, field))),
+        writes=resolve_writes(
+            K.decode_write_members(
+                field, await raw.zrange(tk.writes, *K.writes_range(field), bylex=True)
+            )
+        ),
     )
 
 

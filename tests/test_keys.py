@@ -236,8 +236,9 @@ def test_a_checkpoint_tuple_is_rebuilt_from_what_the_layout_stores() -> None:
         K.blob_field("ns", "a", "2"): K.encode_blob(BlobRecord("a", "2", *serde.dumps_typed([1]))),
         K.blob_field("ns", "gone", "1"): K.EMPTY_BLOB,
     }
-    log = K.encode_write(WriteRecord("task", "", 0, "a", *serde.dumps_typed("w")))
-    tup = K.checkpoint_tuple(serde, "t", K.cp_field("ns", "cp-2"), stored, log, blobs)
+    field = K.cp_field("ns", "cp-2")
+    members = [K.write_member(field, WriteRecord("task", "", 0, "a", *serde.dumps_typed("w")))]
+    tup = K.checkpoint_tuple(serde, "t", field, stored, members, blobs)
     assert tup.config["configurable"] == {
         "thread_id": "t",
         "checkpoint_ns": "ns",

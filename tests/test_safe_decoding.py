@@ -120,10 +120,11 @@ async def craft_in_redis(
             for field in await client.hkeys(keys.blobs):
                 await client.hset(keys.blobs, field, ormsgpack.packb(["msgpack", data]))
         else:
-            for field, log in (await client.hgetall(keys.writes)).items():
-                writes = K.decode_writes_log(log)
-                forged = [replace(w, type="msgpack", data=data) for w in writes]
-                await client.hset(keys.writes, field, b"".join(map(K.encode_write, forged)))
+            for member in await client.zrange(keys.writes, 0, -1):
+                field, write = K.split_write_member(member)
+                forged = K.write_member(field, replace(write, type="msgpack", data=data))
+                await client.zrem(keys.writes, member)
+                await client.zadd(keys.writes, {forged: 0})
     finally:
         await client.aclose()
 
