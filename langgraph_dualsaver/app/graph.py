@@ -14,7 +14,7 @@ operator's correction would leave ``policy_agent`` pending beside ``response_age
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from typing import Any
 
 from langchain_core.messages import HumanMessage
@@ -82,7 +82,7 @@ def new_case(customer_id: str, request_text: str = REQUEST_TEXT) -> dict[str, An
 
 def new_thread_id(prefix: str = CASE_ID) -> str:
     """``case_8842-1a2b3c4d``: a fresh thread per run, so reruns never collide."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def thread_config(thread_id: str, **configurable: Any) -> RunnableConfig:
