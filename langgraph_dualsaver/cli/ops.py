@@ -54,7 +54,7 @@ def up(
         typer.Option(
             "--home",
             help="Data directory of the servers (default: $DUALSAVER_HOME, else "
-            "~/.local/share/langgraph-dualsaver).",
+            "~/.local/share/langgraph-dualsaver; as root /var/lib/langgraph-dualsaver).",
         ),
     ] = None,
 ) -> None:
