@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
+from urllib.parse import quote
 
 from langgraph_dualsaver.errors import ConfigurationError, EmbeddedServerError
 from langgraph_dualsaver.pg_binaries import (
@@ -95,6 +96,18 @@ def _wait_for(
     why = f"exited with code {code}" if code is not None else f"was not ready in {timeout:g} s"
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
     raise EmbeddedServerError(f"{what} (pid {proc.pid}) {why}; log {log}:\n{tail}", pid=proc.pid)
+
+
+def _write_private(path: Path, text: str, user: str | None) -> Path:
+    """``text`` in a new file only its owner (``user``, else us) can read."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
 
 
 @dataclass
@@ -175,6 +188,9 @@ class EmbeddedValkey(_Server):
 
     appendonly: bool = False
     extra_args: Sequence[str] = ()
+    password: str | None = None
+    """``requirepass``: clients must authenticate. It reaches the server in a config file
+    only the owner can read, never on the command line (which ``ps`` shows everyone)."""
 
     name: ClassVar[str] = "valkey"
 
@@ -188,12 +204,18 @@ class EmbeddedValkey(_Server):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = "" if self.password is None else f":{quote(self.password, safe='')}@"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.executable(),
+        args = [self.executable()]
+        if self.password is not None:  # a config file must be the first argument
+            # Every byte as \xHH in double quotes: any password survives the parser.
+            escaped = "".join(f"\\x{byte:02x}" for byte in self.password.encode())
+            config = _write_private(self.data_dir / "auth.conf", f'requirepass "{escaped}"\n', None)
+            args.append(str(config))
+        args += [
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
@@ -210,12 +232,25 @@ class EmbeddedValkey(_Server):
         )
 
     def _ready(self) -> bool:
+        """PING answered (after AUTH, with a password): not merely listening, nor loading."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
             return False
+        finally:
+            client.close()
 
 
 # -- PostgreSQL -----------------------------------------------------------------------
@@ -230,6 +265,9 @@ class EmbeddedPostgres(_Server):
     """
 
     durable: bool = True
+    password: str | None = None
+    """The ``postgres`` user's password: with one, TCP clients must give it
+    (scram-sha-256). It reaches initdb in a file, never on a command line."""
     install_dir: Path | None = None
     """The PostgreSQL install to run (``bin``, ``lib``, ``share``); default the wheel's."""
     install_cache: Path = ROOT_INSTALL_CACHE
@@ -240,7 +278,8 @@ class EmbeddedPostgres(_Server):
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        user = "postgres" if self.password is None else f"postgres:{quote(self.password, safe='')}"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
 
     @staticmethod
     def _wheel_install() -> Path:
@@ -301,7 +340,13 @@ class EmbeddedPostgres(_Server):
 
     def _initdb(self, user: str | None) -> None:
         args = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                "--auth=trust", "--encoding=UTF8", "--no-sync"]  # fmt: skip
+                "--encoding=UTF8", "--no-sync"]  # fmt: skip
+        secret = None
+        if self.password is None:
+            args.append("--auth=trust")
+        else:
+            secret = _write_private(self.data_dir / "initdb.pw", self.password + "\n", user)
+            args += ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={secret}"]
         try:
             done = subprocess.run(
                 args,
@@ -312,6 +357,9 @@ class EmbeddedPostgres(_Server):
             )
         except OSError as exc:
             raise self._cannot_run("initdb", user, exc) from exc
+        finally:
+            if secret is not None:
+                secret.unlink(missing_ok=True)
         if done.returncode != 0:
             errors = done.stderr.decode(errors="replace").strip()[-2000:]
             raise EmbeddedServerError(f"initdb failed (exit {done.returncode}):\n{errors}")

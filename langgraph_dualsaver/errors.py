@@ -15,6 +15,7 @@ __all__ = [
     "InvalidMetadataError",
     "MissingThreadIdError",
     "SerializationError",
+    "StoreAuthenticationError",
     "StoreUnavailableError",
     "UnsafeRedisConfigError",
     "UnsafeValueError",
@@ -89,3 +90,8 @@ class EmbeddedServerError(DualSaverError, RuntimeError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class StoreAuthenticationError(ConfigurationError):
+    """A store refused the credentials in its URL (or its user's rights): a setting to
+    fix, not an outage to wait out."""

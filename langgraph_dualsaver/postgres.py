@@ -38,6 +38,7 @@ from langgraph_dualsaver import postgres_sql as sql
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
 from langgraph_dualsaver.audit import AuditEntry, ThreadSummary, audit_entry
+from langgraph_dualsaver.auth_errors import POSTGRES_AUTH_ERRORS, postgres_auth_error
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -220,6 +221,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
                 f"{self._where} has no dualsaver tables ({exc}); "
                 "call saver.setup() or await saver.asetup() once first"
             ) from exc
+        except POSTGRES_AUTH_ERRORS as exc:
+            raise postgres_auth_error(exc, self._where) from exc
         except _BAD_CONFIG as exc:
             raise ConfigurationError(f"cannot use {self._where}: {exc}") from exc
 

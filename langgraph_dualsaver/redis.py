@@ -40,6 +40,7 @@ from langgraph_dualsaver import redis_list as listing
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
+from langgraph_dualsaver.auth_errors import REDIS_AUTH_ERRORS, redis_auth_error
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -227,6 +228,8 @@ class RedisHotSaver(AsyncFirstSaver):
             raise
         except rex.OutOfMemoryError as exc:
             raise StoreUnavailableError(f"redis at {self._where} is out of memory: {exc}") from exc
+        except REDIS_AUTH_ERRORS as exc:  # a setting to fix, not an outage
+            raise redis_auth_error(exc, f"redis at {self._where}") from exc
         except rex.ResponseError as exc:
             if "DUALSAVER" in str(exc):
                 raise DualSaverError(str(exc).split("DUALSAVER", 1)[1].strip()) from exc

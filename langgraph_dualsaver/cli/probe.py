@@ -11,6 +11,12 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from langgraph_dualsaver.auth_errors import (
+    POSTGRES_AUTH_ERRORS,
+    REDIS_AUTH_ERRORS,
+    postgres_auth_error,
+    redis_auth_error,
+)
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = [
@@ -83,7 +89,8 @@ def _text(value: object) -> str:
 async def redis_facts(url: str, timeouts: Timeouts | None = None) -> RedisFacts:
     """Connect, read the server's version and persistence settings, disconnect.
 
-    Raises ``Unreachable`` when the server does not answer.
+    Raises ``Unreachable`` when the server does not answer, ``StoreAuthenticationError``
+    when it refuses the URL's credentials.
     """
     from redis import exceptions as rex
     from redis.asyncio import Redis
@@ -108,6 +115,8 @@ async def redis_facts(url: str, timeouts: Timeouts | None = None) -> RedisFacts:
                 config[name] = None
                 continue
             config[name] = next((_text(v) for v in reply.values()), None)
+    except REDIS_AUTH_ERRORS as exc:
+        raise redis_auth_error(exc, f"Redis at {redact(url)}") from exc
     except (rex.ConnectionError, rex.TimeoutError, rex.ResponseError, OSError) as exc:
         raise Unreachable("Redis", url, _reason(exc), "DUALSAVER_REDIS_URL", "--redis-url") from exc
     finally:
@@ -146,7 +155,8 @@ async def postgres_facts(
     """Connect, read the server's version, durability settings and the version of the
     tables (in ``schema``, if given).
 
-    Raises ``Unreachable`` when the server does not answer.
+    Raises ``Unreachable`` when the server does not answer, ``StoreAuthenticationError``
+    when it refuses the URL's credentials.
     """
     import asyncpg
 
@@ -162,6 +172,8 @@ async def postgres_facts(
             command_timeout=timeouts.command_s,
             server_settings=settings,
         )
+    except POSTGRES_AUTH_ERRORS as exc:
+        raise postgres_auth_error(exc, f"PostgreSQL at {redact(url)}") from exc
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise Unreachable(
             "PostgreSQL", url, _reason(exc), "DUALSAVER_POSTGRES_URL", "--postgres-url"
