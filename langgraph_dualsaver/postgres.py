@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.exceptions._base import DataError as ClientDataError
@@ -63,6 +62,7 @@ from langgraph_dualsaver.records import (
     validate_id,
     writes_record,
 )
+from langgraph_dualsaver.redact import redact, unparsable
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver", "records_tuple", "stored_records"]
@@ -175,15 +175,21 @@ class PostgresDurableSaver(AsyncFirstSaver):
         settings = {"application_name": "langgraph-dualsaver"}
         if self.schema is not None:
             settings.update(self.schema_settings(self.schema))
-        return await asyncpg.create_pool(
-            self._dsn,
-            min_size=self._min_size,
-            max_size=self._max_size,
-            timeout=self.timeouts.connect_s,
-            command_timeout=self.timeouts.command_s,
-            server_settings=settings,
-            reset=_keep_session,
-        )
+        try:
+            return await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self.timeouts.connect_s,
+                command_timeout=self.timeouts.command_s,
+                server_settings=settings,
+                reset=_keep_session,
+            )
+        except asyncpg.exceptions.ClientConfigurationError:
+            raise  # asyncpg's own check of the DSN's options: its message is safe
+        except ValueError:
+            assert self._dsn is not None
+            raise unparsable("PostgreSQL", self._dsn) from None
 
     async def _close_pool(self, pool: asyncpg.Pool) -> None:
         try:
@@ -668,13 +674,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 def _server_name(dsn: str | None, schema: str | None = None) -> str:
-    """``PostgreSQL at host:port/db`` (and the schema) for messages; never the password."""
+    """``PostgreSQL at <the DSN, redacted>`` (and the schema) for messages."""
     in_schema = "" if schema is None else f" (schema {schema!r})"
-    if not dsn:
-        return f"PostgreSQL{in_schema}"
-    try:
-        parts = urlsplit(dsn)
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
-    except ValueError:
-        return f"PostgreSQL{in_schema}"
-    return f"PostgreSQL at {where}{in_schema}"
+    return f"PostgreSQL at {redact(dsn)}{in_schema}" if dsn else f"PostgreSQL{in_schema}"

@@ -33,6 +33,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin as admin
@@ -58,6 +59,7 @@ from langgraph_dualsaver.records import (
     validate_id,
     writes_record,
 )
+from langgraph_dualsaver.redact import redact, unparsable
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["RedisHotSaver"]
@@ -157,7 +159,11 @@ class RedisHotSaver(AsyncFirstSaver):
                     url, cluster = url.replace("+cluster", "", 1), True
             self._url = url
             self._cluster = cluster
-            self._where = url.split("@")[-1]
+            self._where = redact(url)
+            try:
+                parse_url(url)
+            except ValueError:
+                raise unparsable("Redis", url) from None
             self._res = LoopLocal(open=self._open_client, close=self._close_client)
 
     @classmethod

@@ -51,6 +51,7 @@ from langgraph_dualsaver.app.views import (
     state_table,
 )
 from langgraph_dualsaver.embedded import default_data_dir
+from langgraph_dualsaver.redact import redact
 
 __all__ = ["DemoCheckFailed", "main", "tell_story"]
 
@@ -248,7 +249,7 @@ def _where(variable: str) -> str:
     """The server a URL variable names (never its password), or the embedded one."""
     url = os.environ.get(variable)
     if url:
-        return url.split("@")[-1]
+        return redact(url)
     return f"embedded, data in {default_data_dir()}"
 
 

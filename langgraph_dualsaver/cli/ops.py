@@ -21,7 +21,6 @@ from langgraph_dualsaver.cli.probe import (
     PostgresFacts,
     RedisFacts,
     Unreachable,
-    redact,
     warnings_for,
 )
 from langgraph_dualsaver.cli.session import (
@@ -37,6 +36,7 @@ from langgraph_dualsaver.cli.session import (
 )
 from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError
+from langgraph_dualsaver.redact import redact
 
 __all__ = ["delete", "flush", "prune", "setup", "status", "up"]
 
@@ -89,9 +89,9 @@ def up(
             postgres_pid = next(
                 (s.pid for s in servers.started if isinstance(s, EmbeddedPostgres)), None
             )
-            lines = [
-                f"Valkey      {servers.redis_url}  {_pid(valkey_pid)}",
-                f"PostgreSQL  {servers.postgres_url}  {_pid(postgres_pid)}",
+            lines = [  # the export lines are for copying: they keep the URLs whole
+                f"Valkey      {redact(servers.redis_url)}  {_pid(valkey_pid)}",
+                f"PostgreSQL  {redact(servers.postgres_url)}  {_pid(postgres_pid)}",
                 f"data in     {root}",
                 "",
                 f"export DUALSAVER_REDIS_URL={servers.redis_url}",

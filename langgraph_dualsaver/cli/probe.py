@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from langgraph_dualsaver.auth_errors import (
     POSTGRES_AUTH_ERRORS,
@@ -17,6 +16,7 @@ from langgraph_dualsaver.auth_errors import (
     postgres_auth_error,
     redis_auth_error,
 )
+from langgraph_dualsaver.redact import redact, unparsable
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "RedisFacts",
     "Unreachable",
     "postgres_facts",
-    "redact",
     "redis_facts",
     "warnings_for",
 ]
@@ -44,20 +43,6 @@ class Unreachable(Exception):
             f"cannot reach {store} at {redact(url)} ({reason}): start it with "
             f"`dualsaver up`, or set {env} (or {option}) to a running server"
         )
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and output."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _reason(exc: BaseException) -> str:
@@ -99,12 +84,15 @@ async def redis_facts(url: str, timeouts: Timeouts | None = None) -> RedisFacts:
 
     timeouts = timeouts or Timeouts()
     plain = url.replace("+cluster://", "://", 1)  # INFO / CONFIG GET of the node given
-    client = Redis.from_url(
-        plain,
-        socket_connect_timeout=timeouts.connect_s,
-        socket_timeout=timeouts.command_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+    try:
+        client = Redis.from_url(
+            plain,
+            socket_connect_timeout=timeouts.connect_s,
+            socket_timeout=timeouts.command_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError:
+        raise unparsable("Redis", url) from None
     try:
         info = await client.info("server")
         config: dict[str, str | None] = {}
@@ -178,6 +166,8 @@ async def postgres_facts(
         raise Unreachable(
             "PostgreSQL", url, _reason(exc), "DUALSAVER_POSTGRES_URL", "--postgres-url"
         ) from exc
+    except ValueError:
+        raise unparsable("PostgreSQL", url) from None
     try:
         settings = {
             name: await conn.fetchval(f"SHOW {name}")
