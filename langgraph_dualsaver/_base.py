@@ -4,6 +4,7 @@ serializer every saver decodes with unless given its own."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -23,6 +24,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from typing_extensions import Self
 
 from langgraph_dualsaver._loops import run_sync
+from langgraph_dualsaver._paging import SYNC_CHUNK, page_sizes, take
 from langgraph_dualsaver.errors import UnsafeValueError
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
 
@@ -128,9 +130,6 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
     def _sync(self, coro: Any) -> Any:
         return run_sync(coro, self._home_loop())
 
-    async def _collect(self, iterator: AsyncIterator[CheckpointTuple]) -> list[CheckpointTuple]:
-        return [item async for item in iterator]
-
     def get_next_version(self, current: str | None, channel: None = None) -> str:
         return next_version(current)
 
@@ -147,10 +146,8 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        items = self._sync(
-            self._collect(self.alist(config, filter=filter, before=before, limit=limit))
-        )
-        return iter(items)
+        """``alist``, streamed: see ``SyncListing``."""
+        return SyncListing(self, self.alist(config, filter=filter, before=before, limit=limit))
 
     def put(
         self,
@@ -212,3 +209,59 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
 
     async def aclose(self) -> None:
         """Close the connections this saver opened (never the caller's)."""
+
+
+class SyncListing(Iterator[CheckpointTuple]):
+    """The sync ``list``: the async listing, fetched a chunk per bridge call.
+
+    Chunks double from one item up to ``SYNC_CHUNK``, so the first item costs what the
+    async listing's first item costs (a page per tier), and memory holds a chunk and a
+    page. Closing it, or dropping it unfinished (a loop broken out of), closes the
+    async listing on its event loop: nothing is left running.
+    """
+
+    def __init__(self, saver: AsyncFirstSaver, items: AsyncIterator[CheckpointTuple]) -> None:
+        self._saver = saver
+        self._items = items
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once started
+        self._chunk: deque[CheckpointTuple] = deque()
+        self._sizes = page_sizes(1, SYNC_CHUNK)
+        self._open = True
+
+    def __next__(self) -> CheckpointTuple:
+        if not self._chunk and self._open:
+            size = next(self._sizes)
+            try:
+                taken = self._saver._sync(self._take(size))
+            except Exception:
+                self._open = False  # the listing raised, so it is finished
+                raise
+            self._open = len(taken) == size
+            self._chunk.extend(taken)
+        if not self._chunk:
+            raise StopIteration
+        return self._chunk.popleft()
+
+    async def _take(self, count: int) -> list[CheckpointTuple]:
+        """Up to ``count`` items, on the loop the listing runs on (remembered)."""
+        self._loop = asyncio.get_running_loop()
+        return await take(self._items, count)
+
+    def close(self) -> None:
+        """Stop early: the async listing is closed before this returns."""
+        self._chunk.clear()
+        started = self._open and self._loop is not None
+        self._open = False
+        if started:
+            self._saver._sync(self._items.aclose())
+
+    def __del__(self) -> None:
+        # Dropped unfinished: close the listing on its loop, without waiting, since
+        # this may run on any thread, that loop's own included.
+        if self._open and self._loop is not None and not self._loop.is_closed():
+            self._open = False
+            closing = self._items.aclose()
+            try:
+                asyncio.run_coroutine_threadsafe(closing, self._loop)
+            except RuntimeError:  # the loop closed meanwhile (interpreter shutdown)
+                closing.close()

@@ -21,6 +21,7 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -37,6 +38,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import INTERRUPT
 
 from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver._paging import ListKey, comes_after, list_key
 from langgraph_dualsaver.committer import GroupCommitter
 from langgraph_dualsaver.errors import (
     ConfigurationError,
@@ -56,6 +58,7 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.redis_list import list_checkpoints
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["DualSaver", "DualStats", "Mode"]
@@ -439,26 +442,54 @@ class DualSaver(AsyncFirstSaver):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        """The union of both tiers, newest first, without duplicates."""
-        merged: dict[tuple[str, str, str], CheckpointTuple] = {}
-        async for item in self.durable.alist(config, filter=filter, before=before, limit=limit):
-            merged[_identity(item)] = item
-        if self._health.available():
-            try:
-                hot = await self._on_hot(
-                    lambda: self._collect(
-                        self.hot.alist(config, filter=filter, before=before, limit=limit)
-                    ),
-                    repeat=True,
-                )
-                for item in hot:
-                    merged[_identity(item)] = item  # the hot copy has unflushed writes too
-            except StoreUnavailableError as exc:
-                self._health.failed(exc)
-                self._counters.degraded_reads += 1
-        ordered = sorted(merged.values(), key=_newest_first)
-        for item in ordered[:limit] if limit is not None else ordered:
-            yield item
+        """The union of both tiers, newest first, without duplicates (the hot copy wins:
+        it can carry writes not yet flushed). Both tiers stream in pages, merged as
+        they go: memory holds a page per tier, and the first item comes after one."""
+        if limit is not None and limit <= 0:
+            return
+        durable = self.durable.alist(config, filter=filter, before=before, limit=limit)
+        hot = self._hot_listing(config, filter, before, limit)
+        async with aclosing(durable), aclosing(hot), aclosing(_merged(hot, durable)) as merged:
+            count = 0
+            async for item in merged:
+                yield item
+                count += 1
+                if count == limit:
+                    return
+
+    async def _hot_listing(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Redis' part of ``alist``. If a connection was opened meanwhile (the server may
+        have restarted from an old snapshot), it reconciles, then resumes after the last
+        item yielded; if Redis fails, it ends, and the listing goes on from PostgreSQL."""
+        if not self._health.available():
+            return
+        after: ListKey | None = None
+        left = limit
+        try:
+            while left is None or left > 0:
+                await self._reconcile_if_needed()
+                opened = self.hot.connections_opened
+                found = list_checkpoints(self.hot, config, filter, before, left, after=after)
+                async with aclosing(found):
+                    async for item in found:
+                        if self.hot.connections_opened != opened:
+                            break
+                        self._health.down_since = None
+                        yield item
+                        after = list_key(item)
+                        left = None if left is None else left - 1
+                if self.hot.connections_opened == opened:
+                    self._health.down_since = None
+                    return
+        except StoreUnavailableError as exc:
+            self._health.failed(exc)
+            self._counters.degraded_reads += 1
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
@@ -619,16 +650,20 @@ class DualSaver(AsyncFirstSaver):
         return clone
 
 
-def _identity(item: CheckpointTuple) -> tuple[str, str, str]:
-    conf = item.config["configurable"]
-    return conf["thread_id"], conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
-
-
-def _newest_first(item: CheckpointTuple) -> tuple[str, str, str]:
-    thread_id, ns, checkpoint_id = _identity(item)
-    # Descending by id; ids are uuid6, so this is time order across threads too.
-    return (_invert(checkpoint_id), thread_id, ns)
-
-
-def _invert(text: str) -> str:
-    return "".join(chr(0x10FFFF - ord(ch)) for ch in text)
+async def _merged(
+    hot: AsyncIterator[CheckpointTuple], durable: AsyncIterator[CheckpointTuple]
+) -> AsyncIterator[CheckpointTuple]:
+    """Two listings, each in list order, as one in list order; a checkpoint in both
+    comes once, from ``hot``."""
+    d = await anext(durable, None)
+    h = await anext(hot, None)
+    while h is not None or d is not None:
+        if h is not None and (d is None or not comes_after(list_key(h), list_key(d))):
+            if d is not None and list_key(d) == list_key(h):
+                d = await anext(durable, None)
+            yield h
+            h = await anext(hot, None)
+        else:
+            assert d is not None
+            yield d
+            d = await anext(durable, None)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -36,6 +36,7 @@ from langgraph_dualsaver import postgres_delta as delta
 from langgraph_dualsaver import postgres_sql as sql
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
+from langgraph_dualsaver._paging import PageSizer
 from langgraph_dualsaver.audit import AuditEntry, ThreadSummary, audit_entry
 from langgraph_dualsaver.auth_errors import POSTGRES_AUTH_ERRORS, postgres_auth_error
 from langgraph_dualsaver.errors import (
@@ -412,11 +413,29 @@ class PostgresDurableSaver(AsyncFirstSaver):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        """Checkpoints newest first, with values and pending writes, in one query.
+        """Checkpoints newest first, with values and pending writes, read in keyset
+        pages (``_paging``): memory holds one page, and the first item comes after one.
 
         ``config=None`` lists every thread; a namespace in ``config`` is matched exactly.
         ``filter`` is JSONB containment (``metadata @> filter``), sent as a parameter.
         """
+        predicates = self._list_predicates(config, filter, before)
+        if predicates is None or (limit is not None and limit <= 0):
+            return
+        async with aclosing(self._list_pages(*predicates, limit)) as pages:
+            async for rows in pages:
+                rows.reverse()
+                while rows:  # each row is let go once decoded
+                    yield self._tuple(rows.pop())
+
+    def _list_predicates(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+    ) -> tuple[dict[str, bool], list[Any]] | None:
+        """``list_sql``'s flags and their arguments, after validating them; ``None``
+        when nothing can match."""
         configurable = (config or {}).get("configurable") or {}
         thread_id = configurable.get("thread_id")
         if thread_id is not None:
@@ -431,25 +450,38 @@ class PostgresDurableSaver(AsyncFirstSaver):
         if before_id is not None:
             validate_id("checkpoint_id", before_id, self.limits)
         filter_json = sql.filter_param(filter)
-        if (filter and filter_json is None) or (limit is not None and limit <= 0):
-            return  # a filter holding NUL matches nothing: no metadata can hold NUL
-        args = [
-            arg
-            for arg in (thread_id, ns, checkpoint_id, filter_json, before_id, limit)
-            if arg is not None
-        ]
-        query = sql.list_sql(
-            thread=thread_id is not None,
-            namespace=ns is not None,
-            checkpoint=checkpoint_id is not None,
-            filter=filter_json is not None,
-            before=before_id is not None,
-            limit=limit is not None,
-        )
-        async with self._connection() as conn:
-            rows = await conn.fetch(query, *args)
-        for row in rows:
-            yield self._tuple(row)
+        if filter and filter_json is None:
+            return None  # a filter holding NUL matches nothing: no metadata can hold NUL
+        values = {
+            "thread": thread_id,
+            "namespace": ns,
+            "checkpoint": checkpoint_id,
+            "filter": filter_json,
+            "before": before_id,
+        }
+        flags = {name: value is not None for name, value in values.items()}
+        return flags, [value for value in values.values() if value is not None]
+
+    async def _list_pages(
+        self, flags: dict[str, bool], args: list[Any], limit: int | None
+    ) -> AsyncIterator[list[asyncpg.Record]]:
+        """The listing's rows, a page per query (sized by ``PageSizer``); each page
+        continues after the last row of the one before (``list_sql``'s ``after``)."""
+        after: list[str] = []
+        left = limit
+        sizer = PageSizer()
+        while left is None or left > 0:
+            size = sizer.size if left is None else min(sizer.size, left)
+            query = sql.list_sql(**flags, after=bool(after), limit=True)
+            async with self._connection() as conn:
+                rows = await conn.fetch(query, *args, *after, size)
+            if len(rows) < size:
+                yield rows
+                return
+            sizer.read(len(rows), sum(_stored_bytes(row) for row in rows))
+            after = [rows[-1][c] for c in ("checkpoint_id", "thread_id", "checkpoint_ns")]
+            left = None if left is None else left - size
+            yield rows
 
     def _tuple(self, row: Mapping[str, Any]) -> CheckpointTuple:
         blobs: dict[tuple[str, str], tuple[str, bytes | None]] = {}
@@ -610,6 +642,12 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+def _stored_bytes(row: Mapping[str, Any]) -> int:
+    """About how many bytes a listed row holds: its checkpoint, blobs and writes."""
+    values = [*(row["blob_data"] or ()), *(row["write_data"] or ())]
+    return len(row["checkpoint"]) + sum(len(value) for value in values if value is not None)
 
 
 def stored_records(row: Mapping[str, Any]) -> list[CheckpointRecord | WritesRecord]:

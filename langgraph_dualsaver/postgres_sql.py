@@ -520,11 +520,32 @@ GET_BY_ID = _TUPLE_COLUMNS.format(
 )
 
 
+# Past the row ``(checkpoint_id, thread_id, checkpoint_ns)`` in list order.
+_AFTER = (
+    "checkpoint_id <= ${0} AND (checkpoint_id < ${0} OR (thread_id, checkpoint_ns) > (${1}, ${2}))"
+)
+
+
 def list_sql(
-    *, thread: bool, namespace: bool, checkpoint: bool, filter: bool, before: bool, limit: bool
+    *,
+    thread: bool,
+    namespace: bool,
+    checkpoint: bool,
+    filter: bool,
+    before: bool,
+    after: bool = False,
+    limit: bool,
 ) -> str:
     """The ``alist`` query for the arguments present; parameters are numbered in the
-    order of the keyword arguments."""
+    order of the keyword arguments (``after`` takes three: the last row's
+    ``checkpoint_id, thread_id, checkpoint_ns``).
+
+    Rows come in ``(checkpoint_id DESC, thread_id, checkpoint_ns)`` order, and
+    ``after`` continues that order past the last row read (keyset paging): the full
+    tuple, since a checkpoint id can repeat across threads and namespaces (a copied
+    thread keeps its ids). Its ``checkpoint_id <= $`` half lets one namespace's listing
+    seek in the primary key.
+    """
     wheres: list[str] = []
     n = 0
     for present, predicate in (
@@ -533,10 +554,13 @@ def list_sql(
         (checkpoint, "checkpoint_id = ${}"),
         (filter, "metadata @> ${}::jsonb"),
         (before, "checkpoint_id < ${}"),
+        (after, _AFTER),
     ):
         if present:
             n += 1
-            wheres.append(predicate.format(n))
+            wheres.append(predicate.format(n, n + 1, n + 2))
+    if after:
+        n += 2
     pick = f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints"
     if wheres:
         pick += " WHERE " + " AND ".join(wheres)

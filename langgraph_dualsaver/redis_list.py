@@ -2,9 +2,10 @@
 
 One namespace of one thread pages straight from its index (newest first, ``before``
 as the range's upper bound). Otherwise the candidates are gathered from the indexes of
-the thread (or of every registered thread) and sorted by checkpoint id. Candidates
-load ``BATCH`` at a time, one LOAD script per thread in one pipeline; with a
-``filter``, their metadata is read first so only matching checkpoints load values.
+the thread (or of every registered thread) and sorted in list order: ids only, no values.
+Values load a page at a time (``_paging.PageSizer``), one LOAD script per thread in one
+pipeline, so memory holds one page and the first item comes after one; with a
+``filter``, the page's metadata is read first so only matching checkpoints load values.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
@@ -19,6 +21,7 @@ from langgraph.checkpoint.base import CheckpointTuple
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
+from langgraph_dualsaver._paging import ListKey, PageSizer, comes_after, take
 from langgraph_dualsaver.records import validate_id
 
 if TYPE_CHECKING:
@@ -27,7 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["BATCH", "list_checkpoints", "registered_threads"]
 
 BATCH = 100
-"""Checkpoints loaded per round trip; threads per pipeline."""
+"""Threads per pipeline."""
+
+FIELDS = 256
+"""Index fields (checkpoint ids, no values) read per round trip."""
 
 
 async def list_checkpoints(
@@ -36,7 +42,11 @@ async def list_checkpoints(
     filter: Mapping[str, Any] | None,
     before: RunnableConfig | None,
     limit: int | None,
+    *,
+    after: ListKey | None = None,
 ) -> AsyncIterator[CheckpointTuple]:
+    """The checkpoints ``alist`` lists, in list order; with ``after``, only those
+    listed after that one (how the chain resumes a listing)."""
     configurable = (config or {}).get("configurable") or {}
     thread_id = configurable.get("thread_id")
     if thread_id is not None:
@@ -48,18 +58,65 @@ async def list_checkpoints(
     before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id") or None
     if limit is not None and limit <= 0:
         return
-    left = limit
     client = await saver.aclient()
-    page = BATCH if filter or limit is None else min(limit, BATCH)
-    candidates = _candidates(saver, client, thread_id, ns, only_id, before_id, page)
-    async with aclosing(_batched(candidates, page)) as batches:
-        async for batch in batches:
-            for item in await _load_batch(saver, client, batch, filter):
-                yield item
-                if left is not None:
-                    left -= 1
-                    if left <= 0:
-                        return
+    names = FIELDS if filter or limit is None else min(limit, FIELDS)
+    candidates = _candidates(
+        saver, client, thread_id, ns, only_id, _Bounds(before_id, after), names
+    )
+    async with aclosing(_pages(saver, client, candidates, filter, limit)) as pages:
+        async for page in pages:
+            page.reverse()
+            while page:  # each item is let go once yielded
+                yield page.pop()
+
+
+async def _pages(
+    saver: RedisHotSaver,
+    client: Client,
+    candidates: AsyncIterator[tuple[str, bytes]],
+    filter: Mapping[str, Any] | None,
+    limit: int | None,
+) -> AsyncIterator[list[CheckpointTuple]]:
+    """The candidates' checkpoints, loaded a page at a time (sized by ``PageSizer``),
+    ``limit`` at most."""
+    left = limit
+    sizer = PageSizer()
+    async with aclosing(candidates):  # type: ignore[type-var]
+        while left is None or left > 0:
+            size = sizer.size if left is None or filter else min(sizer.size, left)
+            batch = await take(candidates, size)
+            if not batch:
+                return
+            page, decoded_bytes = await _load_batch(saver, client, batch, filter)
+            sizer.read(len(page), decoded_bytes)
+            if left is not None:
+                del page[left:]
+                left -= len(page)
+            yield page
+            if len(batch) < size:
+                return
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """Which checkpoint ids a listing keeps: below ``before_id``, listed after ``after``."""
+
+    before_id: str | None
+    after: ListKey | None
+
+    def keeps(self, key: ListKey) -> bool:
+        return (self.before_id is None or key[0] < self.before_id) and (
+            self.after is None or comes_after(key, self.after)
+        )
+
+    def upper(self, thread_id: str, ns: str) -> bytes:
+        """The ``ZRANGE ... BYLEX REV`` upper bound for one namespace of one thread."""
+        upper, _ = K.latest_range(ns, self.before_id)
+        after = self.after
+        if after is not None and (self.before_id is None or after[0] < self.before_id):
+            inclusive = (thread_id, ns) > after[1:]  # the same id, listed later
+            upper = (b"[" if inclusive else b"(") + K.cp_field(ns, after[0])
+        return upper
 
 
 async def _candidates(
@@ -68,13 +125,13 @@ async def _candidates(
     thread_id: str | None,
     ns: str | None,
     only_id: str | None,
-    before_id: str | None,
+    bounds: _Bounds,
     page: int,
 ) -> AsyncIterator[tuple[str, bytes]]:
-    """``(thread_id, cp field)`` of the checkpoints to list, newest first."""
+    """``(thread_id, cp field)`` of the checkpoints to list, in list order."""
     if thread_id is not None and ns is not None and only_id is None:
         idx = saver.thread_keys(thread_id).idx
-        upper, lower = K.latest_range(ns, before_id)
+        upper, lower = bounds.upper(thread_id, ns), K.latest_range(ns)[1]
         while True:
             with saver._errors():
                 fields = await client.zrange(
@@ -97,10 +154,11 @@ async def _candidates(
                 if (
                     (ns is None or field_ns == ns)
                     and (only_id is None or field_id == only_id)
-                    and (before_id is None or field_id < before_id)
+                    and bounds.keeps((field_id, tid, field_ns))
                 ):
                     found.append((field_id, tid, field_ns, field))
-    found.sort(reverse=True)
+    found.sort(key=lambda f: (f[1], f[2]))
+    found.sort(key=lambda f: f[0], reverse=True)  # stable: thread, namespace ascending
     for _, tid, _, field in found:
         yield tid, field
 
@@ -131,7 +189,9 @@ async def _load_batch(
     client: Client,
     batch: list[tuple[str, bytes]],
     filter: Mapping[str, Any] | None,
-) -> list[CheckpointTuple]:
+) -> tuple[list[CheckpointTuple], int]:
+    """The batch's checkpoints (those matching ``filter``), and about how many bytes
+    they take decoded."""
     by_thread: dict[str, list[bytes]] = {}
     for tid, field in batch:
         by_thread.setdefault(tid, []).append(field)
@@ -148,7 +208,7 @@ async def _load_batch(
             ]
         by_thread = {t: f for t, f in by_thread.items() if f}
     if not by_thread:
-        return []
+        return [], 0
     threads = list(by_thread)
 
     def build(pipe: Any) -> None:
@@ -156,21 +216,33 @@ async def _load_batch(
             keys = saver.thread_keys(tid).data
             S.LOAD.queue(pipe, keys, [*saver._load_head(tid), b"fields", *by_thread[tid]])
 
+    replies = await saver._pipeline(client, build)
+    decoded_bytes = sum(_decoded_bytes(reply) for reply in replies)
     loaded: dict[tuple[str, bytes], CheckpointTuple] = {}
-    for tid, reply in zip(threads, await saver._pipeline(client, build), strict=True):
+    for tid, reply in zip(threads, replies, strict=True):
         for item in saver._tuples(tid, reply):
             conf = item.config["configurable"]
             loaded[(tid, K.cp_field(conf["checkpoint_ns"], conf["checkpoint_id"]))] = item
-    return [loaded[key] for key in batch if key in loaded]
+    return [loaded[key] for key in batch if key in loaded], decoded_bytes
 
 
-async def _batched(items: AsyncIterator[Any], size: int) -> AsyncIterator[list[Any]]:
-    batch: list[Any] = []
-    async with aclosing(items):  # type: ignore[type-var]
-        async for item in items:
-            batch.append(item)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+def _decoded_bytes(reply: Any) -> int:
+    """About the bytes a LOAD reply's checkpoints take once decoded: a blob counts once
+    per checkpoint that uses it (the reply holds it once; each checkpoint decodes it)."""
+    if reply[0] != b"ok":
+        return 0
+    _, items, flat = reply
+    sizes = dict(zip(flat[::2], map(len, flat[1::2]), strict=True))
+    total = _nested_bytes(items)
+    for item in items:
+        fields = K.decode_stored_checkpoint(item[1]).blob_fields
+        total += sum(sizes.get(field, 0) for field in fields)
+    return total
+
+
+def _nested_bytes(reply: Any) -> int:
+    if isinstance(reply, (bytes, str)):
+        return len(reply)
+    if isinstance(reply, list):
+        return sum(_nested_bytes(part) for part in reply)
+    return 0
