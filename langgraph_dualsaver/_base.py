@@ -28,7 +28,7 @@ from langgraph_dualsaver._paging import SYNC_CHUNK, page_sizes, take
 from langgraph_dualsaver.errors import UnsafeValueError
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
 
-__all__ = ["AsyncFirstSaver", "StrictSerializer"]
+__all__ = ["AsyncFirstSaver", "StrictSerializer", "SyncListing"]
 
 
 # -- strict decoding ----------------------------------------------------------------
