@@ -78,10 +78,12 @@ class GroupCommitter:
     async def _write(self, batch: list[_Pending]) -> list[_Pending]:
         """Commit a batch; on a rejected record, commit the others one by one."""
         try:
-            await self.durable.awrite_batch(
+            refused = await self.durable.awrite_guarded(
                 [item.record for item in batch], [stream_seq(item.entry_id) for item in batch]
             )
-            return batch
+            for index in refused:
+                await self._settle_refused(batch[index])
+            return [item for item in batch if not item.done.done()]  # not failed just now
         except StoreUnavailableError as exc:
             for item in batch:
                 _fail(item, exc)
@@ -94,6 +96,21 @@ class GroupCommitter:
         for item in batch:
             committed += await self._write([item])
         return committed
+
+
+    async def _settle_refused(self, item: _Pending) -> None:
+        """A record a tombstone refused: fine if its thread was deleted after it (the
+        delete wins, and took the hot copy too); an error if Redis still holds it, so
+        the put is never acknowledged while PostgreSQL does not have it."""
+        if await self.hot.aqueued_in_live_thread(item.record.thread_id, item.entry_id):
+            _fail(
+                item,
+                DurableWriteError(
+                    f"PostgreSQL refused checkpoint data of thread {item.record.thread_id!r}: "
+                    "a delete of the thread is recorded after it (is a clock that deleted "
+                    "it while Redis was down ahead of Redis'?)"
+                ),
+            )
 
 
 def _fail(item: _Pending, exc: Exception) -> None:

@@ -42,11 +42,13 @@ from langgraph_dualsaver._paging import ListKey, comes_after, list_key
 from langgraph_dualsaver.committer import GroupCommitter
 from langgraph_dualsaver.errors import (
     ConfigurationError,
+    DurableWriteError,
     InvalidInputError,
     StoreUnavailableError,
 )
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.keys import stream_seq
+from langgraph_dualsaver.outbox import GROUP, OutboxKey, clock_position
 from langgraph_dualsaver.postgres import PostgresDurableSaver, records_tuple
 from langgraph_dualsaver.records import (
     CheckpointRecord,
@@ -54,10 +56,12 @@ from langgraph_dualsaver.records import (
     WritesRecord,
     checkpoint_ids,
     checkpoint_record,
+    prune_arguments,
     saved_config,
+    validate_id,
     writes_record,
 )
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.redis import OutboxFullError, RedisHotSaver
 from langgraph_dualsaver.redis_list import list_checkpoints
 from langgraph_dualsaver.settings import Timeouts
 
@@ -88,6 +92,8 @@ class DualStats:
     degraded_reads: int
     degraded_writes: int
     flushed: int
+    refused: int
+    """Records a tombstone refused because their thread was deleted after them."""
     redis_available: bool
 
 
@@ -118,6 +124,9 @@ class _RedisHealth:
     down_since: float | None = None
     retry_at: float = 0.0
     degraded_threads: set[str] = field(default_factory=set)
+    deleted_threads: dict[str, int] = field(default_factory=dict)
+    """Threads deleted while Redis was down, with the tombstone's position: their hot
+    copies go (without a tombstone of their own) once Redis is back."""
     needs_reconcile: bool = True
 
     def available(self) -> bool:
@@ -141,12 +150,18 @@ class DualSaver(AsyncFirstSaver):
         mode: ``"write_behind"`` (``put`` returns after Redis) or ``"write_through"``
             (``put`` returns after the PostgreSQL commit). Not LangGraph's
             ``durability=``, which decides when the graph calls ``put`` at all.
-        max_lag: most outbox entries PostgreSQL may be behind in write_behind mode;
-            a ``put`` beyond it first drains the outbox (backpressure), and raises
-            ``StoreUnavailableError`` if PostgreSQL cannot take them.
+        max_lag: most outbox entries PostgreSQL may be behind in write_behind mode,
+            over all processes sharing the prefix: each of the ``shards`` outbox
+            streams holds at most ``max_lag // shards`` (at least one). A ``put`` that finds its
+            shard full first drains the outbox (backpressure), and raises
+            ``StoreUnavailableError`` if PostgreSQL cannot take it.
         flush: batching, reclaim and dead-letter settings of the flusher.
         background_flush: run a flusher task in each event loop the saver is used
             from. Turn it off when ``dualsaver flush --follow`` workers do the job.
+        outbox_key: the secret that authenticates outbox entries (``OutboxKey``, or
+            hex text; ``DUALSAVER_OUTBOX_KEY`` when not given). Without one, the key
+            PostgreSQL holds (``asetup`` generates it once) is used: every process and
+            flush worker of an installation must share it.
     """
 
     def __init__(
@@ -160,6 +175,7 @@ class DualSaver(AsyncFirstSaver):
         background_flush: bool = True,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
+        outbox_key: OutboxKey | str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
@@ -173,6 +189,7 @@ class DualSaver(AsyncFirstSaver):
         self.hot.serde = self.durable.serde = self.serde
         self.mode: Mode = mode
         self.max_lag = max_lag
+        self._outbox_key = _configured_key(outbox_key)
         self.flusher = Flusher(hot, durable, flush)
         # write_through commits each record itself; its background flusher only picks
         # up what a failed commit left behind (see FlushSettings.min_age).
@@ -182,10 +199,11 @@ class DualSaver(AsyncFirstSaver):
             else self.flusher
         )
         self.background_flush = background_flush
+        if self._outbox_key is not None:
+            self._use_key(self._outbox_key)
         self._counters = _Counters()
         self._health = _RedisHealth()
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
-        self._unflushed_estimate = 0
         self._connections_seen = -1
         self._reconcile_locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Lock
@@ -269,6 +287,8 @@ class DualSaver(AsyncFirstSaver):
         await self.aclaim_schema()
         await self.hot.asetup()
         await self.flusher.setup()
+        await self._drain_unauthenticated_entries()
+        await self._key()
 
     async def aclaim_schema(self) -> None:
         """Record this saver's Redis prefix as its PostgreSQL schema's owner, or raise
@@ -285,6 +305,30 @@ class DualSaver(AsyncFirstSaver):
                 f"other's threads. Use prefix={owner!r} for this app, or give it a schema "
                 f"of its own (schema=... / DUALSAVER_SCHEMA / dualsaver --schema)"
             )
+
+    async def _key(self) -> OutboxKey:
+        """The outbox key: configured, or PostgreSQL's (read once per saver)."""
+        if self._outbox_key is None:
+            self._outbox_key = OutboxKey(await self.durable.aoutbox_key())
+            self._use_key(self._outbox_key)
+        return self._outbox_key
+
+    def _use_key(self, key: OutboxKey) -> None:
+        self.hot.outbox_key = key
+        self.flusher.key = self._background_flusher.key = key
+
+    async def _drain_unauthenticated_entries(self) -> None:
+        """Entries a version before outbox authentication queued carry no tag: the
+        first ``asetup`` after the upgrade flushes them (trusting them, as that version
+        did) before any entry must carry one. Done once per prefix."""
+        marker = f"outbox-authenticated:{self.hot.prefix}"
+        if await self.durable.asetting(marker) is not None:
+            return
+        trusting = Flusher(self.hot, self.durable, self.flusher.settings, key=None)
+        moved = await trusting.drain()
+        if moved:
+            logger.warning("flushed %d outbox entries queued by an earlier version", moved)
+        await self.durable.aset_setting(marker, "1")
 
     async def aclose(self) -> None:
         """Stop this loop's background flusher (after one last pass) and close both tiers."""
@@ -327,27 +371,57 @@ class DualSaver(AsyncFirstSaver):
             await self.aflush()
 
     async def _write(self, record: CheckpointRecord | WritesRecord) -> None:
-        if self.mode == "write_behind" and self._unflushed_estimate >= self.max_lag:
-            await self._apply_backpressure()
         entry_id = None
         if self._health.available():
+            key = await self._key()
             try:
-                entry_id = await self._on_hot(
-                    lambda: self.hot.aput_record(record, enqueue=True), repeat=False
-                )
+                entry_id = await self._on_hot(lambda: self._enqueue(record, key), repeat=False)
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
         if entry_id is None:  # Redis is down: PostgreSQL directly, in both modes
-            await self.durable.awrite_batch([record])
-            self._health.degraded_threads.add(record.thread_id)
-            self._counters.degraded_writes += 1
+            await self._write_degraded(record)
             return
         if self.mode == "write_through":
             self._wake_flusher(now=False)  # for entries a failed commit leaves behind
             await self._commit_through(record, entry_id)
         else:
-            self._unflushed_estimate += 1
             self._wake_flusher()
+
+    async def _enqueue(self, record: CheckpointRecord | WritesRecord, key: OutboxKey) -> str:
+        """Write Redis and queue the record. In write_behind a shard's outbox holds at
+        most its share of ``max_lag`` (checked in the same script, so the bound holds
+        whatever the number of processes): a full one is drained first (backpressure),
+        and ``StoreUnavailableError`` says PostgreSQL cannot take it."""
+        cap = self._shard_cap()
+        try:
+            return await self.hot.aenqueue(record, key, cap=cap)
+        except OutboxFullError:
+            logger.info("outbox shard full (max_lag %d): draining", self.max_lag)
+            await self.aflush()
+        try:
+            return await self.hot.aenqueue(record, key, cap=cap)
+        except OutboxFullError as exc:
+            raise StoreUnavailableError(
+                f"the outbox is at max_lag ({self.max_lag} entries) and PostgreSQL is not "
+                "taking them; the write was not accepted"
+            ) from exc
+
+    def _shard_cap(self) -> int:
+        if self.mode == "write_through":
+            return 0  # each put commits its own record: nothing accumulates
+        return max(1, self.max_lag // self.hot.shards)
+
+    async def _write_degraded(self, record: CheckpointRecord | WritesRecord) -> None:
+        """Write PostgreSQL directly, at this clock's position in outbox order."""
+        refused = await self.durable.awrite_guarded([record], [clock_position()])
+        if refused:
+            raise DurableWriteError(
+                f"thread {record.thread_id!r} has a delete recorded at a later position "
+                "than this process's clock (is the clock behind Redis'?); the write was "
+                "not accepted"
+            )
+        self._health.degraded_threads.add(record.thread_id)
+        self._counters.degraded_writes += 1
 
     async def _commit_through(self, record: CheckpointRecord | WritesRecord, entry_id: str) -> None:
         """Wait for PostgreSQL to commit the record (with concurrent puts of this loop,
@@ -360,20 +434,13 @@ class DualSaver(AsyncFirstSaver):
         await committer.commit(record, entry_id)
         self._counters.flushed += 1
 
-    async def _apply_backpressure(self) -> None:
-        length = await (await self.flusher.outbox()).length()
-        self._unflushed_estimate = length
-        if length >= self.max_lag:
-            logger.info("outbox at %d entries (max_lag %d): draining", length, self.max_lag)
-            await self.aflush()
-
     # -- flushing ---------------------------------------------------------------------
 
     async def aflush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
         """Force the outbox through to PostgreSQL; returns the entries this call moved."""
+        await self._key()
         moved = await self.flusher.drain(timeout)
         self._counters.flushed += moved
-        self._unflushed_estimate = 0
         return moved
 
     def flush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
@@ -505,18 +572,28 @@ class DualSaver(AsyncFirstSaver):
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete a thread in both tiers. A flush still queued never brings it back:
-        PostgreSQL keeps a tombstone with the deletion's outbox position."""
-        seq = None
+        PostgreSQL keeps a tombstone at the deletion's outbox position, which refuses
+        what was queued before it and leaves alone what is written after it."""
+        validate_id("thread_id", thread_id, self.limits)
         if self._health.available():
+            key = await self._key()
             try:
-                entry_id = await self.hot.adelete_thread(thread_id)
-                seq = stream_seq(entry_id) if entry_id else None
+                entry_id = await self._on_hot(
+                    lambda: self.hot.adelete_thread(thread_id, key=key), repeat=False
+                )
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
-                self._health.degraded_threads.add(thread_id)
-        if seq is None:
-            seq = (int(time.time() * 1000) + 60_000) << 20  # beyond anything queued so far
-        await self.durable.adelete_thread(thread_id, tombstone_seq=seq)
+            else:
+                assert entry_id is not None
+                await self.durable.adelete_thread(thread_id, tombstone_seq=stream_seq(entry_id))
+                await self.hot.adiscard_entries([(thread_id, entry_id)], group=GROUP)
+                return
+        # Redis is down: PostgreSQL at this clock's position, which is past every entry
+        # Redis queued before it went away (all older than this moment).
+        position = clock_position() - 1  # a write later in this millisecond comes after
+        await self.durable.adelete_thread(thread_id, tombstone_seq=position)
+        self._health.deleted_threads[thread_id] = position
+        self._health.degraded_threads.discard(thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await self.aflush()
@@ -524,12 +601,15 @@ class DualSaver(AsyncFirstSaver):
         await self.hot.adelete_for_runs(run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        validate_id("thread_id", source_thread_id, self.limits)
+        validate_id("thread_id", target_thread_id, self.limits)
         await self.aflush()
         await self.durable.acopy_thread(source_thread_id, target_thread_id)
         await self.hot.acopy_thread(source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune PostgreSQL, then Redis: a checkpoint leaves Redis only once durable."""
+        prune_arguments(thread_ids, strategy, self.limits)  # before the flush touches anything
         await self.aflush()
         await self.durable.aprune(thread_ids, strategy=strategy)
         await self.hot.aprune(thread_ids, strategy=strategy)
@@ -583,11 +663,14 @@ class DualSaver(AsyncFirstSaver):
             await self.aflush()
             await self.hot.aevict_all_threads()
             await self.hot.arecord_server_identity()
-        elif self._health.degraded_threads:
+        elif self._health.degraded_threads or self._health.deleted_threads:
+            for thread_id, position in sorted(self._health.deleted_threads.items()):
+                await self.hot.adrop_thread(thread_id, born_by=position)
             await self.aflush()
             for thread_id in sorted(self._health.degraded_threads):
                 await self.hot.aevict_thread(thread_id)
         self._health.degraded_threads.clear()
+        self._health.deleted_threads.clear()
         self._health.needs_reconcile = False
         self._connections_seen = self.hot.connections_opened
         if self._health.down_since is not None:
@@ -618,6 +701,7 @@ class DualSaver(AsyncFirstSaver):
             flushed=self._counters.flushed
             + self.flusher.flushed
             + (self._background_flusher.flushed if self.mode == "write_through" else 0),
+            refused=sum(f.refused for f in {self.flusher, self._background_flusher}),
             redis_available=self._health.down_since is None,
         )
 
@@ -667,3 +751,11 @@ async def _merged(
             assert d is not None
             yield d
             d = await anext(durable, None)
+
+
+def _configured_key(key: OutboxKey | str | None) -> OutboxKey | None:
+    """The outbox key given, or ``DUALSAVER_OUTBOX_KEY``, or ``None`` (PostgreSQL's)."""
+    if isinstance(key, OutboxKey):
+        return key
+    text = key if key is not None else os.environ.get("DUALSAVER_OUTBOX_KEY")
+    return OutboxKey.from_text(text) if text else None

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.outbox import GROUP, Entry, Outbox
+from langgraph_dualsaver.outbox import GROUP, RECORD_FIELD, Entry, Outbox, OutboxKey
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.postgres import PostgresDurableSaver
@@ -50,6 +51,15 @@ class FlushSettings:
     """Entries younger than this are left alone. write_through's background flusher
     uses it: the put commits its own record, and the flusher only picks up what a
     failed commit left behind, never a record a prune or delete has since removed."""
+    batch_bytes: int = 16 * 1024 * 1024
+    """Most record bytes written to PostgreSQL in one transaction (a larger record goes
+    alone), so one large value never holds up the entries behind it."""
+    dead_letter_cap: int = DEAD_LETTER_CAP
+    """Most dead letters per shard; past it an entry stays queued (and is logged)
+    rather than dropping an older letter."""
+    bytes_per_second: int = 8 * 1024 * 1024
+    """The slowest PostgreSQL write rate a batch is allowed: a batch may take the
+    command timeout plus its bytes at this rate before it counts as a failure."""
 
 
 async def _pause(event: asyncio.Event, seconds: float) -> None:
@@ -86,13 +96,18 @@ class Flusher:
         durable: PostgresDurableSaver,
         settings: FlushSettings | None = None,
         consumer: str | None = None,
+        key: OutboxKey | None = None,
     ) -> None:
         self.hot = hot
         self.durable = durable
         self.settings = settings or FlushSettings()
         self.consumer = consumer or consumer_name()
+        self.key = key
+        """The key entries must carry a tag of; ``None`` trusts every entry."""
         self.flushed = 0
         self.dead_lettered = 0
+        self.refused = 0
+        """Records a tombstone refused: written before their thread was deleted."""
         self.failed_passes = 0
         self._attempts: Counter[str] = Counter()
         self._own_pending = True  # a new consumer holds nothing, but one look is cheap
@@ -100,7 +115,9 @@ class Flusher:
 
     async def outbox(self) -> Outbox:
         client = await self.hot.aclient()
-        return Outbox(client, self.hot.outbox_keys(), self.hot.dead_letter_key, self.consumer)
+        return Outbox(
+            client, self.hot.outbox_keys(), self.hot.dead_letter_key, self.consumer, self.key
+        )
 
     async def setup(self) -> None:
         await (await self.outbox()).ensure_group()
@@ -196,9 +213,9 @@ class Flusher:
                     logger.warning("flusher %s: %s; retrying", self.consumer, exc)
                     down = True
                 moved = 0
-            except DualSaverError:
-                # A background worker must not die of one bad pass; its entries stay
-                # queued and are retried (and dead-lettered after max_deliveries).
+            except Exception:
+                # A worker must not die of one bad pass, whatever it was: its entries
+                # stay queued and are retried (and dead-lettered after max_deliveries).
                 logger.exception("flusher %s: pass failed; retrying", self.consumer)
                 self.failed_passes += 1
                 moved = 0
@@ -211,51 +228,112 @@ class Flusher:
     # -- internals --------------------------------------------------------------------
 
     async def _apply(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
-        undecodable = [e for e in entries if e.record is None and e.deleted_thread is None]
-        if undecodable:
-            await self._dead_letter(outbox, undecodable, "undecodable record")
-        deletions = [e for e in entries if e.deleted_thread is not None]
-        records = [e for e in entries if e.record is not None]
+        """Make entries durable: dead-letter what cannot be applied, apply tombstones,
+        then records in batches bounded by count and bytes. Returns how many entries
+        left the queue."""
+        bad = [e for e in entries if e.problem is not None]
+        for problem in sorted({e.problem for e in bad if e.problem}):
+            await self._dead_letter(outbox, [e for e in bad if e.problem == problem], problem)
+        deletions = [e for e in entries if e.problem is None and e.deleted_thread is not None]
         for entry in deletions:
             assert entry.deleted_thread is not None
             await self.durable.adelete_thread(entry.deleted_thread, tombstone_seq=entry.seq)
-        good: list[Entry] = list(deletions)
-        if records:
-            try:
-                await self.durable.awrite_batch(
-                    [e.record for e in records], [e.seq for e in records]
-                )
-                good += records
-            except StoreUnavailableError:
-                raise
-            except DualSaverError as exc:  # a record PostgreSQL rejects: isolate it
-                logger.warning("flush batch rejected (%s); retrying entries one by one", exc)
-                good += await self._apply_one_by_one(outbox, records)
-        await self.ack(outbox, good)
-        return len(good)
+        if deletions:
+            await self.ack(outbox, deletions)
+        done = len(deletions)
+        records = [e for e in entries if e.problem is None and e.record is not None]
+        for batch in _by_bytes(records, self.settings.batch_bytes):
+            done += await self._write(outbox, batch)
+        return done
 
-    async def _apply_one_by_one(self, outbox: Outbox, records: Sequence[Entry]) -> list[Entry]:
-        good = []
-        for entry in records:
-            try:
-                await self.durable.awrite_batch([entry.record], [entry.seq])
-                good.append(entry)
-            except StoreUnavailableError:
-                raise
-            except DualSaverError as exc:
-                self._attempts[entry.id] += 1
-                self._own_pending = True  # retried from this consumer's pending list
-                if self._attempts[entry.id] >= self.settings.max_deliveries:
-                    await self._dead_letter(outbox, [entry], str(exc))
-        return good
+    async def _write(self, outbox: Outbox, batch: Sequence[Entry]) -> int:
+        """One transaction for ``batch``; if PostgreSQL refuses it (or cannot take it in
+        its time budget while it answers otherwise), entry by entry, so one bad entry
+        costs only itself."""
+        try:
+            refused = await self.durable.awrite_guarded(
+                [e.record for e in batch],  # type: ignore[misc]
+                [e.seq for e in batch],
+                timeout=self._budget(batch),
+            )
+        except StoreUnavailableError as exc:
+            if not await self._postgres_answers():
+                raise  # PostgreSQL is down: nothing is acknowledged, all is retried
+            return await self._isolate(outbox, batch, exc)
+        except DualSaverError as exc:
+            return await self._isolate(outbox, batch, exc)
+        refused_entries = [batch[i] for i in refused]
+        accepted = [e for i, e in enumerate(batch) if i not in set(refused)]
+        await self.ack(outbox, accepted)
+        return len(accepted) + await self._settle_refused(outbox, refused_entries)
 
-    async def _dead_letter(self, outbox: Outbox, entries: Sequence[Entry], reason: str) -> None:
-        logger.error("moving %d outbox entries to the dead-letter stream: %s", len(entries), reason)
-        await outbox.dead_letter_entries(entries, reason)
-        await self._release(entries, [True] * len(entries))
-        self.dead_lettered += len(entries)
+    async def _isolate(self, outbox: Outbox, batch: Sequence[Entry], exc: Exception) -> int:
+        """A batch PostgreSQL refused, or could not take in time while it answers: each
+        entry alone, so only the bad one fails."""
+        if len(batch) == 1:
+            return await self._failed(outbox, batch[0], exc)
+        logger.warning("flush batch failed (%s); retrying entries one by one", exc)
+        return sum([await self._write(outbox, [entry]) for entry in batch])
+
+    async def _failed(self, outbox: Outbox, entry: Entry, exc: Exception) -> int:
+        """An entry PostgreSQL rejected or could not take in time: retried from this
+        consumer's pending list, dead-lettered after ``max_deliveries`` attempts."""
+        self._attempts[entry.id] += 1
+        self._own_pending = True
+        if self._attempts[entry.id] < self.settings.max_deliveries:
+            logger.warning("outbox entry %s failed (%s); it will be retried", entry.id, exc)
+            return 0
+        reason = f"failed {self._attempts[entry.id]} times: {exc}"
+        return await self._dead_letter(outbox, [entry], reason)
+
+    async def _settle_refused(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
+        """Records a tombstone refused. One written before its thread was deleted is
+        done with (delete wins). One whose thread still holds it in Redis was written
+        *after* the delete and refused anyway (a delete made while Redis was down, by a
+        clock ahead of Redis'): never dropped quietly, it is dead-lettered and stays
+        hot, for an operator to replay."""
+        done = 0
         for entry in entries:
-            self._attempts.pop(entry.id, None)
+            assert entry.thread_id is not None
+            if await self.hot.aqueued_in_live_thread(entry.thread_id, entry.id):
+                done += await self._dead_letter(
+                    outbox, [entry], "refused by a tombstone, but written after the delete"
+                )
+            else:
+                self.refused += 1
+                await self.ack(outbox, [entry])
+                done += 1
+        return done
+
+    def _budget(self, batch: Sequence[Entry]) -> float:
+        """Seconds a batch may take: the command timeout plus its bytes at the slowest
+        acceptable rate (a 60 MiB value must not count as PostgreSQL being down)."""
+        size = sum(_size(entry) for entry in batch)
+        return self.durable.timeouts.command_s + size / self.settings.bytes_per_second
+
+    async def _postgres_answers(self) -> bool:
+        try:
+            await self.durable.aping(self.durable.timeouts.command_s)
+        except StoreUnavailableError:
+            return False
+        return True
+
+    async def _dead_letter(self, outbox: Outbox, entries: Sequence[Entry], reason: str) -> int:
+        """Move entries to the dead-letter stream; return how many moved. Their threads
+        stay counted pending, so a dead-lettered record stays hot (never expires) until
+        an operator acts. Past the stream's cap an entry stays queued instead."""
+        moved = await outbox.dead_letter_entries(
+            entries, reason, cap=self.settings.dead_letter_cap
+        )
+        count = sum(moved)
+        logger.error("moved %d outbox entries to the dead-letter stream: %s", count, reason)
+        if count < len(entries):
+            self._own_pending = True  # kept, and retried: never dropped
+        self.dead_lettered += count
+        for entry, gone in zip(entries, moved, strict=True):
+            if gone:
+                self._attempts.pop(entry.id, None)
+        return count
 
     async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
         """Acknowledge durable entries, one script per shard, one round trip for all:
@@ -272,12 +350,23 @@ class Flusher:
         for entry in entries:
             self._attempts.pop(entry.id, None)
 
-    async def _release(self, entries: Sequence[Entry], removed: Sequence[bool]) -> None:
-        """Count each record entry once (whoever deleted it) against its thread's
-        pending counter, so its keys get their TTL when nothing is pending."""
-        counts: Counter[str] = Counter()
-        for entry, was_removed in zip(entries, removed, strict=False):
-            if was_removed and entry.record is not None:
-                counts[entry.record.thread_id] += 1
-        if counts:
-            await self.hot.amark_durable(dict(counts))
+
+def _size(entry: Entry) -> int:
+    return len(entry.fields.get(RECORD_FIELD, b""))
+
+
+def _by_bytes(entries: Sequence[Entry], limit: int) -> list[list[Entry]]:
+    """``entries`` in order, cut into runs of at most ``limit`` record bytes (a larger
+    entry forms a run of its own)."""
+    batches: list[list[Entry]] = []
+    current: list[Entry] = []
+    size = 0
+    for entry in entries:
+        if current and size + _size(entry) > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += _size(entry)
+    if current:
+        batches.append(current)
+    return batches

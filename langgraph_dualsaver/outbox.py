@@ -5,18 +5,30 @@ the write itself (``RedisHotSaver(outbox=True)``). This module reads those strea
 consumer group, reclaims the entries of dead consumers, moves poison entries to the
 dead-letter stream and removes an entry (``XACK`` + ``XDEL``) only after its record is
 committed to PostgreSQL, so the stream is trimmed only behind what is durable.
+
+Entries are authenticated: a record entry carries ``r`` (``records.pack_record``) and
+``m``, an HMAC-SHA256 tag of it under the installation's outbox key; a tombstone carries
+``d`` (the thread_id) and ``m``, a tag of the thread_id *and its own entry id* (the
+saver picks the id), so a copy of an old tombstone added later is refused instead of
+deleting whatever was written since. Whatever fails to decode or to authenticate is
+dead-lettered, never applied: anyone who can write the stream can make noise, not
+delete or forge durable history.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
 
-from langgraph_dualsaver.errors import StoreUnavailableError
+from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
 from langgraph_dualsaver.keys import stream_seq, text
 from langgraph_dualsaver.records import (
     CheckpointRecord,
@@ -41,9 +53,75 @@ def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-__all__ = ["GROUP", "Entry", "Outbox"]
+__all__ = ["GROUP", "Entry", "Outbox", "OutboxKey", "clock_position", "decode_entry"]
 
 GROUP = "dualsaver-flushers"
+RECORD_FIELD = b"r"
+TOMBSTONE_FIELD = b"d"
+TAG_FIELD = b"m"
+_TAG_BYTES = 16
+"""HMAC-SHA256 truncated to 128 bits: forging one still takes 2**128 tries."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxKey:
+    """The secret that authenticates outbox entries, and the previous ones still
+    accepted while entries signed with them drain (a key rotation)."""
+
+    current: bytes
+    previous: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in (self.current, *self.previous):
+            if not isinstance(key, bytes) or len(key) < 16:
+                raise ConfigurationError("an outbox key must be at least 16 bytes")
+
+    @classmethod
+    def generate(cls) -> OutboxKey:
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def from_text(cls, text: str) -> OutboxKey:
+        """Keys as configured (``DUALSAVER_OUTBOX_KEY``): hex, the current first, then
+        any previous ones, comma-separated."""
+        try:
+            keys = [bytes.fromhex(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ConfigurationError(
+                "the outbox key must be hex (e.g. from `python -c 'import secrets; "
+                "print(secrets.token_hex(32))'`), optionally followed by ',<previous key>'"
+            ) from exc
+        if not keys:
+            raise ConfigurationError("the outbox key is empty")
+        return cls(keys[0], tuple(keys[1:]))
+
+    def record_tag(self, payload: bytes) -> bytes:
+        return _tag(self.current, b"r", payload)
+
+    def tombstone_tag(self, entry_id: str, thread_id: str) -> bytes:
+        return _tag(self.current, b"d", entry_id.encode(), thread_id.encode("utf-8"))
+
+    def accepts(self, tag: bytes | None, *parts: bytes) -> bool:
+        if not tag:
+            return False
+        return any(
+            hmac.compare_digest(tag, _tag(key, *parts)) for key in (self.current, *self.previous)
+        )
+
+
+def clock_position() -> int:
+    """This machine's clock as an outbox position: the last one of the current
+    millisecond (``keys.stream_seq`` of ``<ms>-<max seq>``). Used where Redis cannot
+    number a write (it is down), so the order against queued entries is the clocks'."""
+    return stream_seq(f"{int(time.time() * 1000)}-{(1 << 20) - 1}")
+
+
+def _tag(key: bytes, *parts: bytes) -> bytes:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:  # length-prefixed, so no two part lists sign alike
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.digest()[:_TAG_BYTES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +135,8 @@ class Entry:
     undecodable: bytes | None = None
     fields: Mapping[bytes, bytes] = field(default_factory=dict)
     """The entry's raw fields, as the stream holds them (dead letters keep them all)."""
+    problem: str | None = None
+    """Why the entry cannot be applied (undecodable, unauthenticated); ``None`` if it can."""
 
     @property
     def seq(self) -> int:
@@ -69,16 +149,38 @@ class Entry:
         return self.deleted_thread
 
 
-def _decode(stream: str, entry_id: bytes | str, fields: dict) -> Entry:
-    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    if b"d" in fields:
-        return Entry(stream, entry_id, None, deleted_thread=fields[b"d"].decode(), fields=fields)
-    raw = fields.get(b"r", b"")
+def decode_entry(
+    stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes], key: OutboxKey | None
+) -> Entry:
+    """An entry as read from the stream. Never raises: an entry that does not decode or
+    authenticate (``key=None`` trusts every entry) comes back with its ``problem``."""
+    entry_id = text(entry_id)
+    fields = dict(fields)
     try:
-        return Entry(stream, entry_id, unpack_record(raw), fields=fields)
-    except (ValueError, TypeError, KeyError) as exc:  # msgpack errors derive from ValueError
-        del exc
-        return Entry(stream, entry_id, None, undecodable=raw, fields=fields)
+        entry = _parse(stream, entry_id, fields)
+    except Exception as exc:  # anything in the stream: never let it stop the queue
+        return Entry(stream, entry_id, None, undecodable=fields.get(RECORD_FIELD), fields=fields,
+                     problem=f"undecodable entry ({type(exc).__name__}: {exc})"[:300])  # fmt: skip
+    if key is not None and not _authentic(entry, key):
+        return replace(entry, problem="unauthenticated entry (its tag does not match the key)")
+    return entry
+
+
+def _parse(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Entry:
+    stream_seq(entry_id)  # an id that does not fit a position is refused here
+    if TOMBSTONE_FIELD in fields:
+        thread_id = fields[TOMBSTONE_FIELD].decode("utf-8")
+        return Entry(stream, entry_id, None, deleted_thread=thread_id, fields=fields)
+    if RECORD_FIELD not in fields:
+        raise ValueError("neither a record nor a tombstone")
+    return Entry(stream, entry_id, unpack_record(fields[RECORD_FIELD]), fields=fields)
+
+
+def _authentic(entry: Entry, key: OutboxKey) -> bool:
+    tag = entry.fields.get(TAG_FIELD)
+    if entry.deleted_thread is not None:
+        return key.accepts(tag, b"d", entry.id.encode(), entry.fields[TOMBSTONE_FIELD])
+    return key.accepts(tag, b"r", entry.fields[RECORD_FIELD])
 
 
 class Outbox:
@@ -89,13 +191,23 @@ class Outbox:
         streams: the outbox stream keys (one per shard).
         dead_letter: maps an outbox stream key to its dead-letter stream key.
         consumer: this consumer's name in the group.
+        key: the key entries must be authenticated with; ``None`` trusts every entry
+            (only to drain what a version without authentication queued).
     """
 
-    def __init__(self, client, streams: Sequence[str], dead_letter, consumer: str) -> None:
+    def __init__(
+        self,
+        client,
+        streams: Sequence[str],
+        dead_letter,
+        consumer: str,
+        key: OutboxKey | None = None,
+    ) -> None:
         self.client = client
         self.streams = list(streams)
         self.dead_letter = dead_letter
         self.consumer = consumer
+        self.key = key
 
     @_reachable
     async def ensure_group(self) -> None:
@@ -124,7 +236,7 @@ class Outbox:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
                 for entry_id, fields in items:
                     if fields:  # an own-pending entry deleted meanwhile comes back empty
-                        entries.append(_decode(stream, entry_id, fields))
+                        entries.append(decode_entry(stream, entry_id, fields, self.key))
         return entries
 
     async def _read(self, start: str, count: int) -> list:
@@ -152,7 +264,7 @@ class Outbox:
             items = await self.client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
             for entry_id, fields in items or []:
                 if fields:
-                    entry = _decode(stream, entry_id, fields)
+                    entry = decode_entry(stream, entry_id, fields, self.key)
                     claimed.append((entry, deliveries.get(entry.id, 1)))
         return claimed
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -79,6 +80,8 @@ SETUP_TIMEOUT_S = 60.0
 
 OWNER_PREFIX = "owner_prefix"
 """The ``dualsaver_settings`` row naming the Redis prefix that owns a schema."""
+OUTBOX_KEY = "outbox_key"
+"""The ``dualsaver_settings`` row holding the outbox authentication key (hex)."""
 
 # Errors that mean the server is down, unreachable, restarting or not answering.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -295,6 +298,27 @@ class PostgresDurableSaver(AsyncFirstSaver):
         async with self._connection() as conn:
             await conn.execute(sql.CLAIM_SETTING, OWNER_PREFIX, prefix)
             return str(await conn.fetchval(sql.GET_SETTING, OWNER_PREFIX))
+
+    async def aclaim_setting(self, name: str, value: str) -> str:
+        """Store ``value`` under ``name`` unless a value is stored already; return the
+        stored one (so concurrent claims agree on the first)."""
+        async with self._connection() as conn:
+            await conn.execute(sql.CLAIM_SETTING, name, value)
+            return str(await conn.fetchval(sql.GET_SETTING, name))
+
+    async def asetting(self, name: str) -> str | None:
+        async with self._connection() as conn:
+            value = await conn.fetchval(sql.GET_SETTING, name)
+        return None if value is None else str(value)
+
+    async def aset_setting(self, name: str, value: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql.PUT_SETTING, name, value)
+
+    async def aoutbox_key(self) -> bytes:
+        """The installation's outbox key: generated on first use, then the same for
+        every process that reads it (only those with access to this database)."""
+        return bytes.fromhex(await self.aclaim_setting(OUTBOX_KEY, secrets.token_hex(32)))
 
     # -- writes ---------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ __all__ = [
     "PRUNE_HEADS",
     "PRUNE_PARENTS",
     "PRUNE_WRITES",
+    "PUT_SETTING",
     "RECORD_MIGRATION",
     "RUN_THREADS",
     "SCHEMA_EXISTS",
@@ -241,7 +242,10 @@ MIGRATIONS: list[str] = [
     # 8: the guarded batch keeps each row's outbox position and says which records a
     # tombstone refused (their 1-based positions in the batch), instead of a count the
     # caller cannot act on. A tombstone refuses a record at or before its position;
-    # rows written after it (a thread used again) are never its business.
+    # rows written after it (a thread used again) are never its business. The write
+    # rules follow outbox order, not arrival order, so entries applied out of order (a
+    # reclaimed batch, a second worker) end as Redis has them: an ordinary write's
+    # earliest position wins, a special write's and a checkpoint's latest.
     """
     DROP FUNCTION IF EXISTS dualsaver_write_batch;
     CREATE FUNCTION dualsaver_write_batch(
@@ -296,7 +300,10 @@ MIGRATIONS: list[str] = [
             AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
         WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
                           WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
-        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+        SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+            type = EXCLUDED.type, blob = EXCLUDED.blob, seq = EXCLUDED.seq
+        WHERE dualsaver_writes.seq > EXCLUDED.seq;
         END IF;
 
         IF cardinality(c_t) > 0 THEN
@@ -350,6 +357,10 @@ CLAIM_SETTING = (
     "INSERT INTO dualsaver_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
 )
 GET_SETTING = "SELECT value FROM dualsaver_settings WHERE name = $1"
+PUT_SETTING = """
+INSERT INTO dualsaver_settings (name, value) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+"""
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SETUP_LOCK = "langgraph-dualsaver:setup"

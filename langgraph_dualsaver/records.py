@@ -35,6 +35,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     InvalidIdError,
+    InvalidInputError,
     InvalidMetadataError,
     MissingThreadIdError,
     SerializationError,
@@ -42,6 +43,7 @@ from langgraph_dualsaver.errors import (
 
 __all__ = [
     "EMPTY_TYPE",
+    "PRUNE_STRATEGIES",
     "BlobRecord",
     "CheckpointRecord",
     "Limits",
@@ -61,6 +63,7 @@ __all__ = [
     "metadata_matches",
     "next_version",
     "pack_record",
+    "prune_arguments",
     "resolve_writes",
     "saved_config",
     "unpack_record",
@@ -141,6 +144,20 @@ def validate_key(what: str, parts: Sequence[str], limits: Limits) -> None:
             f"{what} is {size} bytes long in all; the limit is {limits.max_key_bytes} "
             "(Limits.max_key_bytes), since PostgreSQL's index entries hold at most 2,704"
         )
+
+
+PRUNE_STRATEGIES = ("keep_latest", "delete")
+
+
+def prune_arguments(thread_ids: object, strategy: object, limits: Limits) -> list[str]:
+    """The validated, de-duplicated thread ids of a ``prune`` call, in sorted order."""
+    if isinstance(thread_ids, (str, bytes)):
+        raise InvalidInputError("thread_ids must be a sequence of thread ids, not one string")
+    if strategy not in PRUNE_STRATEGIES:
+        raise InvalidInputError(
+            f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
+        )
+    return sorted({validate_id("thread_id", t, limits) for t in thread_ids})  # type: ignore[attr-defined]
 
 
 def checkpoint_ids(

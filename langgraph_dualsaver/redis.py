@@ -48,6 +48,7 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
     UnsafeRedisConfigError,
 )
+from langgraph_dualsaver.outbox import OutboxKey
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -62,11 +63,16 @@ from langgraph_dualsaver.records import (
 from langgraph_dualsaver.redact import redact, unparsable
 from langgraph_dualsaver.settings import Timeouts
 
-__all__ = ["RedisHotSaver"]
+__all__ = ["OutboxFullError", "RedisHotSaver"]
 
 log = logging.getLogger(__name__)
 
 Client = Redis | RedisCluster
+
+
+class OutboxFullError(DualSaverError):
+    """A record's outbox stream is at its cap; nothing was written (``DualSaver``
+    drains the outbox and tries again: backpressure)."""
 
 _DEFAULT_TIMEOUTS = Timeouts()
 _UNAVAILABLE = (
@@ -141,6 +147,8 @@ class RedisHotSaver(AsyncFirstSaver):
         """Reads that found half a thread (an evicted key) and treated it as absent."""
         self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
         self._run_id: str | None = None
+        self.outbox_key: OutboxKey | None = None
+        """Signs queued entries (``DualSaver`` sets it); without one they carry no tag."""
         self._seen_run_ids: dict[str, str] = {}
         self.connections_opened = 0
         """Connections opened so far: the chain re-checks the server after each."""
@@ -499,14 +507,15 @@ class RedisHotSaver(AsyncFirstSaver):
         records: Sequence[CheckpointRecord | WritesRecord],
         *,
         enqueue: bool,
+        cap: int = 0,
     ) -> list[str]:
         records = [r for r in records if not (isinstance(r, WritesRecord) and not r.writes)]
         if not records:
             return []
         tk = self.thread_keys(thread_id)
-        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), len(records)]
+        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, len(records)]
         for record in records:
-            args += S.store_item_args(record, pack_record(record) if enqueue else b"")
+            args += S.store_item_args(record, *self._outbox_fields(record, enqueue))
         client = await self.aclient()
         if not any(isinstance(r, CheckpointRecord) for r in records):
             ids = await self._eval(client, S.STORE, tk.all, args)
@@ -517,7 +526,26 @@ class RedisHotSaver(AsyncFirstSaver):
                 pipe.zadd(self.registry_key, {K.utf8(thread_id): time.time()})
 
             ids = (await self._pipeline(client, build))[0]
+        if ids == [b"full"]:
+            raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
         return [K.text(i) for i in ids]
+
+    def _outbox_fields(self, record: CheckpointRecord | WritesRecord, enqueue: bool) -> tuple:
+        """The record's outbox entry (``r``) and its tag (``m``; empty without a key)."""
+        if not enqueue:
+            return b"", b""
+        payload = pack_record(record)
+        key = self.outbox_key
+        return payload, key.record_tag(payload) if key is not None else b""
+
+    async def aenqueue(
+        self, record: CheckpointRecord | WritesRecord, key: OutboxKey, *, cap: int = 0
+    ) -> str:
+        """Store a record and queue it, signed with ``key``, in one script; return its
+        entry id. With ``cap``, raise ``OutboxFullError`` (writing nothing) if the
+        record's outbox stream already holds ``cap`` entries."""
+        self.outbox_key = key
+        return (await self._store(record.thread_id, [record], enqueue=True, cap=cap))[0]
 
     async def amark_durable(self, thread_counts: Mapping[str, int]) -> None:
         """``count`` queued records of each thread reached PostgreSQL: lower its pending
@@ -645,11 +673,36 @@ class RedisHotSaver(AsyncFirstSaver):
 
     # -- deletes, copies, pruning, delta channels (redis_admin) ----------------------
 
-    async def adelete_thread(self, thread_id: str) -> str | None:  # type: ignore[override]
-        """Delete the thread. With ``outbox``, also queue a tombstone (field ``d``) in
-        the same script and return its entry id, so the flusher deletes it durably."""
+    async def adelete_thread(  # type: ignore[override]
+        self, thread_id: str, *, key: OutboxKey | None = None
+    ) -> str | None:
+        """Delete the thread. With ``outbox``, also queue a tombstone (field ``d``, signed
+        with ``key``) in the same script and return its entry id, so the flusher deletes
+        it durably."""
         validate_id("thread_id", thread_id, self.limits)
+        if key is not None:
+            self.outbox_key = key
         return (await admin.delete_threads(self, [thread_id], tombstone=self.outbox))[0]
+
+    async def adrop_thread(self, thread_id: str, *, born_by: int) -> None:
+        """Drop a thread deleted (in PostgreSQL) while Redis was down, at position
+        ``born_by``: its hot copy goes, queued entries and all, unless it began after
+        that position. No tombstone (PostgreSQL has one)."""
+        keys = self.thread_keys(thread_id).data
+        args = [K.utf8(thread_id), K.stream_id(born_by)]
+        if await self._eval(await self.aclient(), S.DROP, keys, args):
+            with self._errors():
+                await (await self.aclient()).zrem(self.registry_key, K.utf8(thread_id))
+
+    async def aqueued_in_live_thread(self, thread_id: str, entry_id: str) -> bool:
+        """Whether outbox entry ``entry_id`` belongs to the thread's live hot copy (it
+        was queued since the thread's keys were last created)."""
+        meta = self.thread_keys(thread_id).meta
+        with self._errors():
+            owner, since = await (await self.aclient()).hmget(meta, ["thread_id", "since"])
+        if owner is None or K.text(owner) != thread_id or since is None:
+            return False
+        return K.stream_seq(entry_id) >= K.stream_seq(since)
 
     async def aevict_thread(self, thread_id: str) -> None:
         """Drop the thread's hot copy only (no tombstone: it stays in PostgreSQL)."""

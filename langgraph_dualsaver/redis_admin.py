@@ -8,6 +8,7 @@ whole threads: administrative calls, not request-path ones.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,11 @@ from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
-from langgraph_dualsaver.errors import CheckpointTooLargeError, InvalidInputError
+from langgraph_dualsaver.errors import (
+    CheckpointTooLargeError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from langgraph_dualsaver.records import (
     BlobRecord,
     CheckpointRecord,
@@ -50,26 +55,68 @@ _CHAIN_STEPS = 256
 """Ancestors walked per script call by the delta-channel walk (bounds script time)."""
 _COPY_BATCH = 64
 """Records written per script call by copy_thread."""
+_DELETE_ROUNDS = 10
+"""Attempts to place tombstones past each stream's last id (each retry moves later)."""
 
 
 async def delete_threads(
     saver: RedisHotSaver, thread_ids: Sequence[str], *, tombstone: bool
 ) -> list[str | None]:
     """Delete threads and their registry entries; with ``tombstone``, queue one outbox
-    tombstone each, in the same script. Returns the tombstones' entry ids."""
+    tombstone each, in the same script, at an entry id chosen here and signed with the
+    saver's ``outbox_key`` (so a copy added later does not authenticate). Returns the
+    tombstones' entry ids."""
     client = await saver.aclient()
-    ids: list[str | None] = []
-    for chunk in K.chunks(thread_ids, _THREADS):
+    done: dict[str, str | None] = {}
+    floor: dict[str, int] = {}  # per outbox stream: the lowest millisecond to try
+    todo = list(dict.fromkeys(thread_ids))
+    for _ in range(_DELETE_ROUNDS):
+        if not todo:
+            break
+        retry: list[str] = []
+        for chunk in K.chunks(todo, _THREADS):
+            planned = _tombstone_ids(saver, chunk, floor) if tombstone else {}
 
-        def build(pipe: Any, chunk: list[str] = chunk) -> None:
-            for thread_id in chunk:
-                keys = saver.thread_keys(thread_id).all
-                S.DELETE.queue(pipe, keys, [K.utf8(thread_id), int(tombstone)])
-                pipe.zrem(saver.registry_key, K.utf8(thread_id))
+            def build(pipe: Any, chunk: list[str] = chunk, planned: dict = planned) -> None:
+                for thread_id in chunk:
+                    entry_id = planned.get(thread_id, "")
+                    tag = _tombstone_tag(saver, entry_id, thread_id) if tombstone else b""
+                    args = [K.utf8(thread_id), int(tombstone), entry_id, tag]
+                    S.DELETE.queue(pipe, saver.thread_keys(thread_id).all, args)
+                    pipe.zrem(saver.registry_key, K.utf8(thread_id))
 
-        replies = await saver._pipeline(client, build)
-        ids += [r.decode() if r else None for r in replies[::2]]
-    return ids
+            replies = await saver._pipeline(client, build)
+            for thread_id, reply in zip(chunk, replies[::2], strict=True):
+                if isinstance(reply, list):  # ['retry', last id]: sign a later one
+                    stream = saver.thread_keys(thread_id).outbox
+                    floor[stream] = max(floor.get(stream, 0), K.stream_seq(reply[1]) >> 20) + 1
+                    retry.append(thread_id)
+                else:
+                    done[thread_id] = K.text(reply) if reply else None
+        todo = retry
+    if todo:
+        raise StoreUnavailableError(f"could not queue tombstones for {len(todo)} threads")
+    return [done[thread_id] for thread_id in thread_ids]
+
+
+def _tombstone_ids(
+    saver: RedisHotSaver, threads: Sequence[str], floor: Mapping[str, int]
+) -> dict[str, str]:
+    """Entry ids for the threads' tombstones: this millisecond (or a later one, after a
+    retry), numbered per stream so several in one stream stay in order."""
+    now_ms = int(time.time() * 1000)
+    counters: dict[str, int] = {}
+    planned = {}
+    for thread_id in threads:
+        stream = saver.thread_keys(thread_id).outbox
+        seq = counters[stream] = counters.get(stream, -1) + 1
+        planned[thread_id] = f"{max(now_ms, floor.get(stream, 0))}-{seq}"
+    return planned
+
+
+def _tombstone_tag(saver: RedisHotSaver, entry_id: str, thread_id: str) -> bytes:
+    key = saver.outbox_key
+    return key.tombstone_tag(entry_id, thread_id) if key is not None else b""
 
 
 async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None:

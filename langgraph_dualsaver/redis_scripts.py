@@ -34,6 +34,7 @@ __all__ = [
     "CHAIN",
     "DELETE",
     "DISCARD",
+    "DROP",
     "DUMP",
     "EVICT",
     "FORGET",
@@ -62,7 +63,25 @@ class Script:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-_PRELUDE = r"""
+_IDS = r"""
+-- Whether stream id a >= stream id b ('<ms>-<seq>'; both fit a double exactly).
+local function id_ge(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams > bms end
+  return tonumber(aseq) >= tonumber(bseq)
+end
+
+-- Whether outbox entry `id` belongs to the thread's live incarnation (queued since
+-- its keys were last created), so acknowledging it may lower its pending count.
+local function ours(meta_key, thread_id, id)
+  local m = redis.call('HMGET', meta_key, 'thread_id', 'since')
+  return m[1] == thread_id and m[2] and id_ge(id, m[2])
+end
+"""
+
+_PRELUDE = _IDS + r"""
 local META, CP, IDX, BLOBS, WRITES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local EMPTY_BLOB = '\146\165empty\192'
 
@@ -175,12 +194,17 @@ def _script(name: str, body: str) -> Script:
 STORE = _script(
     "store",
     r"""
--- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), n_items, items...
---   checkpoint: 'c', cp_field, stored, n_blobs, (blob_field, blob)*n_blobs, payload
---   writes:     'w', cp_field, n_writes, write*n_writes, payload
--- With enqueue, each item's payload is XADDed to the outbox (field 'r') and counted
--- as pending. Returns the entry ids.
+-- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), cap, n_items, items...
+--   checkpoint: 'c', cp_field, stored, n_blobs, (blob_field, blob)*n_blobs, payload, tag
+--   writes:     'w', cp_field, n_writes, write*n_writes, payload, tag
+-- With enqueue, each item's payload is XADDed to the outbox (field 'r', its tag 'm')
+-- and counted pending; meta's 'since' is the first entry id of this incarnation of the
+-- thread. With cap > 0, an outbox already holding cap entries takes nothing: {'full'}.
+-- Returns the entry ids.
 local thread_id = ARGV[1]
+local enqueue = ARGV[3] == '1'
+local cap = tonumber(ARGV[4])
+if enqueue and cap > 0 and redis.call('XLEN', KEYS[6]) >= cap then return {'full'} end
 local m = read_meta(thread_id)
 if not m then
   redis.call('DEL', CP, IDX, BLOBS, WRITES) -- leftovers of an evicted meta, if any
@@ -191,10 +215,9 @@ elseif not intact(m) then
   redis.call('DEL', CP, IDX, BLOBS, WRITES)
   redis.call('HDEL', META, 'c', 'b', 'w')
 end
-local enqueue = ARGV[3] == '1'
 local flags, ids = {}, {}
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
   local kind, field = ARGV[i], ARGV[i + 1]
   if kind == 'c' then
     redis.call('HSET', CP, field, ARGV[i + 2])
@@ -218,10 +241,11 @@ for _ = 1, tonumber(ARGV[4]) do
     i = i + n
   end
   if enqueue then
-    ids[#ids + 1] = redis.call('XADD', KEYS[6], '*', 'r', ARGV[i])
+    ids[#ids + 1] = redis.call('XADD', KEYS[6], '*', 'r', ARGV[i], 'm', ARGV[i + 1])
   end
-  i = i + 1
+  i = i + 2
 end
+if #ids > 0 then redis.call('HSETNX', META, 'since', ids[1]) end
 for flag in pairs(flags) do redis.call('HSET', META, flag, '1') end
 local pending
 if enqueue and #ids > 0 then
@@ -345,13 +369,24 @@ return {'ok', steps, false}
 DELETE = _script(
     "delete",
     r"""
--- ARGV: thread_id, enqueue. Deletes the thread; with enqueue, XADDs a tombstone
--- (field 'd' = thread_id) to the outbox and returns its id.
+-- ARGV: thread_id, enqueue, entry_id, tag. Deletes the thread; with enqueue, first XADDs
+-- a tombstone (field 'd' = thread_id, 'm' = tag) at exactly entry_id, whose tag signs
+-- that id, and returns it. An entry_id at or below the stream's last id deletes
+-- nothing and returns {'retry', last id}: the caller signs a later one.
 read_meta(ARGV[1])
-redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
 if ARGV[2] == '1' then
-  return redis.call('XADD', KEYS[6], '*', 'd', ARGV[1])
+  local ok, id = pcall(redis.call, 'XADD', KEYS[6], ARGV[3], 'd', ARGV[1], 'm', ARGV[4])
+  if not ok then
+    local info = redis.call('XINFO', 'STREAM', KEYS[6])
+    for k = 1, #info, 2 do
+      if info[k] == 'last-generated-id' then return {'retry', info[k + 1]} end
+    end
+    return redis.error_reply(tostring(id))
+  end
+  redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+  return id
 end
+redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
 return false
 """,
 )
@@ -415,7 +450,9 @@ DISCARD = _script(
 -- was still there (no flusher took it), count it durable as MARK_DURABLE does.
 -- Returns the pending count left, or -1 when the entry or the thread is gone.
 if ARGV[4] ~= '' then redis.call('XACK', KEYS[6], ARGV[4], ARGV[2]) end
-if redis.call('XDEL', KEYS[6], ARGV[2]) == 0 or not read_meta(ARGV[1]) then return -1 end
+if redis.call('XDEL', KEYS[6], ARGV[2]) == 0 or not ours(META, ARGV[1], ARGV[2]) then
+  return -1
+end
 local pending = redis.call('HINCRBY', META, 'pending', -1)
 if pending <= 0 then
   if pending < 0 then redis.call('HSET', META, 'pending', '0') end
@@ -434,6 +471,20 @@ EVICT = _script(
 -- acknowledged writes until the flush. Returns 0 then.
 read_meta(ARGV[1])
 if tonumber(redis.call('HGET', META, 'pending') or '0') > 0 then return 0 end
+return redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+""",
+)
+
+DROP = _script(
+    "drop",
+    r"""
+-- ARGV: thread_id, position ('<ms>-<seq>'). The thread was deleted while Redis was down,
+-- at that position: drop its hot copy, pending entries and all (PostgreSQL refuses
+-- them), unless the copy began after it (a thread used again since). No tombstone.
+local m = read_meta(ARGV[1])
+if not m then return 0 end
+local since = redis.call('HGET', META, 'since')
+if since and not id_ge(ARGV[2], since) then return 0 end
 return redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
 """,
 )
@@ -467,10 +518,12 @@ return 0
 
 ACK = Script(
     "ack",
-    r"""
+    _IDS
+    + r"""
 -- The flusher's acknowledgement for one shard, atomic: for each thread, XACK + XDEL its
--- entries and lower its pending count by the entries this call removed (one removed
--- elsewhere is counted there); at zero, its five keys get the ttl together.
+-- entries and lower its pending count by the entries this call removed that belong to
+-- its live incarnation (one removed elsewhere is counted there; one of a deleted
+-- incarnation never counted here); at zero, its five keys get the ttl together.
 -- KEYS: the shard's outbox, then five keys per thread (meta, cp, idx, blobs, writes).
 -- ARGV: group, ttl_ms (0 = none), n_threads, then per thread: thread_id, n, ids...
 local outbox, group, ttl_ms = KEYS[1], ARGV[1], tonumber(ARGV[2])
@@ -481,10 +534,12 @@ for t = 0, tonumber(ARGV[3]) - 1 do
   local removed = 0
   for k = a + 2, a + 1 + n do
     redis.call('XACK', outbox, group, ARGV[k])
-    removed = removed + redis.call('XDEL', outbox, ARGV[k])
+    if redis.call('XDEL', outbox, ARGV[k]) == 1 and ours(KEYS[first], thread_id, ARGV[k]) then
+      removed = removed + 1
+    end
   end
   a = a + 2 + n
-  if removed > 0 and redis.call('HGET', KEYS[first], 'thread_id') == thread_id then
+  if removed > 0 then
     local pending = redis.call('HINCRBY', KEYS[first], 'pending', -removed)
     if pending <= 0 then
       if pending < 0 then redis.call('HSET', KEYS[first], 'pending', '0') end
@@ -500,12 +555,16 @@ return 1
 )
 
 ALL_SCRIPTS: tuple[Script, ...] = (
-    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DUMP, FORGET, ACK,
+    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DROP, DUMP, FORGET,
+    ACK,
 )  # fmt: skip
 
 
-def store_item_args(record: CheckpointRecord | WritesRecord, payload: bytes) -> list[bytes | int]:
-    """A record as one item of STORE's arguments; ``payload`` is its outbox entry (or b"")."""
+def store_item_args(
+    record: CheckpointRecord | WritesRecord, payload: bytes, tag: bytes = b""
+) -> list[bytes | int]:
+    """A record as one item of STORE's arguments; ``payload`` is its outbox entry (or b"")
+    and ``tag`` the entry's authentication tag."""
     cp = K.cp_field(record.checkpoint_ns, record.checkpoint_id)
     if isinstance(record, CheckpointRecord):
         args: list[bytes | int] = [
@@ -521,5 +580,5 @@ def store_item_args(record: CheckpointRecord | WritesRecord, payload: bytes) -> 
             ]
     else:
         args = [b"w", cp, len(record.writes), *(K.encode_write(w) for w in record.writes)]
-    args.append(payload)
+    args += [payload, tag]
     return args
