@@ -70,6 +70,19 @@ BAD_PUTS: dict[str, tuple[Callable[[], tuple[dict, dict, dict]], type[DualSaverE
     "NUL in metadata": (lambda: (config("t"), {"x": 1}, {"k": "v\x00"}), InvalidMetadataError),
     "value over the cap": (lambda: (config("t"), _big(), {}), CheckpointTooLargeError),
     "unserializable value": (lambda: (config("t"), {"x": Unstorable()}, {}), SerializationError),
+    "lone surrogate in thread_id": (lambda: (config("a\ud800b"), {"x": 1}, {}), InvalidIdError),
+    "lone surrogate in namespace": (
+        lambda: (config("t", ns="\udc80"), {"x": 1}, {}), InvalidIdError
+    ),
+    "lone surrogate in metadata": (
+        lambda: (config("t"), {"x": 1}, {"k": "v\udfff"}), InvalidMetadataError
+    ),
+    "metadata over the cap": (
+        lambda: (config("t"), {"x": 1}, {"k": "y" * 5000}), CheckpointTooLargeError
+    ),
+    "channel and ids over one index entry": (
+        lambda: (config("t" * 800, ns="n" * 800), {"c" * 800: 1}, {}), InvalidIdError
+    ),
 }
 
 
@@ -80,7 +93,7 @@ async def test_a_bad_put_raises_and_writes_nothing_anywhere(
     make, error = BAD_PUTS[case]
     cfg, values, metadata = make()
     before = await everything(redis_url, pg_dsn, redis_prefix)
-    ckpt = checkpoint(values.get("x"), 1)
+    ckpt = checkpoint(next(iter(values.values())), 1)
     ckpt["channel_values"] = values
     with pytest.raises(error) as raised:
         await saver.aput(cfg, ckpt, {"source": "loop", **metadata}, dict.fromkeys(values, 1))
@@ -100,6 +113,42 @@ async def test_a_bad_write_raises_and_writes_nothing_anywhere(
     with pytest.raises(InvalidIdError, match="checkpoint_id"):
         await saver.aput_writes(config("other"), [("ok", 1)], "task-2")
     assert await everything(redis_url, pg_dsn, redis_prefix) == before
+
+
+async def test_writes_whose_ids_overflow_one_index_entry_are_refused_before_any_io(
+    saver: DualSaver, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    thread, ns = "t" * 790, "n" * 790
+    [parent] = await put_chain(saver, thread, 1, start=config(thread, ns=ns))
+    await saver.aflush()
+    before = await everything(redis_url, pg_dsn, redis_prefix)
+    with pytest.raises(InvalidIdError, match=r"max_key_bytes"):
+        await saver.aput_writes(parent, [("x", 1)], "k" * 800)  # four ids: 2,416 bytes
+    assert await everything(redis_url, pg_dsn, redis_prefix) == before
+
+
+SURROGATE = "a\udc80"
+"""A lone surrogate: valid in a Python ``str``, not storable as text by either store."""
+
+
+async def test_every_method_refuses_a_lone_surrogate_in_a_thread_id_before_any_io(
+    saver: DualSaver, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    before = await everything(redis_url, pg_dsn, redis_prefix)
+    calls = {
+        "get_tuple": lambda: saver.aget_tuple(config(SURROGATE)),
+        "list": lambda: anext(saver.alist(config(SURROGATE)), None),
+        "put_writes": lambda: saver.aput_writes(config(SURROGATE, "x"), [("x", 1)], "task"),
+        "delete_thread": lambda: saver.adelete_thread(SURROGATE),
+        "copy_thread from": lambda: saver.acopy_thread(SURROGATE, "other-copy"),
+        "copy_thread to": lambda: saver.acopy_thread("other", SURROGATE),
+        "prune": lambda: saver.aprune([SURROGATE]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(InvalidIdError, match="lone surrogate"):
+            await call()
+        assert await everything(redis_url, pg_dsn, redis_prefix) == before, name
+    assert await saver.aflush() == 0  # nothing was queued: the queue still flows
 
 
 async def test_a_filter_crafted_as_sql_or_a_pattern_matches_nothing(saver: DualSaver) -> None:

@@ -186,4 +186,4 @@ async def test_deleting_a_thread_in_outbox_mode_queues_a_tombstone(
         assert raw.exists(*tk.data) == 0
         last_id, fields = raw.xrange(tk.outbox)[-1]
         assert last_id.decode() == entry
-        assert fields == {b"d": b"doomed"}
+        assert fields == {b"d": b"doomed", b"m": b""}  # no key given: no tag

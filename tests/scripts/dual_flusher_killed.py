@@ -1,7 +1,7 @@
 """A flusher worker that SIGKILLs itself mid-batch: before its PostgreSQL commit, or
 after the commit and before XACK.
 
-usage: dual_flusher_killed.py REDIS_URL POSTGRES_URL before_commit|after_commit
+usage: dual_flusher_killed.py REDIS_URL POSTGRES_URL before_commit|after_commit [PREFIX]
 """
 
 import asyncio
@@ -13,6 +13,7 @@ from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.flusher import Flusher
 
 redis_url, postgres_url, kill_point = sys.argv[1:4]
+prefix = sys.argv[4] if len(sys.argv) > 4 else "dualsaver"
 
 
 def die() -> None:
@@ -25,15 +26,17 @@ class DyingFlusher(Flusher):
 
 
 async def main() -> None:
-    async with DualSaver.from_conn_string(redis_url, postgres_url, background_flush=False) as saver:
+    async with DualSaver.from_conn_string(
+        redis_url, postgres_url, prefix=prefix, background_flush=False
+    ) as saver:
         if kill_point == "before_commit":
-            write_batch = saver.durable.awrite_batch
+            write_batch = saver.durable.awrite_guarded
 
-            async def dying_write(records, seqs=None):
+            async def dying_write(records, seqs, **options):
                 die()
-                return await write_batch(records, seqs)
+                return await write_batch(records, seqs, **options)
 
-            saver.durable.awrite_batch = dying_write
+            saver.durable.awrite_guarded = dying_write
         await DyingFlusher(saver.hot, saver.durable).run_once()
     sys.exit("the flusher should have been killed")
 
