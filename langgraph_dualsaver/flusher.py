@@ -54,6 +54,10 @@ class FlushSettings:
     batch_bytes: int = 16 * 1024 * 1024
     """Most record bytes written to PostgreSQL in one transaction (a larger record goes
     alone), so one large value never holds up the entries behind it."""
+    linger: timedelta = timedelta(milliseconds=5)
+    """How long a woken background flusher waits for more writes before its pass, so a
+    pass carries many entries, not one per put (each pass costs a read of every shard,
+    a PostgreSQL round trip and an acknowledgement, whatever it carries)."""
     dead_letter_cap: int = DEAD_LETTER_CAP
     """Most dead letters per shard; past it an entry stays queued (and is logged)
     rather than dropping an older letter."""
@@ -109,7 +113,8 @@ class Flusher:
         self.refused = 0
         """Records a tombstone refused: written before their thread was deleted."""
         self.failed_passes = 0
-        self._attempts: Counter[str] = Counter()
+        self._attempts: Counter[tuple[str, str]] = Counter()
+        """Failed attempts per ``(stream, entry id)``: ids repeat across shard streams."""
         self._own_pending = True  # a new consumer holds nothing, but one look is cheap
         self._next_claim = 0.0
 
@@ -201,6 +206,7 @@ class Flusher:
     async def run_forever(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
         """Flush until ``stop`` is set; a store outage is logged and retried."""
         interval = self.settings.interval.total_seconds()
+        linger = self.settings.linger.total_seconds()
         down = False
         while not stop.is_set() and not _cancel_requested():
             try:
@@ -219,11 +225,15 @@ class Flusher:
                 logger.exception("flusher %s: pass failed; retrying", self.consumer)
                 self.failed_passes += 1
                 moved = 0
-            if moved:
+            if moved >= self.settings.batch:
+                continue  # a full batch: more is likely waiting
+            if moved and wake is None:  # a worker: nobody wakes it, writes keep coming
+                await _pause(stop, linger)
                 continue
             await _pause(wake if wake is not None else stop, interval)
-            if wake is not None:
+            if wake is not None and wake.is_set():
                 wake.clear()
+                await _pause(stop, linger)  # let the writes that follow join the batch
 
     # -- internals --------------------------------------------------------------------
 
@@ -278,12 +288,14 @@ class Flusher:
     async def _failed(self, outbox: Outbox, entry: Entry, exc: Exception) -> int:
         """An entry PostgreSQL rejected or could not take in time: retried from this
         consumer's pending list, dead-lettered after ``max_deliveries`` attempts."""
-        self._attempts[entry.id] += 1
+        attempts = self._attempts[entry.stream, entry.id] = (
+            self._attempts[entry.stream, entry.id] + 1
+        )
         self._own_pending = True
-        if self._attempts[entry.id] < self.settings.max_deliveries:
+        if attempts < self.settings.max_deliveries:
             logger.warning("outbox entry %s failed (%s); it will be retried", entry.id, exc)
             return 0
-        reason = f"failed {self._attempts[entry.id]} times: {exc}"
+        reason = f"failed {attempts} times: {exc}"
         return await self._dead_letter(outbox, [entry], reason)
 
     async def _settle_refused(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
@@ -332,7 +344,7 @@ class Flusher:
         self.dead_lettered += count
         for entry, gone in zip(entries, moved, strict=True):
             if gone:
-                self._attempts.pop(entry.id, None)
+                self._attempts.pop((entry.stream, entry.id), None)
         return count
 
     async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
@@ -348,7 +360,7 @@ class Flusher:
         )
         self.flushed += len(entries)
         for entry in entries:
-            self._attempts.pop(entry.id, None)
+            self._attempts.pop((entry.stream, entry.id), None)
 
 
 def _size(entry: Entry) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
 from langgraph_dualsaver.keys import stream_seq, text
@@ -240,6 +241,12 @@ class Outbox:
         return entries
 
     async def _read(self, start: str, count: int) -> list:
+        """Every stream's next entries: one XREADGROUP naming all of them on one server
+        (profiled: a pipeline of one per shard was 5 % of a write_behind step's CPU),
+        one per stream on a cluster, where the streams live on several nodes."""
+        if not isinstance(self.client, RedisCluster):
+            streams = dict.fromkeys(self.streams, start)
+            return [await self.client.xreadgroup(GROUP, self.consumer, streams, count=count)]
         async with self.client.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=count)

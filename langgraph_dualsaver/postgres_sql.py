@@ -26,7 +26,7 @@ from langgraph_dualsaver.errors import ConfigurationError, InvalidMetadataError
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
-    decode_checkpoint,
+    record_versions,
     version_key,
 )
 
@@ -854,7 +854,7 @@ def batch_params(
         thread_id, ns = record.thread_id, record.checkpoint_ns
         touched: list[tuple[Any, ...]] = []
         if isinstance(record, CheckpointRecord):
-            versions = decode_checkpoint(record.checkpoint, {}).get("channel_versions") or {}
+            versions = record_versions(record)
             versions_json = json.dumps(
                 {channel: version_key(v) for channel, v in versions.items()},
                 ensure_ascii=False,

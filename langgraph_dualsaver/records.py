@@ -64,6 +64,7 @@ __all__ = [
     "next_version",
     "pack_record",
     "prune_arguments",
+    "record_versions",
     "resolve_writes",
     "saved_config",
     "unpack_record",
@@ -430,6 +431,9 @@ class CheckpointRecord:
     checkpoint: bytes
     metadata: bytes
     blobs: tuple[BlobRecord, ...] = field(default=())
+    channel_versions: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The checkpoint's ``channel_versions`` when known (a record built by ``put``), so
+    neither tier unpacks ``checkpoint`` again to find them; see ``record_versions``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +444,14 @@ class WritesRecord:
     checkpoint_ns: str
     checkpoint_id: str
     writes: tuple[WriteRecord, ...]
+
+
+def record_versions(record: CheckpointRecord) -> Mapping[str, Any]:
+    """A checkpoint record's ``channel_versions``: carried, or read from its bytes."""
+    if record.channel_versions is not None:
+        return record.channel_versions
+    body = msgpack.unpackb(record.checkpoint, raw=False, strict_map_key=False)
+    return body.get("channel_versions") or {}
 
 
 _KIND_CHECKPOINT = 1
@@ -524,6 +536,7 @@ def checkpoint_record(
         checkpoint=encode_checkpoint(checkpoint),
         metadata=encode_metadata(config, metadata, limits),
         blobs=tuple(blobs),
+        channel_versions=checkpoint.get("channel_versions") or {},
     )
 
 

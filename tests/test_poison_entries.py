@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from langgraph_dualsaver import DualSaver, Limits
+from langgraph_dualsaver import DualSaver, Limits, PostgresDurableSaver, RedisHotSaver
 from langgraph_dualsaver.flusher import Flusher, FlushSettings, _by_bytes
 from langgraph_dualsaver.outbox import Entry
 from langgraph_dualsaver.settings import Timeouts
@@ -147,13 +147,14 @@ async def test_a_value_postgres_cannot_take_in_time_is_retried_then_dead_lettere
 async def test_a_large_value_under_the_cap_is_flushed_within_its_own_time_budget(
     redis_url: str, pg_dsn: str, redis_prefix: str
 ) -> None:
-    """48 MiB with a 0.5 s command timeout: the flush gets the timeout plus the bytes at
-    the slowest acceptable rate, so a large value is not mistaken for an outage."""
+    """48 MiB with a 0.5 s PostgreSQL command timeout: the flush gets the timeout plus
+    the bytes at the slowest acceptable rate, so a large value is not mistaken for an
+    outage. (Redis keeps its default timeout: this is about the flush.)"""
     big, small = f"big-{uuid.uuid4()}", f"small-{uuid.uuid4()}"
     quick = Timeouts(command=timedelta(milliseconds=500))
-    async with DualSaver.from_conn_string(
-        redis_url, pg_dsn, prefix=redis_prefix, background_flush=False, timeouts=quick
-    ) as saver:
+    hot = RedisHotSaver(url=redis_url, prefix=redis_prefix, outbox=True)
+    durable = PostgresDurableSaver(dsn=pg_dsn, timeouts=quick)
+    async with DualSaver(hot, durable, background_flush=False) as saver:
         await saver.asetup()
         value = secrets.token_bytes(48 * 1024 * 1024)
         [saved_big] = [await saver.aput(config(big), checkpoint(value, 1), {}, {"x": 1})]

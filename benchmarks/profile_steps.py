@@ -1,0 +1,142 @@
+"""Where a graph step's time goes, per saver: a pyinstrument profile of the case_8842
+graph, and the CPU one step costs in the client, in Valkey and in PostgreSQL.
+
+usage: python benchmarks/profile_steps.py [--invokes 150] [--concurrency 16]
+                                          [--savers postgres,dual_write_behind,...]
+
+Writes ``benchmarks/results/profiles/<saver>.html`` (open in a browser: the call tree)
+and ``benchmarks/results/profiles/cpu.json`` / ``cpu.md`` (CPU ms per step). The
+servers are the benchmark's (embedded, or ``DUALSAVER_*_URL``); server CPU is read from
+``/proc`` for the embedded ones (every process of the server, PostgreSQL's backends too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyinstrument import Profiler  # noqa: E402
+
+from benchmarks.env import Servers, bench_servers  # noqa: E402
+from benchmarks.savers import SAVERS, open_saver  # noqa: E402
+from benchmarks.workloads import case_graph, new_thread, thread_config  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "profiles"
+DEFAULT_SAVERS = "postgres,redis,dual_write_behind,dual_write_through,official_postgres"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it (PostgreSQL's backends are the postmaster's)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0
+    for root in pids:
+        for pid in _tree(root):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+    return total / _TICK
+
+
+async def _run(graph: Any, case: Any, invokes: int, concurrency: int) -> None:
+    async def worker(index: int) -> None:
+        config = thread_config(new_thread(f"profile-{index}"))
+        for _ in range(max(1, invokes // concurrency)):
+            await graph.ainvoke(case.new_input(), config)
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+
+
+async def _profile(spec: Any, servers: Servers, invokes: int, concurrency: int) -> dict:
+    case = case_graph()
+    async with open_saver(spec, servers) as handle:
+        graph = case.build(handle.saver)
+        await _run(graph, case, concurrency, concurrency)  # warm up: connections, scripts
+        await handle.settle()
+        server_pids = servers.pids
+        client0, servers0, wall0 = time.process_time(), _cpu_s(server_pids), time.perf_counter()
+        profiler = Profiler(async_mode="enabled")
+        profiler.start()
+        await _run(graph, case, invokes, concurrency)
+        await handle.settle()  # durable-inclusive: the outbox drained
+        profiler.stop()
+        wall = time.perf_counter() - wall0
+        client, server = time.process_time() - client0, _cpu_s(server_pids) - servers0
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"{spec.name}.html").write_text(profiler.output_html())
+        (OUT / f"{spec.name}.txt").write_text(profiler.output_text(unicode=False, color=False))
+    steps = max(1, invokes // concurrency) * concurrency * case.steps_per_invoke
+    return {
+        "saver": spec.name,
+        "label": spec.label,
+        "steps": steps,
+        "steps_per_s": steps / wall,
+        "client_cpu_ms_per_step": 1000 * client / steps,
+        "server_cpu_ms_per_step": 1000 * server / steps,
+    }
+
+
+def _markdown(rows: list[dict], invokes: int, concurrency: int) -> str:
+    lines = [
+        f"CPU per graph step, case_8842, {invokes} invokes at concurrency {concurrency}, "
+        "profiled (pyinstrument adds client overhead: compare rows, not with the benchmark).",
+        "",
+        "| saver | steps/s | client CPU ms/step | servers CPU ms/step | total ms/step |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        total = row["client_cpu_ms_per_step"] + row["server_cpu_ms_per_step"]
+        lines.append(
+            f"| {row['label']} | {row['steps_per_s']:.0f} | "
+            f"{row['client_cpu_ms_per_step']:.2f} | {row['server_cpu_ms_per_step']:.2f} | "
+            f"{total:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--invokes", type=int, default=150)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--savers", default=DEFAULT_SAVERS)
+    args = parser.parse_args()
+    wanted = args.savers.split(",")
+    specs = [spec for spec in SAVERS if spec.name in wanted]
+    rows = []
+    with bench_servers() as servers:
+        for spec in specs:
+            rows.append(asyncio.run(_profile(spec, servers, args.invokes, args.concurrency)))
+            print(json.dumps(rows[-1]))
+    (OUT / "cpu.json").write_text(json.dumps(rows, indent=2))
+    (OUT / "cpu.md").write_text(_markdown(rows, args.invokes, args.concurrency))
+    print(_markdown(rows, args.invokes, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
