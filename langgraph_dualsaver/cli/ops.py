@@ -8,7 +8,7 @@ import signal
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -37,6 +37,10 @@ from langgraph_dualsaver.cli.session import (
 from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError
 from langgraph_dualsaver.redact import redact
+
+if TYPE_CHECKING:
+    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.metrics import PrometheusEndpoint
 
 __all__ = ["delete", "flush", "prune", "setup", "status", "up"]
 
@@ -312,14 +316,30 @@ def flush(
         float, typer.Option(min=0.1, help="Seconds to wait for the outbox to drain (once).")
     ] = 30.0,
     as_json: Json = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            show_default=False,
+            help="With --follow: serve Prometheus metrics (outbox gauges, flush counters "
+            "and latency) at http://HOST:PORT/metrics. Needs the 'metrics' extra.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on.")
+    ] = "0.0.0.0",
 ) -> None:
     """Move the outbox to PostgreSQL: drain it once, or run as a flusher worker.
 
     Any number of workers can run at once (one consumer group); entries a dead
     worker held are reclaimed.
 
-    Example: dualsaver flush --follow
+    Example: dualsaver flush --follow --metrics-port 9464
     """
+    if metrics_port is not None and not follow:
+        raise typer.BadParameter("needs --follow", param_hint="--metrics-port")
     target = target_of(ctx)
 
     async def once() -> dict[str, Any]:
@@ -334,14 +354,19 @@ def flush(
             loop = asyncio.get_running_loop()
             for sig in _STOP_SIGNALS:
                 loop.add_signal_handler(sig, stop.set)
+            endpoint = _serve_metrics(saver, metrics_port, metrics_host)
             try:
                 if not as_json:
+                    serving = f"; metrics at {endpoint.url}" if endpoint else ""
                     typer.echo(
                         f"flushing the outbox of prefix {target.prefix!r} as consumer "
-                        f"{flusher.consumer}; Ctrl-C or SIGTERM stops after the current batch"
+                        f"{flusher.consumer}; Ctrl-C or SIGTERM stops after the current "
+                        f"batch{serving}"
                     )
                 await flusher.run_forever(stop)
             finally:
+                if endpoint is not None:
+                    endpoint.close()
                 for sig in _STOP_SIGNALS:
                     loop.remove_signal_handler(sig)
             return {
@@ -359,6 +384,20 @@ def flush(
         typer.echo(
             f"flushed {result['flushed']} entries; {result['outbox_length']} left in the outbox"
         )
+
+
+def _serve_metrics(saver: DualSaver, port: int | None, host: str) -> PrometheusEndpoint | None:
+    """The worker's Prometheus endpoint, reporting its saver's outbox and flushes."""
+    if port is None:
+        return None
+    from langgraph_dualsaver import metrics
+
+    try:
+        endpoint = metrics.serve_prometheus(port, host)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+    metrics.watch(saver)
+    return endpoint
 
 
 # -- prune and delete -------------------------------------------------------------------
