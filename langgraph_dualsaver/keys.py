@@ -4,7 +4,8 @@ Every key of a thread carries the hash tag of the thread's *shard*, not of the t
 so a thread's keys and its shard's outbox stream live in one Redis Cluster slot and
 one Lua script can write them all atomically::
 
-    <prefix>:threads                                  ZSET  registry: thread_id -> last write (s)
+    <prefix>:{<prefix>:s<shard>}:threads              ZSET  registry: thread_id -> last write (s)
+    <prefix>:threads                                  ZSET  the registry of earlier versions
     <prefix>:server                                   STRING  run_id the data is good on
     <prefix>:{<prefix>:s<shard>}:server               STRING  the same, per shard (Cluster)
     <prefix>:{<prefix>:threads}:server                STRING  the same, registry's slot (Cluster)
@@ -95,6 +96,7 @@ __all__ = [
     "registry_key",
     "shard_base",
     "shard_of",
+    "shard_registry_key",
     "shard_tag",
     "split_blob_field",
     "split_cp_field",
@@ -170,7 +172,14 @@ def dead_letter_key(prefix: str, shard: int) -> str:
 
 
 def registry_key(prefix: str) -> str:
+    """The one registry of earlier versions (read, then emptied, by ``list(None)``)."""
     return f"{prefix}:threads"
+
+
+def shard_registry_key(prefix: str, shard: int) -> str:
+    """A shard's registry of threads: in the shard's slot, so the script that writes a
+    thread registers it too (one round trip per put)."""
+    return f"{shard_base(prefix, shard)}:threads"
 
 
 def server_key(prefix: str) -> str:
@@ -189,7 +198,7 @@ def cluster_server_keys(prefix: str, shards: int) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
-    """The keys of one thread, in the order every Lua script takes them (KEYS[1..6])."""
+    """The keys of one thread, in the order every Lua script takes them (KEYS[1..7])."""
 
     meta: str
     cp: str
@@ -197,6 +206,7 @@ class ThreadKeys:
     blobs: str
     writes: str
     outbox: str
+    registry: str
     shard: int
 
     @property
@@ -206,11 +216,13 @@ class ThreadKeys:
 
     @property
     def all(self) -> list[str]:
-        """The thread's keys and its shard's outbox stream."""
-        return [*self.data, self.outbox]
+        """The thread's keys, its shard's outbox stream and its shard's registry."""
+        return [*self.data, self.outbox, self.registry]
 
 
+@functools.lru_cache(maxsize=8192)
 def thread_keys(prefix: str, shards: int, thread_id: str) -> ThreadKeys:
+    """Cached: a put names its thread's keys several times, each a sha256 otherwise."""
     digest = thread_digest(thread_id)
     shard = int(digest[:8], 16) % shards
     base = f"{shard_base(prefix, shard)}:{digest}"
@@ -221,6 +233,7 @@ def thread_keys(prefix: str, shards: int, thread_id: str) -> ThreadKeys:
         blobs=f"{base}:blobs",
         writes=f"{base}:writes",
         outbox=outbox_key(prefix, shard),
+        registry=shard_registry_key(prefix, shard),
         shard=shard,
     )
 
@@ -258,7 +271,10 @@ def split_cp_field(field: bytes) -> tuple[str, str]:
     return ns.decode("utf-8", "surrogatepass"), rest.decode("utf-8", "surrogatepass")
 
 
+@functools.lru_cache(maxsize=65536)
 def blob_field(checkpoint_ns: str, channel: str, version: str) -> bytes:
+    """Cached: every put names the blob of every channel, and most channels keep their
+    version from one step to the next."""
     return _lp_text(checkpoint_ns) + _lp_text(channel) + utf8(version)
 
 

@@ -313,9 +313,10 @@ class RedisHotSaver(AsyncFirstSaver):
             return shard.removesuffix(":outbox") + ":dead"
         return K.dead_letter_key(self.prefix, shard)
 
-    @property
-    def registry_key(self) -> str:
-        return K.registry_key(self.prefix)
+    def registry_keys(self) -> list[str]:
+        """Every shard's registry of threads, then the single one of earlier versions."""
+        shards = [K.shard_registry_key(self.prefix, shard) for shard in range(self.shards)]
+        return [*shards, K.registry_key(self.prefix)]
 
     # -- setup --------------------------------------------------------------------
 
@@ -513,19 +514,11 @@ class RedisHotSaver(AsyncFirstSaver):
         if not records:
             return []
         tk = self.thread_keys(thread_id)
-        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, len(records)]
+        now = time.time()
+        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
             args += S.store_item_args(record, *self._outbox_fields(record, enqueue))
-        client = await self.aclient()
-        if not any(isinstance(r, CheckpointRecord) for r in records):
-            ids = await self._eval(client, S.STORE, tk.all, args)
-        else:  # the registry is in another slot: same round trip, outside the script
-
-            def build(pipe: Any) -> None:
-                S.STORE.queue(pipe, tk.all, args)
-                pipe.zadd(self.registry_key, {K.utf8(thread_id): time.time()})
-
-            ids = (await self._pipeline(client, build))[0]
+        ids = await self._eval(await self.aclient(), S.STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
         return [K.text(i) for i in ids]
@@ -692,7 +685,8 @@ class RedisHotSaver(AsyncFirstSaver):
         args = [K.utf8(thread_id), K.stream_id(born_by)]
         if await self._eval(await self.aclient(), S.DROP, keys, args):
             with self._errors():
-                await (await self.aclient()).zrem(self.registry_key, K.utf8(thread_id))
+                registry = self.thread_keys(thread_id).registry
+                await (await self.aclient()).zrem(registry, K.utf8(thread_id))
 
     async def aqueued_in_live_thread(self, thread_id: str, entry_id: str) -> bool:
         """Whether outbox entry ``entry_id`` belongs to the thread's live hot copy (it

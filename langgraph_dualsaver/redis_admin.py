@@ -83,10 +83,9 @@ async def delete_threads(
                     tag = _tombstone_tag(saver, entry_id, thread_id) if tombstone else b""
                     args = [K.utf8(thread_id), int(tombstone), entry_id, tag]
                     S.DELETE.queue(pipe, saver.thread_keys(thread_id).all, args)
-                    pipe.zrem(saver.registry_key, K.utf8(thread_id))
 
             replies = await saver._pipeline(client, build)
-            for thread_id, reply in zip(chunk, replies[::2], strict=True):
+            for thread_id, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, list):  # ['retry', last id]: sign a later one
                     stream = saver.thread_keys(thread_id).outbox
                     floor[stream] = max(floor.get(stream, 0), K.stream_seq(reply[1]) >> 20) + 1
@@ -131,10 +130,14 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
                 S.EVICT.queue(pipe, keys, [K.utf8(thread_id)])
 
         dropped = await saver._pipeline(client, build)
-        gone = [K.utf8(t) for t, n in zip(chunk, dropped, strict=True) if n]
+        gone = [t for t, n in zip(chunk, dropped, strict=True) if n]
+
+        def unregister(pipe: Any, gone: list[str] = gone) -> None:
+            for thread_id in gone:
+                pipe.zrem(saver.thread_keys(thread_id).registry, K.utf8(thread_id))
+
         if gone:
-            with saver._errors():
-                await client.zrem(saver.registry_key, *gone)
+            await saver._pipeline(client, unregister)
 
 
 async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from langgraph_dualsaver.records import validate_id
 if TYPE_CHECKING:
     from langgraph_dualsaver.redis import Client, RedisHotSaver
 
-__all__ = ["BATCH", "list_checkpoints", "registered_threads"]
+__all__ = ["BATCH", "list_checkpoints", "registered_threads", "registry_members"]
 
 BATCH = 100
 """Threads per pipeline."""
@@ -166,11 +166,41 @@ async def _candidates(
 async def registered_threads(saver: RedisHotSaver) -> list[str]:
     """Every registered thread. Members whose thread is gone (expired) are forgotten
     here, lazily, and only once their last write is ``REGISTRY_GRACE_S`` old."""
+    members = await registry_members(saver)
+    stale = [(t, s) for t, s in members if s < time.time() - K.REGISTRY_GRACE_S]
+    gone = await _forget_expired(saver, stale)
+    return [t for t, _ in members if t not in gone]
+
+
+async def registry_members(saver: RedisHotSaver) -> list[tuple[str, float]]:
+    """``(thread_id, last write time)`` of every registered thread, most recent first,
+    from every shard's registry. Members of the single registry of earlier versions are
+    moved to their shards' registries on the way."""
     client = await saver.aclient()
-    with saver._errors():
-        members = await client.zrange(saver.registry_key, 0, -1, withscores=True)
-    threads = [(member.decode("utf-8", "surrogatepass"), score) for member, score in members]
-    stale = [(t, s) for t, s in threads if s < time.time() - K.REGISTRY_GRACE_S]
+    keys = saver.registry_keys()
+    replies = await saver._pipeline(
+        client, lambda p: [p.zrange(key, 0, -1, withscores=True) for key in keys]
+    )
+    members = {m.decode("utf-8", "surrogatepass"): s for reply in replies for m, s in reply}
+    if replies[-1]:
+        await _move_legacy_members(saver, client, replies[-1], keys[-1])
+    return sorted(members.items(), key=lambda item: item[1], reverse=True)
+
+
+async def _move_legacy_members(
+    saver: RedisHotSaver, client: Client, members: list[tuple[bytes, float]], legacy: str
+) -> None:
+    def build(pipe: Any) -> None:
+        for member, score in members:
+            thread_id = member.decode("utf-8", "surrogatepass")
+            pipe.zadd(saver.thread_keys(thread_id).registry, {member: score}, gt=True)
+            pipe.zrem(legacy, member)
+
+    await saver._pipeline(client, build)
+
+
+async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) -> set[str]:
+    client = await saver.aclient()
     gone: set[str] = set()
     for chunk in K.chunks(stale, BATCH):
         exists = await saver._pipeline(
@@ -180,8 +210,8 @@ async def registered_threads(saver: RedisHotSaver) -> list[str]:
             if not alive:
                 gone.add(tid)
                 args = [K.utf8(tid), repr(score)]
-                await saver._eval(client, S.FORGET, [saver.registry_key], args)
-    return [t for t, _ in threads if t not in gone]
+                await saver._eval(client, S.FORGET, [saver.thread_keys(tid).registry], args)
+    return gone
 
 
 async def _load_batch(

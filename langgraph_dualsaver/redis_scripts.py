@@ -1,7 +1,8 @@
 """The hot tier's Lua scripts, one named constant each, loaded once by ``asetup()``.
 
 Every thread script takes the thread's keys in ``keys.ThreadKeys`` order
-(``KEYS[1..5]`` = meta, cp, idx, blobs, writes; ``KEYS[6]`` = the shard's outbox) and
+(``KEYS[1..5]`` = meta, cp, idx, blobs, writes; ``KEYS[6]`` = the shard's outbox;
+``KEYS[7]`` = the shard's registry) and
 the thread_id as ``ARGV[1]``, which must match the one stored in meta (the keys are
 named by its digest). They use only what plain Redis >= 6.2 and Valkey >= 7.2 ship:
 ``cmsgpack`` reads stored checkpoints (``keys.encode_stored_checkpoint``).
@@ -194,7 +195,8 @@ def _script(name: str, body: str) -> Script:
 STORE = _script(
     "store",
     r"""
--- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), cap, n_items, items...
+-- KEYS[7]: the shard's registry; a thread with a checkpoint is (re)scored there at now.
+-- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), cap, now (s), n_items, items...
 --   checkpoint: 'c', cp_field, stored, n_blobs, (blob_field, blob)*n_blobs, payload, tag
 --   writes:     'w', cp_field, n_writes, write*n_writes, payload, tag
 -- With enqueue, each item's payload is XADDed to the outbox (field 'r', its tag 'm')
@@ -216,8 +218,8 @@ elseif not intact(m) then
   redis.call('HDEL', META, 'c', 'b', 'w')
 end
 local flags, ids = {}, {}
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
   local kind, field = ARGV[i], ARGV[i + 1]
   if kind == 'c' then
     redis.call('HSET', CP, field, ARGV[i + 2])
@@ -246,6 +248,7 @@ for _ = 1, tonumber(ARGV[5]) do
   i = i + 2
 end
 if #ids > 0 then redis.call('HSETNX', META, 'since', ids[1]) end
+if flags.c then redis.call('ZADD', KEYS[7], ARGV[5], thread_id) end
 for flag in pairs(flags) do redis.call('HSET', META, flag, '1') end
 local pending
 if enqueue and #ids > 0 then
@@ -369,7 +372,8 @@ return {'ok', steps, false}
 DELETE = _script(
     "delete",
     r"""
--- ARGV: thread_id, enqueue, entry_id, tag. Deletes the thread; with enqueue, first XADDs
+-- ARGV: thread_id, enqueue, entry_id, tag. Deletes the thread (and its registration in
+-- KEYS[7]); with enqueue, first XADDs
 -- a tombstone (field 'd' = thread_id, 'm' = tag) at exactly entry_id, whose tag signs
 -- that id, and returns it. An entry_id at or below the stream's last id deletes
 -- nothing and returns {'retry', last id}: the caller signs a later one.
@@ -384,9 +388,11 @@ if ARGV[2] == '1' then
     return redis.error_reply(tostring(id))
   end
   redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+  redis.call('ZREM', KEYS[7], ARGV[1])
   return id
 end
 redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
+redis.call('ZREM', KEYS[7], ARGV[1])
 return false
 """,
 )

@@ -197,10 +197,24 @@ async def test_list_pages_through_a_long_namespace(saver: RedisHotSaver) -> None
 async def test_list_forgets_registered_threads_that_expired(saver: RedisHotSaver, raw: Any) -> None:
     await put(saver, "alive", {}, {}, {})
     old = time.time() - K.REGISTRY_GRACE_S - 1
-    raw.zadd(saver.registry_key, {"expired": old, "just-created": time.time()})
+    raw.zadd(saver.thread_keys("expired").registry, {"expired": old})
+    raw.zadd(saver.thread_keys("just-created").registry, {"just-created": time.time()})
     assert [t.config["configurable"]["thread_id"] async for t in saver.alist(None)] == ["alive"]
-    members = {m.decode() for m in raw.zrange(saver.registry_key, 0, -1)}
+    members = {m.decode() for key in saver.registry_keys() for m in raw.zrange(key, 0, -1)}
     assert members == {"alive", "just-created"}  # a fresh member is kept: its write may follow
+
+
+async def test_threads_registered_by_an_earlier_version_are_listed_and_moved(
+    saver: RedisHotSaver, raw: Any
+) -> None:
+    await put(saver, "old", {}, {}, {})
+    tk = saver.thread_keys("old")
+    raw.zrem(tk.registry, "old")
+    legacy = K.registry_key(saver.prefix)
+    raw.zadd(legacy, {"old": time.time()})  # where an earlier version registered it
+    assert [t.config["configurable"]["thread_id"] async for t in saver.alist(None)] == ["old"]
+    assert raw.zrange(legacy, 0, -1) == []
+    assert raw.zrange(tk.registry, 0, -1) == [b"old"]
 
 
 # -- DeltaChannel ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from langgraph_dualsaver.redis_list import registry_members
+
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import CheckpointTuple
 
@@ -36,13 +38,12 @@ class ThreadRow:
 async def hot_thread_ids(saver: DualSaver) -> list[str]:
     """Threads that have keys in Redis, most recently written first.
 
-    Read from the registry ``<prefix>:threads``; members whose keys expired are left
-    out (the hot tier forgets them lazily).
+    Read from the shards' registries; members whose keys expired are left out (the hot
+    tier forgets them lazily).
     """
     hot = saver.hot
     client = await hot.aclient()
-    members = await client.zrevrange(hot.registry_key, 0, -1)
-    ids = [m.decode("utf-8", "surrogatepass") for m in members]
+    ids = [thread_id for thread_id, _ in await registry_members(hot)]
     live = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
