@@ -439,9 +439,7 @@ class DualSaver(AsyncFirstSaver):
     async def aflush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
         """Force the outbox through to PostgreSQL; returns the entries this call moved."""
         await self._key()
-        moved = await self.flusher.drain(timeout)
-        self._counters.flushed += moved
-        return moved
+        return await self.flusher.drain(timeout)  # counted in flusher.flushed
 
     def flush(self, timeout: timedelta = timedelta(seconds=30)) -> int:
         return self._sync(self.aflush(timeout))

@@ -284,3 +284,9 @@ async def test_a_raw_client_sees_the_tag_on_every_entry(saver: DualSaver, redis_
     finally:
         await client.aclose()
     assert set(fields) == {b"r", b"m"} and len(fields[b"m"]) == 16
+
+
+async def test_stats_count_each_flushed_entry_once(saver: DualSaver) -> None:
+    await put_chain(saver, f"count-{uuid.uuid4()}", 3)
+    assert await saver.aflush() == 3
+    assert (await saver.astats()).flushed == 3
