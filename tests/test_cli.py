@@ -227,6 +227,32 @@ def test_history_lists_the_chain_newest_first_with_nodes_and_the_fork(cases: Cas
     assert "1 fork point(s)" in table.stdout
 
 
+def test_history_tree_hangs_the_update_state_branch_under_the_fork_point(cases: Cases):
+    result = invoke(cases.store, "history", cases.fork, "--tree")
+    assert result.exit_code == 0, result.output
+    rows = data(invoke(cases.store, "history", cases.fork, "--json"))
+    out = result.stdout.splitlines()
+    ids = [r["checkpoint_id"] for r in rows]
+    lines = {cid: next(x for x in out if cid[-12:] in x) for cid in ids}
+    printed = sorted(lines, key=lambda cid: out.index(lines[cid]))
+    assert printed == sorted(lines)  # oldest first: the original branch, then the fork's
+    update = next(r["checkpoint_id"] for r in rows if r["source"] == "update")
+    assert lines[cases.fork_point].lstrip().startswith("\u25c6")  # ◆
+    assert "2 children" in lines[cases.fork_point]
+    assert lines[cases.original_end].lstrip().startswith("\u2502 \u25cf")  # │ ●
+    assert lines[update].lstrip().startswith("\u2514\u2500\u270e")  # └─✎
+    assert "sets policy" in lines[update] and "policy_agent" in lines[update]
+    assert lines[cases.forked_end].lstrip().startswith("\u25cf")  # ● under the ✎
+    assert lines[cases.forked_end].rstrip().endswith("latest")
+    assert "fork point: more than one checkpoint continues from it" in result.stdout
+
+
+def test_history_tree_and_json_together_say_what_json_gives_instead(cases: Cases):
+    result = invoke(cases.store, "history", cases.fork, "--tree", "--json")
+    assert result.exit_code == 1
+    assert "--json gives each checkpoint's parent_id" in result.stderr
+
+
 def test_history_of_an_unknown_namespace_says_so(cases: Cases):
     result = invoke(cases.store, "history", cases.review, "--ns", "nope:1")
     assert result.exit_code == 1

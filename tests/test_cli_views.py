@@ -15,8 +15,10 @@ from langgraph.types import Send
 from langgraph_dualsaver.audit import AuditEntry
 from langgraph_dualsaver.cli.probe import PostgresFacts, RedisFacts, redact, warnings_for
 from langgraph_dualsaver.cli.views import (
+    HistoryRow,
     diff_values,
     history_rows,
+    history_tree,
     next_nodes,
     nodes_by_checkpoint,
     parse_filter,
@@ -53,13 +55,14 @@ def item(
     *,
     step: int,
     source: str = "loop",
+    versions: dict[str, Any] | None = None,
 ) -> CheckpointTuple:
     def config(cid: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": cid}}
 
     return CheckpointTuple(
         config=config(checkpoint_id),
-        checkpoint=checkpoint(seen=seen),
+        checkpoint=checkpoint(versions=versions, seen=seen),
         metadata={"source": source, "step": step},
         parent_config=config(parent) if parent else None,
         pending_writes=[],
@@ -160,6 +163,19 @@ def test_history_falls_back_to_the_writers_on_the_parent():
     assert rows["c1"].nodes == ()  # its parent is gone (pruned): unknown
 
 
+def test_history_says_which_state_channels_an_update_changed_when_no_node_is_named():
+    seen = {"billing_agent": {"branch:to:billing_agent": v(1)}}
+    before = {"billing": v(2), "policy": v(1), "branch:to:policy_agent": v(2)}
+    after = {**before, "billing": v(4), "branch:to:policy_agent": v(4), "__start__": v(4)}
+    items = [item("c1", None, seen, step=2, versions=before),
+             item("c2", "c1", seen, step=3, source="update", versions=after),
+             item("c3", "c1", seen, step=3, versions={**before, "policy": v(3)})]  # fmt: skip
+    rows = {r.checkpoint_id: r for r in history_rows(items)}
+    assert rows["c2"].nodes == () and rows["c2"].changed == ("billing",)
+    assert rows["c3"].changed == ("policy",)
+    assert rows["c1"].changed == ()  # no parent to compare with
+
+
 def test_nodes_by_checkpoint_keeps_first_write_order_and_skips_nameless_writers():
     def entry(cp: str, node: str | None) -> AuditEntry:
         return AuditEntry(1, "", cp, "t", "", node, "ch", "", datetime.now(timezone.utc))
@@ -167,6 +183,62 @@ def test_nodes_by_checkpoint_keeps_first_write_order_and_skips_nameless_writers(
     found = nodes_by_checkpoint([entry("c1", "b"), entry("c1", "a"), entry("c1", "b"),
                                  entry("c1", None), entry("c2", "x")])  # fmt: skip
     assert found == {"c1": ("b", "a"), "c2": ("x",)}
+
+
+# -- history as a tree -----------------------------------------------------------------
+
+
+def chain(*links: tuple[str, str | None, str]) -> list[HistoryRow]:
+    """Rows from (id, parent, source) triples, children counted as history_rows does."""
+    parents = [parent for _, parent, _ in links]
+    return [
+        HistoryRow(cid, "", None, source, (), parent, parents.count(cid), None)
+        for cid, parent, source in links
+    ]
+
+
+def tree_of(rows: list[HistoryRow]) -> list[tuple[str, str, int, int]]:
+    return [(t.row.checkpoint_id, t.art, t.lane, t.depth) for t in history_tree(rows)]
+
+
+def test_history_tree_keeps_a_chain_in_one_column_and_hangs_each_branch_under_its_fork():
+    rows = chain(("c4", "c2", "update"), ("c0", None, "input"), ("c3", "c2", "loop"),
+                 ("c1", "c0", "loop"), ("c2", "c1", "loop"), ("c5", "c4", "loop"))  # fmt: skip
+    assert tree_of(rows) == [
+        ("c0", "", 0, 0),
+        ("c1", "", 0, 1),
+        ("c2", "", 0, 2),
+        ("c3", "├─", 0, 3),  # the older child first, on its parent's lane
+        ("c4", "└─", 1, 3),
+        ("c5", "  ", 1, 4),
+    ]
+    assert [t.row.checkpoint_id for t in history_tree(rows) if t.latest] == ["c5"]
+
+
+def test_history_tree_nests_a_fork_inside_a_branch_and_numbers_lanes_in_print_order():
+    rows = chain(("a", None, "input"), ("b", "a", "loop"), ("c", "a", "update"),
+                 ("d", "b", "loop"), ("e", "b", "update"), ("f", "d", "loop"))  # fmt: skip
+    assert tree_of(rows) == [
+        ("a", "", 0, 0),
+        ("b", "├─", 0, 1),
+        ("d", "│ ├─", 0, 2),
+        ("f", "│ │ ", 0, 3),
+        ("e", "│ └─", 1, 2),
+        ("c", "└─", 2, 1),
+    ]
+
+
+def test_history_tree_starts_a_tree_where_a_parent_is_not_shown():
+    rows = chain(("x2", "x1", "loop"), ("x3", "x2", "loop"), ("y2", "gone", "update"))
+    assert tree_of(rows) == [("x2", "", 0, 0), ("x3", "", 0, 1), ("y2", "", 1, 0)]
+
+
+def test_history_tree_draws_a_chain_longer_than_the_recursion_limit():
+    ids = [f"c{n:06}" for n in range(5000)]
+    rows = chain(*((cid, ids[n - 1] if n else None, "loop") for n, cid in enumerate(ids)))
+    lines = history_tree(rows)
+    assert [t.row.checkpoint_id for t in lines] == ids
+    assert {t.art for t in lines} == {""} and lines[-1].depth == 4999 and lines[-1].latest
 
 
 # -- diff -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from langgraph_dualsaver.cli.session import (
 from langgraph_dualsaver.cli.views import (
     diff_values,
     history_rows,
+    history_tree,
     is_trigger_channel,
     next_nodes,
     nodes_by_checkpoint,
@@ -31,6 +32,7 @@ from langgraph_dualsaver.cli.views import (
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import CheckpointTuple
 
+    from langgraph_dualsaver.cli.views import HistoryRow
     from langgraph_dualsaver.dual import DualSaver
 
 __all__ = ["audit", "diff", "history", "not_found", "show", "threads"]
@@ -166,6 +168,14 @@ def history(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Show only the newest N checkpoints.")
     ] = None,
+    tree: Annotated[
+        bool,
+        typer.Option(
+            "--tree",
+            help="Draw the checkpoints as a tree, oldest first: each branch under its "
+            "fork point, update_state checkpoints and the latest one marked.",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """The checkpoint chain of a thread, newest first.
@@ -174,10 +184,12 @@ def history(
     whose run produced it (from versions_seen, else from the writes on its parent),
     its parent, and fork points: a checkpoint with more than one child. Ids are
     shortened to their last 12 characters, which show and diff accept (--json has
-    them whole).
+    them whole). --tree draws the same checkpoints as a tree, oldest first.
 
-    Example: dualsaver history case_8842-1a2b3c4d
+    Example: dualsaver history case_8842-1a2b3c4d --tree
     """
+    if tree and as_json:
+        raise CliError("--tree draws text; --json gives each checkpoint's parent_id instead")
     thread_id = thread_arg(thread_id)
     ns = thread_arg(ns, "checkpoint_ns") if ns else ""
     target = target_of(ctx)
@@ -195,12 +207,21 @@ def history(
     if as_json:
         render.print_json([{**dataclasses.asdict(row), "is_fork": row.is_fork} for row in rows])
         return
-    where = f" (namespace {ns!r})" if ns else ""
-    title = f"history of {thread_id}{where}, newest first (times in UTC)"
+    where = f"history of {thread_id}" + (f" (namespace {ns!r})" if ns else "")
+    if tree:
+        _print_tree(rows, where)
+        return
+    title = f"{where}, newest first (times in UTC)"
     render.console().print(render.history_table(rows, title))
     forks = sum(row.is_fork for row in rows)
     if forks:
         typer.echo(f"{forks} fork point(s): a checkpoint with more than one child")
+
+
+def _print_tree(rows: list[HistoryRow], where: str) -> None:
+    title = f"{where} as a tree, oldest first (times in UTC)"
+    render.console().print(render.history_tree_table(history_tree(rows), title))
+    typer.echo(render.TREE_LEGEND)
 
 
 # -- show -------------------------------------------------------------------------------

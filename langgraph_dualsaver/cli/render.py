@@ -24,13 +24,15 @@ from langgraph_dualsaver.cli.views import to_jsonable
 if TYPE_CHECKING:
     from langgraph_dualsaver.audit import AuditEntry
     from langgraph_dualsaver.cli.data import ThreadRow
-    from langgraph_dualsaver.cli.views import ChannelChange, HistoryRow
+    from langgraph_dualsaver.cli.views import ChannelChange, HistoryRow, TreeLine
 
 __all__ = [
+    "TREE_LEGEND",
     "audit_table",
     "console",
     "diff_table",
     "history_table",
+    "history_tree_table",
     "kv_table",
     "print_json",
     "short_id",
@@ -120,6 +122,65 @@ def history_table(rows: Sequence[HistoryRow], title: str) -> Table:
             stamp[11:] if one_day else stamp[5:],
             mark,
             ", ".join(row.nodes) or "-",
+        )
+    return table
+
+
+FORK_MARK = "\u25c6"  # ◆
+UPDATE_MARK = "\u270e"  # ✎
+CHECKPOINT_MARK = "\u25cf"  # ●
+TREE_LEGEND = (
+    f"{FORK_MARK} fork point: more than one checkpoint continues from it\n"
+    f"{UPDATE_MARK} written by update_state; latest: the checkpoint get_state(config) reads"
+)
+
+
+def _tree_mark(row: HistoryRow) -> Text:
+    if row.is_fork:
+        return Text(FORK_MARK, style="bold yellow")
+    if row.source == "update":
+        return Text(UPDATE_MARK, style="bold cyan")
+    return Text(CHECKPOINT_MARK)
+
+
+def _tree_note(line: TreeLine) -> Text:
+    row, notes = line.row, Text()
+    if row.is_fork:
+        notes.append(f"{row.children} children ", style="bold yellow")
+    if row.source == "update" and row.changed:
+        notes.append(f"sets {', '.join(row.changed)} ", style="bold cyan")
+    if line.depth == 0 and row.parent_id:
+        notes.append(f"parent {short_id(row.parent_id)} not shown ")
+    if line.latest:
+        notes.append("latest", style="bold green")
+    notes.rstrip()
+    return notes
+
+
+def history_tree_table(lines: Sequence[TreeLine], title: str) -> Table:
+    """``history --tree``: the branch lines and a mark before each checkpoint (◆ a fork
+    point, ✎ an ``update_state``, ● any other), oldest first."""
+    days = sorted({when(line.row.created_at)[:10] for line in lines if line.row.created_at})
+    one_day = len(days) == 1
+    if one_day:
+        title = f"{title}, {days[0]}"
+    table = _table(title)
+    for name in ("tree", "checkpoint", "step", "source", "time"):
+        table.add_column(name, no_wrap=True, justify="right" if name == "step" else "left")
+    table.add_column("node(s)", min_width=14)  # gives way when the terminal is narrow
+    table.add_column("note", no_wrap=True)
+    for line in lines:
+        row, stamp = line.row, when(line.row.created_at)
+        table.add_row(
+            Text.assemble((line.art, "dim"), _tree_mark(row)),
+            short_id(row.checkpoint_id),
+            _step(row.step),
+            row.source or "-",
+            stamp[11:] if one_day else stamp[5:],
+            # One line per checkpoint, or the branch lines would break: long names are
+            # cut (history without --tree shows them whole).
+            Text(", ".join(row.nodes) or "-", no_wrap=True, overflow="ellipsis"),
+            _tree_note(line),
         )
     return table
 

@@ -2,6 +2,8 @@
 
 * ``history_rows``: the chain of a thread, newest first, with the node(s) that produced
   each checkpoint and its fork points (a checkpoint with more than one child).
+* ``history_tree``: the same rows as a tree, oldest first, with the text art of
+  ``history --tree`` and the lane of each branch (the notebooks draw it from that).
 * ``next_nodes``: the nodes a checkpoint would run next, from its trigger channels.
 * ``diff_values``: what changed between two checkpoints, channel by channel.
 * ``to_jsonable``: any channel value as JSON, for ``--json``.
@@ -28,8 +30,11 @@ __all__ = [
     "ChannelChange",
     "HistoryRow",
     "NextStep",
+    "TreeLine",
+    "changed_channels",
     "diff_values",
     "history_rows",
+    "history_tree",
     "is_internal_channel",
     "is_trigger_channel",
     "next_nodes",
@@ -79,6 +84,9 @@ class HistoryRow:
     parent_id: str | None
     children: int
     created_at: str | None
+    changed: tuple[str, ...] = ()
+    """The state channels it changed from its parent (``changed_channels``): what an
+    ``update_state`` set, even as a node ``versions_seen`` cannot name."""
 
     @property
     def is_fork(self) -> bool:
@@ -114,6 +122,18 @@ def produced_by(item: CheckpointTuple, parent: CheckpointTuple | None) -> tuple[
     before = _seen_by_node(parent.checkpoint)
     after = _seen_by_node(item.checkpoint)
     return tuple(sorted(node for node, seen in after.items() if before.get(node) != seen))
+
+
+def changed_channels(item: CheckpointTuple, parent: CheckpointTuple | None) -> tuple[str, ...]:
+    """The state channels (no trigger or bookkeeping ones) whose version moved from
+    ``parent`` to ``item``, sorted; empty when the parent is gone."""
+    if parent is None:
+        return ()
+    before = parent.checkpoint.get("channel_versions") or {}
+    after = item.checkpoint.get("channel_versions") or {}
+    return tuple(
+        sorted(ch for ch, v in after.items() if not is_internal_channel(ch) and before.get(ch) != v)
+    )
 
 
 def nodes_by_checkpoint(entries: Iterable[AuditEntry]) -> dict[str, tuple[str, ...]]:
@@ -162,9 +182,77 @@ def history_rows(
                 parent_id=parent_id,
                 children=children[_checkpoint_id(item)],
                 created_at=item.checkpoint.get("ts"),
+                changed=changed_channels(item, parent),
             )
         )
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class TreeLine:
+    """One checkpoint of ``history_tree``."""
+
+    row: HistoryRow
+    art: str
+    """The branch lines ``history --tree`` draws before it: ``""`` on the first chain,
+    ``"├─"`` / ``"└─"`` where a fork's child starts, ``"│ "`` / ``"  "`` below it."""
+    lane: int
+    """The branch it is on, numbered in the order they are printed: 0 is the chain from
+    the oldest checkpoint, and a fork's first child stays on its parent's lane."""
+    depth: int
+    """How many of its ancestors are shown."""
+    latest: bool
+    """The thread's newest checkpoint: the one ``get_state(config)`` reads."""
+
+
+def _tree_children(
+    rows: Sequence[HistoryRow],
+) -> tuple[list[HistoryRow], dict[str, list[HistoryRow]]]:
+    """The roots (no parent among ``rows``) and each checkpoint's children, oldest first."""
+    ids = {row.checkpoint_id for row in rows}
+    roots: list[HistoryRow] = []
+    children: dict[str, list[HistoryRow]] = {}
+    for row in sorted(rows, key=lambda r: r.checkpoint_id):
+        if row.parent_id is not None and row.parent_id in ids:
+            children.setdefault(row.parent_id, []).append(row)
+        else:
+            roots.append(row)
+    return roots, children
+
+
+def history_tree(rows: Sequence[HistoryRow]) -> list[TreeLine]:
+    """``rows`` (any order) as a tree, oldest first: each branch printed whole, its
+    forks' children after it, oldest child first, like ``tree`` but with a chain kept in
+    one column. A checkpoint whose parent is not among ``rows`` (pruned, or cut by
+    ``--limit``) starts a tree of its own. Iterative: a chain of any length is fine.
+    """
+    roots, children = _tree_children(rows)
+    latest = max((row.checkpoint_id for row in rows), default=None)
+    lines: list[TreeLine] = []
+    lanes = 0
+    # (row, art before it, art below it, its lane if it continues one, depth)
+    stack: list[tuple[HistoryRow, str, str, int | None, int]] = [
+        (root, "", "", None, 0) for root in reversed(roots)
+    ]
+    while stack:
+        row, art, below, lane, depth = stack.pop()
+        if lane is None:
+            lane, lanes = lanes, lanes + 1
+        lines.append(TreeLine(row, art, lane, depth, row.checkpoint_id == latest))
+        kids = children.get(row.checkpoint_id, [])
+        if len(kids) == 1:
+            stack.append((kids[0], below, below, lane, depth + 1))
+            continue
+        for index in reversed(range(len(kids))):
+            last = index == len(kids) - 1
+            stack.append((
+                kids[index],
+                below + ("└─" if last else "├─"),
+                below + ("  " if last else "│ "),
+                lane if index == 0 else None,
+                depth + 1,
+            ))  # fmt: skip
+    return lines
 
 
 # -- next nodes -------------------------------------------------------------------------
