@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import re
 from pathlib import Path
 from types import ModuleType
 
+import nbformat
 import pytest
 
 from tests.servers import fresh_database, fresh_prefix
@@ -31,6 +33,7 @@ EXPECTED = {
         "refund of $650.00 is over the $500.00 limit",
         "next: ('response_agent',)",
         "already refunded by the bank",
+        "fork point: more than one checkpoint continues from it",
         "audit trail (PostgreSQL)",
     ],
     "04_tiers_and_modes.ipynb": [
@@ -38,8 +41,28 @@ EXPECTED = {
         "not yet durable",
         "every hot key expired after",
         "read back after expiry",
+        "caught up",
+        "cold reads: 40 misses in Valkey, 40 threads put back; hot reads: 40 hits in Valkey",
     ],
 }
+
+PICTURES = {
+    "01_quickstart.ipynb": 1,  # the graph
+    "03_time_travel_and_update_state.ipynb": 1,  # the history as a tree
+    "04_tiers_and_modes.ipynb": 2,  # outbox lag over a burst; hot vs cold reads
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _pictures(nb: nbformat.NotebookNode) -> list[bytes]:
+    """The PNG images a notebook's code cells show, decoded."""
+    return [
+        base64.b64decode(output["data"]["image/png"])
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "image/png" in output.get("data", {})
+    ]
 
 
 def _executor() -> ModuleType:
@@ -55,9 +78,17 @@ def test_every_notebook_is_covered() -> None:
     assert sorted(p.name for p in _executor().notebooks()) == sorted(EXPECTED)
 
 
+@pytest.mark.pure
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_notebooks_show_the_pictures_they_promise(name: str) -> None:
+    pictures = _pictures(nbformat.read(NOTEBOOK_DIR / name, as_version=4))
+    assert len(pictures) == PICTURES.get(name, 0)
+    assert all(p.startswith(PNG_MAGIC) for p in pictures)
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_without_errors(
+def test_notebook_runs_and_shows_its_results_and_pictures(
     name: str, redis_url: str, postgres_url: str, tmp_path: Path
 ) -> None:
     executor = _executor()
@@ -81,3 +112,6 @@ def test_notebook_runs_without_errors(
     text = " ".join(text.split())  # rich wraps long lines
     missing = [line for line in EXPECTED[name] if line not in text]
     assert not missing, text[-4000:]
+    pictures = _pictures(nb)
+    assert len(pictures) == PICTURES.get(name, 0)
+    assert all(p.startswith(PNG_MAGIC) for p in pictures)
