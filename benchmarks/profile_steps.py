@@ -23,11 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyinstrument import Profiler  # noqa: E402
+from pyinstrument import Profiler
 
-from benchmarks.env import Servers, bench_servers  # noqa: E402
-from benchmarks.savers import SAVERS, open_saver  # noqa: E402
-from benchmarks.workloads import case_graph, new_thread, thread_config  # noqa: E402
+from benchmarks.env import Servers, bench_servers
+from benchmarks.savers import SAVERS, open_saver
+from benchmarks.workloads import case_graph, new_thread, thread_config
 
 OUT = Path(__file__).parent / "results" / "profiles"
 DEFAULT_SAVERS = "postgres,redis,dual_write_behind,dual_write_through,official_postgres"

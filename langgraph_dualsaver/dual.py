@@ -331,13 +331,20 @@ class DualSaver(AsyncFirstSaver):
         await self.durable.aset_setting(marker, "1")
 
     async def aclose(self) -> None:
-        """Stop this loop's background flusher (after one last pass) and close both tiers."""
-        loop = asyncio.get_running_loop()
-        background = self._background.pop(loop, None)
-        if background is not None:
-            background.stop.set()
-            background.wake.set()
-            await background.task
+        """Stop the background flushers (after one last pass) and close both tiers.
+
+        This loop's flusher is awaited; one on another loop (the sync bridge's, when
+        the graph ran with ``invoke``) is told to stop there, not awaited: its loop's
+        thread may be the very one waiting for this call."""
+        current = asyncio.get_running_loop()
+        for loop, background in list(self._background.items()):
+            del self._background[loop]
+            if loop is current:
+                background.stop.set()
+                background.wake.set()
+                await background.task
+            elif loop.is_running():
+                loop.call_soon_threadsafe(_stop, background)
         await self.hot.aclose()
         await self.durable.aclose()
 
@@ -749,6 +756,11 @@ async def _merged(
             assert d is not None
             yield d
             d = await anext(durable, None)
+
+
+def _stop(background: _Background) -> None:
+    background.stop.set()
+    background.wake.set()
 
 
 def _configured_key(key: OutboxKey | str | None) -> OutboxKey | None:

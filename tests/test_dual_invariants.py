@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -240,3 +241,19 @@ async def test_a_flusher_with_min_age_leaves_young_entries_alone(
     eager = Flusher(behind.hot, behind.durable, FlushSettings(claim_idle=timedelta(0)))
     await eager.drain()
     assert await durable_ids(pg_dsn, thread) == ids_of(saved)
+
+
+async def test_aclose_stops_the_background_flusher_a_sync_run_started(
+    redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    saver = DualSaver.from_conn_string(redis_url, pg_dsn, prefix=redis_prefix)
+    await saver.asetup()
+    await asyncio.to_thread(saver.put, config("sync-run"), checkpoint(1, 1), {}, {"x": 1})
+    tasks = [background.task for background in saver._background.values()]
+    assert tasks  # the put started a flusher on the sync bridge's loop
+    await saver.aclose()
+
+    async def stopped() -> bool:
+        return all(task.done() for task in tasks)
+
+    await eventually(stopped, what="the bridge loop's flusher stopped")
