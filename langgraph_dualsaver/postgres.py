@@ -562,7 +562,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata ``run_id`` is listed, with their writes
-        and the blobs no remaining checkpoint uses."""
+        and the blobs no remaining checkpoint uses. The checkpoints are remembered, so a
+        write to one that arrives later (the chain's flush of a run still cancelling)
+        is dropped."""
         runs = [str(run_id) for run_id in run_ids]
         if not runs:
             return
@@ -575,7 +577,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
             if not deleted:
                 return
             columns = ("thread_id", "checkpoint_ns", "checkpoint_id")
-            await conn.execute(sql.DELETE_RUN_WRITES, *([r[c] for r in deleted] for c in columns))
+            ids = [[r[c] for r in deleted] for c in columns]
+            await conn.execute(sql.DELETE_RUN_WRITES, *ids)
+            await conn.execute(sql.REMEMBER_DELETED_CHECKPOINTS, *ids)
             freed: dict[tuple[str, str], list[str]] = {}
             for r in deleted:
                 freed.setdefault((r["thread_id"], r["checkpoint_ns"]), []).append(

@@ -57,6 +57,7 @@ __all__ = [
     "PRUNE_WRITES",
     "PUT_SETTING",
     "RECORD_MIGRATION",
+    "REMEMBER_DELETED_CHECKPOINTS",
     "RUN_THREADS",
     "SCHEMA_EXISTS",
     "SEARCH_PATH",
@@ -245,8 +246,16 @@ MIGRATIONS: list[str] = [
     # rows written after it (a thread used again) are never its business. The write
     # rules follow outbox order, not arrival order, so entries applied out of order (a
     # reclaimed batch, a second worker) end as Redis has them: an ordinary write's
-    # earliest position wins, a special write's and a checkpoint's latest.
+    # earliest position wins, a special write's and a checkpoint's latest. A pending
+    # write for a checkpoint delete_for_runs removed (a rolled-back run whose cancelled
+    # task still writes) is dropped: the rollback wins, as a delete does.
     """
+    CREATE TABLE IF NOT EXISTS dualsaver_deleted_checkpoints (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL,
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    );
     DROP FUNCTION IF EXISTS dualsaver_write_batch;
     CREATE FUNCTION dualsaver_write_batch(
         lock_threads text[], rec_threads text[], rec_seqs bigint[],
@@ -282,6 +291,9 @@ MIGRATIONS: list[str] = [
             AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
         WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
                           WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+          AND NOT EXISTS (SELECT 1 FROM dualsaver_deleted_checkpoints d
+                          WHERE d.thread_id = r.t AND d.checkpoint_ns = r.ns
+                            AND d.checkpoint_id = r.id)
         ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
         SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
             type = EXCLUDED.type, blob = EXCLUDED.blob,
@@ -300,6 +312,9 @@ MIGRATIONS: list[str] = [
             AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
         WHERE NOT EXISTS (SELECT 1 FROM dualsaver_tombstones x
                           WHERE x.thread_id = r.t AND x.deleted_seq >= r.seq)
+          AND NOT EXISTS (SELECT 1 FROM dualsaver_deleted_checkpoints d
+                          WHERE d.thread_id = r.t AND d.checkpoint_ns = r.ns
+                            AND d.checkpoint_id = r.id)
         ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
         SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
             type = EXCLUDED.type, blob = EXCLUDED.blob, seq = EXCLUDED.seq
@@ -416,6 +431,8 @@ WITH c AS (
     DELETE FROM dualsaver_checkpoints WHERE thread_id = $1 AND seq <= $2
 ), b AS (
     DELETE FROM dualsaver_blobs WHERE thread_id = $1 AND seq <= $2
+), d AS (
+    DELETE FROM dualsaver_deleted_checkpoints WHERE thread_id = $1
 )
 DELETE FROM dualsaver_writes WHERE thread_id = $1 AND seq <= $2
 """
@@ -588,6 +605,8 @@ WITH c AS (
     DELETE FROM dualsaver_checkpoints WHERE thread_id = ANY($1::text[])
 ), b AS (
     DELETE FROM dualsaver_blobs WHERE thread_id = ANY($1::text[])
+), d AS (
+    DELETE FROM dualsaver_deleted_checkpoints WHERE thread_id = ANY($1::text[])
 )
 DELETE FROM dualsaver_writes WHERE thread_id = ANY($1::text[])
 """
@@ -601,6 +620,13 @@ DELETE_FOR_RUNS = """
 DELETE FROM dualsaver_checkpoints
 WHERE metadata ->> 'run_id' = ANY($1::text[]) AND thread_id = ANY($2::text[])
 RETURNING thread_id, checkpoint_ns, checkpoint_id, channel_versions::text AS channel_versions
+"""
+
+# Remembered so a write of a deleted run that is still on its way is dropped on arrival.
+REMEMBER_DELETED_CHECKPOINTS = """
+INSERT INTO dualsaver_deleted_checkpoints (thread_id, checkpoint_ns, checkpoint_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+ON CONFLICT DO NOTHING
 """
 
 DELETE_RUN_WRITES = """

@@ -304,14 +304,6 @@ async def test_rollback_leaves_no_checkpoint_of_the_first_run_in_either_store(
     assert not first_ids & valkey.written, "Valkey keeps writes of the rolled-back run"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="adelete_for_runs races the run it deletes: the server calls it while "
-    "LangGraph is still cancelling the run, whose task then writes __error__ to Redis "
-    "after the call's flush and before its Redis delete; Redis drops the write with its "
-    "checkpoint, but its outbox entry still reaches PostgreSQL, where the server's second "
-    "call finds no checkpoint of the run to delete it with (fails in many runs)",
-)
 async def test_rollback_leaves_no_write_of_the_first_run_in_postgresql(
     client: LangGraphClient, stores: tuple[str, str, str], gates: Path
 ) -> None:

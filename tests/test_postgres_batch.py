@@ -190,3 +190,24 @@ async def test_overlapping_batches_and_deletes_never_deadlock(saver) -> None:
 
     await asyncio.gather(*(one(i) for i in range(40)))
     assert len([t async for t in saver.alist(None)]) > 0
+
+
+async def test_a_write_of_a_deleted_run_that_arrives_late_is_dropped(saver, pg_dsn) -> None:
+    """A rolled-back run's task may still write while the run is deleted; its write
+    reaches PostgreSQL after delete_for_runs (the chain's flush), and must leave no trace."""
+    cp = generate_checkpoint(channel_values={"x": 1}, channel_versions={"x": 1})
+    config = {"configurable": {"thread_id": "R", "checkpoint_ns": ""}}
+    metadata = {"source": "loop", "step": 1, "run_id": "run-1"}
+    doomed = checkpoint_record(SERDE, DEFAULT_LIMITS, config, cp, metadata, {"x": 1})
+    kept = cp_record("R", doomed.checkpoint_id, version=2, x=2)
+    await saver.awrite_batch([doomed, kept], [1, 2])
+    await saver.adelete_for_runs(["run-1"])
+    late = w_record(doomed, "cancelled", [(ERROR, "cancelled")])
+    alive = w_record(kept, "t", [("x", "ok")])
+    assert await saver.awrite_batch([late, alive], [3, 4]) == 2  # dropped, not refused
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        written = await conn.fetch("SELECT checkpoint_id, task_id FROM dualsaver_writes")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in written] == [(kept.checkpoint_id, "t")]
