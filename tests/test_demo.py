@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.servers import fresh_database, fresh_prefix
 
@@ -115,3 +116,21 @@ def test_readme_quickstart_runs_as_written(demo_env: dict[str, str]) -> None:
         ("account_agent", "account"),
         ("policy_agent", "policy"),
     }
+
+
+def test_the_demo_shows_the_story_and_logs_the_rest_to_a_file(
+    demo_env: dict[str, str], redis_url: str
+) -> None:
+    """On a Redis that looks restarted (its recorded run_id is another), the saver logs
+    a warning and evicts; the terminal shows none of it, the log file does."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"{demo_env['DUALSAVER_PREFIX']}:server", "an-earlier-run-id")
+    finally:
+        client.close()
+    result = run_demo(demo_env, "--mode", "write_behind")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Redis restarted" not in result.stdout + result.stderr
+    assert "Warning" not in result.stderr
+    log = Path(demo_env["DUALSAVER_HOME"]) / "demo.log"
+    assert "Redis restarted" in log.read_text()

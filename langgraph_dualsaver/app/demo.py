@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import sys
@@ -221,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     started = time.monotonic()
     console.rule(f'[bold]case_8842: "{REQUEST_TEXT}"')
+    log = _log_to_file()
     saver = DualSaver.from_env(mode=args.mode)
     console.print(
         f"DualSaver.from_env(): mode {saver.mode}; Valkey: {_where('DUALSAVER_REDIS_URL')}; "
-        f"PostgreSQL: {_where('DUALSAVER_POSTGRES_URL')}"
+        f"PostgreSQL: {_where('DUALSAVER_POSTGRES_URL')}; the savers' log: {log}"
     )
     work_dir = Path(tempfile.mkdtemp(prefix="case_8842-"))
 
@@ -243,6 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     console.rule(f"[bold green]done in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def _log_to_file() -> Path:
+    """The savers' own log lines (a Redis seen for the first time, a restart detected)
+    go to a file beside the embedded servers' data, where an operator looks, so the
+    terminal shows only the story."""
+    path = default_data_dir() / "demo.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("langgraph_dualsaver")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    return path
 
 
 def _where(variable: str) -> str:
