@@ -36,7 +36,8 @@ lab: $(STAMP)  ## Open Jupyter with the project's environment
 	$(BIN)/pip install --quiet jupyterlab
 	PYTHONPATH=$(CURDIR) $(BIN)/jupyter lab notebooks/
 
-bench: $(STAMP)  ## Full benchmark grid (under 10 minutes): benchmarks/RESULTS.md, JSON and plots in benchmarks/results
+bench: $(STAMP)  ## Profiles, then the full grid (under 10 minutes): benchmarks/RESULTS.md, JSON and plots in benchmarks/results
+	$(BIN)/python benchmarks/profile_steps.py
 	$(BIN)/python benchmarks/run.py --grid full
 
 bench-quick: $(STAMP)  ## Small benchmark grid (about a minute) into benchmarks/results/quick

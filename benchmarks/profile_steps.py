@@ -30,7 +30,16 @@ from benchmarks.savers import SAVERS, open_saver
 from benchmarks.workloads import case_graph, new_thread, thread_config
 
 OUT = Path(__file__).parent / "results" / "profiles"
-DEFAULT_SAVERS = "postgres,redis,dual_write_behind,dual_write_through,official_postgres"
+DEFAULT_SAVERS = ",".join(spec.name for spec in SAVERS)
+LIBRARIES = {
+    "redis-py": "/redis/",
+    "asyncpg": "/asyncpg/",
+    "psycopg": "/psycopg",
+    "langgraph": "/langgraph/",
+    "langgraph_dualsaver": "/langgraph_dualsaver/",
+    "msgpack / json / serde": "/ormsgpack",
+    "asyncio": "/asyncio/",
+}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,14 +89,16 @@ async def _profile(spec: Any, servers: Servers, invokes: int, concurrency: int) 
         await _run(graph, case, concurrency, concurrency)  # warm up: connections, scripts
         await handle.settle()
         server_pids = servers.pids
-        client0, servers0, wall0 = time.process_time(), _cpu_s(server_pids), time.perf_counter()
+        me = [os.getpid()]  # and a flush worker process, if the saver started one
+        client0, servers0, wall0 = _cpu_s(me), _cpu_s(server_pids), time.perf_counter()
         profiler = Profiler(async_mode="enabled")
         profiler.start()
         await _run(graph, case, invokes, concurrency)
         await handle.settle()  # durable-inclusive: the outbox drained
         profiler.stop()
         wall = time.perf_counter() - wall0
-        client, server = time.process_time() - client0, _cpu_s(server_pids) - servers0
+        client, server = _cpu_s(me) - client0, _cpu_s(server_pids) - servers0
+        split = _split(profiler)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"{spec.name}.html").write_text(profiler.output_html())
         (OUT / f"{spec.name}.txt").write_text(profiler.output_text(unicode=False, color=False))
@@ -99,7 +110,26 @@ async def _profile(spec: Any, servers: Servers, invokes: int, concurrency: int) 
         "steps_per_s": steps / wall,
         "client_cpu_ms_per_step": 1000 * client / steps,
         "server_cpu_ms_per_step": 1000 * server / steps,
+        "profile_split": split,
     }
+
+
+def _split(profiler: Profiler) -> dict[str, float]:
+    """Share of the profiled time spent in each library's own frames."""
+    session = profiler.last_session
+    root = session.root_frame() if session is not None else None
+    totals: dict[str, float] = {}
+    todo = [(root, "")] if root is not None else []
+    while todo:
+        frame, parent_path = todo.pop()
+        path = frame.file_path or parent_path  # "[self]" frames: their parent's code
+        todo += [(child, path) for child in frame.children]
+        if frame.function == "[await]":
+            continue  # waiting for a server: not CPU
+        name = next((lib for lib, part in LIBRARIES.items() if part in path), "other")
+        totals[name] = totals.get(name, 0.0) + frame.total_self_time
+    whole = sum(totals.values()) or 1.0
+    return {name: share / whole for name, share in sorted(totals.items())}
 
 
 def _markdown(rows: list[dict], invokes: int, concurrency: int) -> str:
@@ -111,13 +141,38 @@ def _markdown(rows: list[dict], invokes: int, concurrency: int) -> str:
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        total = row["client_cpu_ms_per_step"] + row["server_cpu_ms_per_step"]
         lines.append(
             f"| {row['label']} | {row['steps_per_s']:.0f} | "
             f"{row['client_cpu_ms_per_step']:.2f} | {row['server_cpu_ms_per_step']:.2f} | "
-            f"{total:.2f} |"
+            f"{_total(row):.2f} |"
         )
+    lines += ["", *_reading(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _total(row: dict) -> float:
+    return row["client_cpu_ms_per_step"] + row["server_cpu_ms_per_step"]
+
+
+def _reading(rows: list[dict]) -> list[str]:
+    by_name = {row["saver"]: row for row in rows}
+    lines = []
+    durable = by_name.get("postgres")
+    for name in ("dual_write_behind", "dual_write_through", "dual_write_behind_worker"):
+        if durable and name in by_name:
+            ratio = _total(by_name[name]) / _total(durable)
+            lines.append(
+                f"- {by_name[name]['label']}: {ratio:.2f}x PostgresDurableSaver's CPU per "
+                "step (aim <= 1.3x)."
+            )
+    for name in ("postgres", "redis", "dual_write_behind"):
+        if name in by_name:
+            split = by_name[name].get("profile_split", {})
+            parts = ", ".join(
+                f"{lib} {share:.0%}" for lib, share in sorted(split.items(), key=lambda i: -i[1])
+            )
+            lines.append(f"- {by_name[name]['label']}, profiled time by library: {parts}.")
+    return lines
 
 
 def main() -> None:

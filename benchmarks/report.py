@@ -456,7 +456,22 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, Path], markdown: Path)
     if "outbox" in rel:
         lines += [f"![outbox under load]({rel['outbox']})", ""]
     lines += _reading(doc, aims)
+    lines += _profiles(markdown)
     return "\n".join(lines)
+
+
+def _profiles(markdown: Path) -> list[str]:
+    """The CPU-per-step table ``profile_steps.py`` wrote, with links to its profiles."""
+    profiles = markdown.parent / "results" / "profiles"
+    table = profiles / "cpu.md"
+    if not table.exists():
+        return []
+    links = ", ".join(
+        f"[{html.stem}]({os.path.relpath(html, markdown.parent)})"
+        for html in sorted(profiles.glob("*.html"))
+    )
+    profiled = f"Profiles (pyinstrument): {links}."
+    return ["## Where the time goes", "", table.read_text(), profiled, ""]
 
 
 def render(json_path: Path, markdown: Path, plots_dir: Path, readme: Path | None = None) -> None:
