@@ -4,7 +4,8 @@ graph, and the CPU one step costs in the client, in Valkey and in PostgreSQL.
 usage: python benchmarks/profile_steps.py [--invokes 150] [--concurrency 16]
                                           [--savers postgres,dual_write_behind,...]
 
-Writes ``benchmarks/results/profiles/<saver>.html`` (open in a browser: the call tree)
+Writes ``benchmarks/results/profiles/<saver>.txt`` (the call tree; for our savers also
+``<saver>.html``, to open in a browser)
 and ``benchmarks/results/profiles/cpu.json`` / ``cpu.md`` (CPU ms per step). The
 servers are the benchmark's (embedded, or ``DUALSAVER_*_URL``); server CPU is read from
 ``/proc`` for the embedded ones (every process of the server, PostgreSQL's backends too).
@@ -91,7 +92,7 @@ async def _profile(spec: Any, servers: Servers, invokes: int, concurrency: int) 
         server_pids = servers.pids
         me = [os.getpid()]  # and a flush worker process, if the saver started one
         client0, servers0, wall0 = _cpu_s(me), _cpu_s(server_pids), time.perf_counter()
-        profiler = Profiler(async_mode="enabled")
+        profiler = Profiler(interval=0.005, async_mode="enabled")  # 5 ms: small HTML
         profiler.start()
         await _run(graph, case, invokes, concurrency)
         await handle.settle()  # durable-inclusive: the outbox drained
@@ -100,7 +101,8 @@ async def _profile(spec: Any, servers: Servers, invokes: int, concurrency: int) 
         client, server = _cpu_s(me) - client0, _cpu_s(server_pids) - servers0
         split = _split(profiler)
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f"{spec.name}.html").write_text(profiler.output_html())
+        if spec.ours:  # an interactive call tree of ours; a text tree of every saver
+            (OUT / f"{spec.name}.html").write_text(profiler.output_html())
         (OUT / f"{spec.name}.txt").write_text(profiler.output_text(unicode=False, color=False))
     steps = max(1, invokes // concurrency) * concurrency * case.steps_per_invoke
     return {
