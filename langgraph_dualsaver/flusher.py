@@ -152,7 +152,9 @@ class Flusher:
                     await self._dead_letter(outbox, poison, "delivered too many times")
                 rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
                 done += await self._guarded(self._apply(outbox, rest))
-        fresh = self._ripe(await outbox.read(self.settings.batch, own_pending=False))
+        # Guarded too: a read that fails on one stream may have delivered the others'.
+        reading = outbox.read(self.settings.batch, own_pending=False)
+        fresh = self._ripe(await self._guarded(reading))
         if fresh:
             done += await self._guarded(self._apply(outbox, fresh))
         return done
