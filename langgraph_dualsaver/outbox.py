@@ -41,6 +41,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    # A cluster in a failover or resharding (these subclass ResponseError):
+    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+    redis_errors.AskError,  # and MOVED
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,
+)
+
+
 def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Report an unreachable Redis as ``StoreUnavailableError``, like the savers do."""
 
@@ -48,7 +59,7 @@ def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"redis outbox unavailable: {exc}") from exc
 
     return wrapper
