@@ -188,6 +188,9 @@ class DualSaver(AsyncFirstSaver):
         self.durable = durable
         self.hot.serde = self.durable.serde = self.serde
         self.mode: Mode = mode
+        # Only in write_behind is Redis a write's one copy when put returns: there it
+        # must be on the replicas too, or a failover could take it back.
+        self.hot.wait_for_replicas = mode == "write_behind"
         self.max_lag = max_lag
         self._outbox_key = _configured_key(outbox_key)
         self.flusher = Flusher(hot, durable, flush)

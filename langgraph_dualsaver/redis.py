@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
+import redis
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     ChannelVersions,
@@ -38,6 +41,7 @@ from redis.connection import parse_url
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin as admin
 from langgraph_dualsaver import redis_list as listing
+from langgraph_dualsaver import redis_replicas as replicas
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
@@ -82,6 +86,25 @@ _UNAVAILABLE = (
     rex.SlotNotCoveredError,
     OSError,
 )
+_IN_TRANSITION = (
+    rex.ClusterError,  # CLUSTERDOWN, MASTERDOWN; redirects past redis-py's TTL
+    rex.AskError,  # and MOVED, once redis-py stops following them
+    rex.TryAgainError,
+    rex.ReadOnlyError,  # a write reached a master since demoted
+)
+"""Answers of a cluster in a failover or a resharding: unavailable for now, like a
+connection error, not a fault of the call (they subclass ``ResponseError``)."""
+_STREAM_ID = re.compile(rb"\d+-\d+")
+_REDIS_PY = str(Path(redis.__file__).parent)
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by redis-py's own code, not by this package's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
+
 _SLOT_IDENTITY = r"""
 -- KEYS[1]: a slot's server record. ARGV[1]: '' to read it; a run_id (or '*': any) to
 -- record this master's run_id first, if it is that one. Returns {record, run_id}.
@@ -145,6 +168,12 @@ class RedisHotSaver(AsyncFirstSaver):
         self.max_connections = max_connections
         self.partial_reads = 0
         """Reads that found half a thread (an evicted key) and treated it as absent."""
+        self.wait_for_replicas = True
+        """On Redis Cluster, a queued write counts only once every replica of its master
+        has it (``WAIT``), so a failover cannot take it back; else
+        ``StoreUnavailableError``. ``DualSaver`` turns it off in write_through, where
+        PostgreSQL has each write before it is acknowledged."""
+        self._replica_counts = replicas.ReplicaCounts()
         self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
         self._run_id: str | None = None
         self.outbox_key: OutboxKey | None = None
@@ -244,6 +273,18 @@ class RedisHotSaver(AsyncFirstSaver):
             raise StoreUnavailableError(f"redis at {self._where} is out of memory: {exc}") from exc
         except REDIS_AUTH_ERRORS as exc:  # a setting to fix, not an outage
             raise redis_auth_error(exc, f"redis at {self._where}") from exc
+        except _IN_TRANSITION as exc:
+            raise StoreUnavailableError(
+                f"redis cluster at {self._where} is in transition: {exc}"
+            ) from exc
+        except (AttributeError, TypeError) as exc:
+            if not _raised_in_redis_py(exc):
+                raise
+            # redis-py's own state broken under a call: a cluster client's aclose()
+            # (its reaction to a failover) disconnects the connections in use too
+            raise StoreUnavailableError(
+                f"redis at {self._where} is unavailable: the client failed mid-call ({exc!r})"
+            ) from exc
         except rex.ResponseError as exc:
             if "DUALSAVER" in str(exc):
                 raise DualSaverError(str(exc).split("DUALSAVER", 1)[1].strip()) from exc
@@ -271,6 +312,25 @@ class RedisHotSaver(AsyncFirstSaver):
                 await self._load_scripts(client)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
 
+    async def _eval_replicated(
+        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """``_eval`` for a write to acknowledge: on Redis Cluster (with
+        ``wait_for_replicas``), on its master, then ``WAIT`` there on the same
+        connection until the master's replicas have it (``redis_replicas``)."""
+        if not (self._cluster and self.wait_for_replicas):
+            return await self._eval(client, script, keys, args)
+        assert isinstance(client, RedisCluster)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        wait_ms = max(1, int(self.timeouts.command_s * 500))  # inside the read timeout
+        counts = self._replica_counts
+        with self._errors():
+            try:
+                return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
+            except rex.NoScriptError:
+                await self._load_scripts(client)
+                return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
+
     async def _pipeline(self, client: Client, build: Callable[[Any], object]) -> list[Any]:
         """A non-transactional pipeline: one round trip on a single server."""
         with self._errors():
@@ -278,11 +338,16 @@ class RedisHotSaver(AsyncFirstSaver):
                 pipe = client.pipeline(transaction=False)
                 build(pipe)
                 try:
-                    return await pipe.execute()
+                    replies = await pipe.execute()
                 except rex.NoScriptError:
                     if attempt == 2:
                         raise
                     await self._load_scripts(client)
+                    continue
+                failed = next((r for r in replies if isinstance(r, BaseException)), None)
+                if failed is not None:  # an error returned as a reply is still an error
+                    raise failed
+                return replies
         raise AssertionError("unreachable")
 
     def _partial(self, thread_id: str) -> None:
@@ -518,10 +583,25 @@ class RedisHotSaver(AsyncFirstSaver):
         args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
             args += S.store_item_args(record, *self._outbox_fields(record, enqueue))
-        ids = await self._eval(await self.aclient(), S.STORE, tk.all, args)
+        store = self._eval_replicated if enqueue else self._eval
+        ids = await store(await self.aclient(), S.STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
-        return [K.text(i) for i in ids]
+        return self._entry_ids(ids, len(records) if enqueue else 0)
+
+    def _entry_ids(self, reply: Any, queued: int) -> list[str]:
+        """STORE's reply, which must be one outbox entry id per queued record (none when
+        nothing was queued): any other reply proves no write, so it is not taken for one."""
+        if (
+            isinstance(reply, list)
+            and len(reply) == queued
+            and all(isinstance(i, bytes) and _STREAM_ID.fullmatch(i) for i in reply)
+        ):
+            return [K.text(i) for i in reply]
+        raise StoreUnavailableError(
+            f"redis at {self._where} answered a write with {reply!r:.200} instead of "
+            f"{queued} outbox entry id(s); the write is not taken as done"
+        )
 
     def _outbox_fields(self, record: CheckpointRecord | WritesRecord, enqueue: bool) -> tuple:
         """The record's outbox entry (``r``) and its tag (``m``; empty without a key)."""

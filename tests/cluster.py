@@ -6,15 +6,20 @@ the fixture waits (polling, with a deadline) until every node reports
 ``cluster_state:ok``. All three processes are stopped by PID even when a test fails.
 A node can be snapshotted (SAVE) and later killed and restarted from that snapshot, and
 a master can be given a replica (its own process, stopped by PID the same way) that a
-test promotes.
+test promotes. ``replicated_cluster`` builds masters with one replica each the way an
+operator does, with ``valkey-cli --cluster create`` (shipped beside valkey-server), so
+that a killed master's replica is promoted by the cluster itself.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -24,7 +29,7 @@ SLOTS = 16384
 READY_TIMEOUT_S = 30.0
 
 
-def _node(stack: ExitStack) -> tuple[EmbeddedValkey, int]:
+def _node(stack: ExitStack, node_timeout_ms: int = 5000) -> tuple[EmbeddedValkey, int]:
     """A started cluster-enabled node and its cluster-bus port (port + 10000 may not
     exist, so the bus gets a free port of its own)."""
     data_dir = throwaway_dir("dualsaver-cluster-")
@@ -35,7 +40,7 @@ def _node(stack: ExitStack) -> tuple[EmbeddedValkey, int]:
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(data_dir / "nodes.conf"),
             "--cluster-port", str(bus_port),
-            "--cluster-node-timeout", "5000",
+            "--cluster-node-timeout", str(node_timeout_ms),
         ],
     )  # fmt: skip
 
@@ -180,3 +185,78 @@ def _serves_slots(client: redis.Redis, node_id: str) -> bool:
         if fields and fields[0] == node_id:
             return "master" in fields[2].split(",") and len(fields) > 8
     return False
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A master and the replica the cluster promotes when the master dies."""
+
+    master: EmbeddedValkey
+    replica: EmbeddedValkey
+
+
+def _valkey_cli() -> str:
+    return str(Path(EmbeddedValkey.executable()).with_name("valkey-cli"))
+
+
+@contextmanager
+def replicated_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> Iterator[list[Shard]]:
+    """``masters`` masters with one replica each, created with ``valkey-cli --cluster
+    create --cluster-replicas 1``; yields each master with its replica once the cluster
+    is ok and every replica has caught up. All ``2 * masters`` processes are stopped by
+    PID on exit, however the block ends."""
+    with ExitStack() as stack:
+        nodes = [_node(stack, node_timeout_ms)[0] for _ in range(2 * masters)]
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [_valkey_cli(), "--cluster", "create", *addresses,
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=READY_TIMEOUT_S,
+        )  # fmt: skip
+        clients = [
+            stack.enter_context(redis.Redis(port=n.port, decode_responses=True)) for n in nodes
+        ]
+        _wait(lambda: _cluster_ok(clients, 2 * masters), "the replicated cluster to be ok")
+        shards: list[Shard] = []
+
+        def paired() -> bool:
+            shards[:] = _shards(nodes, clients)
+            return len(shards) == masters
+
+        _wait(paired, "every master to have its replica")
+        for shard in shards:
+            wait_caught_up(shard.master, shard.replica)
+        yield shards
+
+
+def _shards(nodes: list[EmbeddedValkey], clients: list[redis.Redis]) -> list[Shard]:
+    """Each master with its replica, as the first node sees them now."""
+    by_id = {
+        client.execute_command("CLUSTER", "MYID"): node
+        for node, client in zip(nodes, clients, strict=True)
+    }
+    replica_of: dict[str, EmbeddedValkey] = {}
+    for line in clients[0].execute_command("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if "slave" in fields[2].split(",") and fields[3] in by_id:
+            replica_of[fields[3]] = by_id[fields[0]]
+    return [Shard(by_id[master_id], replica) for master_id, replica in replica_of.items()]
+
+
+def wait_promoted(replica: EmbeddedValkey, live: list[EmbeddedValkey]) -> None:
+    """Return once the cluster has promoted ``replica`` by itself (its master died):
+    every node in ``live`` maps slots to it and reports ``cluster_state:ok``."""
+    clients = [redis.Redis(port=n.port, decode_responses=True) for n in live]
+    try:
+        with redis.Redis(port=replica.port, decode_responses=True) as r:
+            replica_id = r.execute_command("CLUSTER", "MYID")
+        _wait(
+            lambda: (
+                all(_serves_slots(c, replica_id) for c in clients)
+                and _cluster_ok(clients, len(live))
+            ),
+            "the cluster to promote the replica",
+        )
+    finally:
+        for client in clients:
+            client.close()
