@@ -205,6 +205,8 @@ class DualSaver(AsyncFirstSaver):
         if self._outbox_key is not None:
             self._use_key(self._outbox_key)
         self._counters = _Counters()
+        self._paused_threads: set[str] = set()
+        """Threads that reached an interrupt in write_behind: their next put flushes."""
         self._health = _RedisHealth()
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
         self._connections_seen = -1
@@ -364,6 +366,11 @@ class DualSaver(AsyncFirstSaver):
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
         await self._write(record)
+        if record.thread_id in self._paused_threads:
+            # A put that finished after the interrupt's flush began (LangGraph saves
+            # checkpoints in the background): the paused state is made durable too.
+            self._paused_threads.discard(record.thread_id)
+            await self.aflush()
         return saved_config(record)
 
     async def aput_writes(
@@ -377,7 +384,9 @@ class DualSaver(AsyncFirstSaver):
         await self._write(record)
         if self.mode == "write_behind" and any(w.channel == INTERRUPT for w in record.writes):
             # The human-in-the-loop boundary: a person may take minutes or days to
-            # answer, so what led up to the question is made durable now.
+            # answer, so what led up to the question is made durable now, and so is the
+            # thread's next checkpoint, whose put may still be on its way.
+            self._paused_threads.add(record.thread_id)
             await self.aflush()
 
     async def _write(self, record: CheckpointRecord | WritesRecord) -> None:

@@ -257,3 +257,24 @@ async def test_aclose_stops_the_background_flusher_a_sync_run_started(
         return all(task.done() for task in tasks)
 
     await eventually(stopped, what="the bridge loop's flusher stopped")
+
+
+async def test_an_interrupt_makes_the_paused_state_durable_even_if_its_put_lands_after(
+    redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    """LangGraph saves checkpoints in the background: the put of the checkpoint a run
+    pauses at can land after the interrupt's write. write_behind flushes it too."""
+    from langgraph.checkpoint.serde.types import INTERRUPT
+
+    async with DualSaver.from_conn_string(
+        redis_url, pg_dsn, prefix=redis_prefix, background_flush=False
+    ) as saver:
+        await saver.asetup()
+        [first] = await put_chain(saver, "paused", 1)
+        await saver.aput_writes(first, [(INTERRUPT, "approve?")], "task-1")
+        assert await durable_ids(pg_dsn, "paused") == ids_of([first])
+        [late] = await put_chain(saver, "paused", 1, start=first)  # lands after
+        assert await durable_ids(pg_dsn, "paused") == ids_of([first, late])
+        [after] = await put_chain(saver, "paused", 1, start=late)  # the flag is spent
+        assert await durable_ids(pg_dsn, "paused") == ids_of([first, late])
+        assert after is not None
