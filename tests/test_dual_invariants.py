@@ -1,4 +1,4 @@
-"""DESIGN.md section 5: each invariant of the chain, on real Valkey and PostgreSQL."""
+"""The chain's invariants (README, "What holds"), each on real Valkey and PostgreSQL."""
 
 from __future__ import annotations
 

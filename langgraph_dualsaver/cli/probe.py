@@ -203,7 +203,7 @@ def warnings_for(
     outbox_age_s: float | None = None,
     dead_letters: int = 0,
 ) -> list[str]:
-    """Settings and states that weaken what DESIGN.md promises, each with what to do."""
+    """Settings and states that weaken what the README promises, each with what to do."""
     found = []
     if redis is not None:
         policy = redis.maxmemory_policy
