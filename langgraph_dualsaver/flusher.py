@@ -275,7 +275,8 @@ class Flusher:
         except DualSaverError as exc:
             return await self._isolate(outbox, batch, exc)
         refused_entries = [batch[i] for i in refused]
-        accepted = [e for i, e in enumerate(batch) if i not in set(refused)]
+        skipped = set(refused)
+        accepted = [e for i, e in enumerate(batch) if i not in skipped]
         await self.ack(outbox, accepted)
         return len(accepted) + await self._settle_refused(outbox, refused_entries)
 

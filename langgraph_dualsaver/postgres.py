@@ -295,9 +295,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
     async def aclaim_owner(self, prefix: str) -> str:
         """Record ``prefix`` as the Redis prefix that owns this saver's tables, unless
         one is recorded already; return the recorded one. ``DualSaver.asetup`` calls it."""
-        async with self._connection() as conn:
-            await conn.execute(sql.CLAIM_SETTING, OWNER_PREFIX, prefix)
-            return str(await conn.fetchval(sql.GET_SETTING, OWNER_PREFIX))
+        return await self.aclaim_setting(OWNER_PREFIX, prefix)
 
     async def aclaim_setting(self, name: str, value: str) -> str:
         """Store ``value`` under ``name`` unless a value is stored already; return the

@@ -6,7 +6,7 @@ records in ``records``; listing is in ``redis_list``; deletes, copies, pruning a
 delta-channel walk are in ``redis_admin``. A thread's keys share one expiry, sliding
 on write and, with ``refresh_on_read``, on read. With ``outbox=True`` every write is
 also queued on the shard's outbox stream for the chain's flusher, and the thread keeps
-no expiry until ``amark_durable`` says its records reached PostgreSQL.
+no expiry until the flusher's acknowledgement (``aack_durable``) counts its records durable.
 """
 
 from __future__ import annotations
