@@ -15,13 +15,11 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-import redis
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     ChannelVersions,
@@ -32,11 +30,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis import exceptions as rex
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.connection import parse_url
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin as admin
@@ -44,8 +38,6 @@ from langgraph_dualsaver import redis_list as listing
 from langgraph_dualsaver import redis_replicas as replicas
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
-from langgraph_dualsaver._loops import LoopLocal
-from langgraph_dualsaver.auth_errors import REDIS_AUTH_ERRORS, redis_auth_error
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -64,46 +56,21 @@ from langgraph_dualsaver.records import (
     validate_id,
     writes_record,
 )
-from langgraph_dualsaver.redact import redact, unparsable
+from langgraph_dualsaver.redis_connection import Client, RedisConnection
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["OutboxFullError", "RedisHotSaver"]
 
 log = logging.getLogger(__name__)
 
-Client = Redis | RedisCluster
-
 
 class OutboxFullError(DualSaverError):
     """A record's outbox stream is at its cap; nothing was written (``DualSaver``
     drains the outbox and tries again: backpressure)."""
 
+
 _DEFAULT_TIMEOUTS = Timeouts()
-_UNAVAILABLE = (
-    rex.ConnectionError,
-    rex.TimeoutError,
-    rex.ClusterDownError,
-    rex.SlotNotCoveredError,
-    OSError,
-)
-_IN_TRANSITION = (
-    rex.ClusterError,  # CLUSTERDOWN, MASTERDOWN; redirects past redis-py's TTL
-    rex.AskError,  # and MOVED, once redis-py stops following them
-    rex.TryAgainError,
-    rex.ReadOnlyError,  # a write reached a master since demoted
-)
-"""Answers of a cluster in a failover or a resharding: unavailable for now, like a
-connection error, not a fault of the call (they subclass ``ResponseError``)."""
 _STREAM_ID = re.compile(rb"\d+-\d+")
-_REDIS_PY = str(Path(redis.__file__).parent)
-
-
-def _raised_in_redis_py(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised by redis-py's own code, not by this package's."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
 
 _SLOT_IDENTITY = r"""
 -- KEYS[1]: a slot's server record. ARGV[1]: '' to read it; a run_id (or '*': any) to
@@ -151,8 +118,6 @@ class RedisHotSaver(AsyncFirstSaver):
         limits: Limits | None = None,
     ) -> None:
         super().__init__(serde=serde, limits=limits)
-        if (client is None) == (url is None):
-            raise ConfigurationError("give exactly one of client= or url=")
         self.prefix = K.validate_prefix(prefix)
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigurationError(f"shards must be a positive int, got {shards!r}")
@@ -179,29 +144,10 @@ class RedisHotSaver(AsyncFirstSaver):
         self.outbox_key: OutboxKey | None = None
         """Signs queued entries (``DualSaver`` sets it); without one they carry no tag."""
         self._seen_run_ids: dict[str, str] = {}
-        self.connections_opened = 0
-        """Connections opened so far: the chain re-checks the server after each."""
-        self._res: LoopLocal[Client]
-        if client is not None:
-            if client.get_connection_kwargs().get("decode_responses"):
-                raise ConfigurationError("the client must have decode_responses=False")
-            self._url: str | None = None
-            self._cluster = isinstance(client, RedisCluster)
-            self._where = "the given client"
-            self._res = LoopLocal(fixed=client)
-        else:
-            assert url is not None
-            for scheme in ("redis+cluster://", "rediss+cluster://"):
-                if url.startswith(scheme):
-                    url, cluster = url.replace("+cluster", "", 1), True
-            self._url = url
-            self._cluster = cluster
-            self._where = redact(url)
-            try:
-                parse_url(url)
-            except ValueError:
-                raise unparsable("Redis", url) from None
-            self._res = LoopLocal(open=self._open_client, close=self._close_client)
+        self.conn = RedisConnection(
+            client, url=url, cluster=cluster, max_connections=max_connections, timeouts=timeouts
+        )
+        """The connection every Redis call of the tier (and the chain's outbox) goes through."""
 
     @classmethod
     def from_conn_string(cls, url: str, **options: Any) -> RedisHotSaver:
@@ -212,150 +158,49 @@ class RedisHotSaver(AsyncFirstSaver):
     def outbox_enabled(self) -> bool:
         return self.outbox
 
-    # -- clients and errors -------------------------------------------------------
-
-    async def _open_client(self) -> Client:
-        assert self._url is not None
-        options: dict[str, Any] = {
-            "socket_connect_timeout": self.timeouts.connect_s,
-            "socket_timeout": self.timeouts.command_s,
-            # One retry, on a dropped connection only (a restarted server leaves stale
-            # pooled connections); a timeout is final, so a paused server costs one
-            # command timeout, not redis-py's default retries.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(rex.ConnectionError,)),
-            "decode_responses": False,
-        }
-        if self._cluster:
-            cluster = RedisCluster.from_url(self._url, **options)
-            self._count_connections_of(cluster)
-            return cluster
-        # A blocking pool: past max_connections a call waits (up to the command timeout)
-        # for a free connection, instead of failing at once as redis-py's default pool
-        # does at 100 (seen with 64 concurrent graph runs).
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self.max_connections,
-            timeout=self.timeouts.command_s,
-            redis_connect_func=self._count_connection,
-            **options,
-        )
-        return Redis.from_pool(pool)
-
-    def _count_connections_of(self, cluster: RedisCluster) -> None:
-        """Count each node's new connections as the single-server pool does: one may
-        reach a master that restarted. RedisCluster takes no connect hook, so it goes in
-        the kwargs node connections are built from: the template kept for nodes found
-        later, and the startup nodes already built from it."""
-        cluster.get_connection_kwargs()["redis_connect_func"] = self._count_connection
-        for node in cluster.nodes_manager.startup_nodes.values():
-            node.connection_kwargs["redis_connect_func"] = self._count_connection
-
-    async def _close_client(self, client: Client) -> None:
-        await client.aclose()
+    # -- clients ------------------------------------------------------------------
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
-        return self._res.home
+        return self.conn.home_loop
 
     async def aclient(self) -> Client:
-        """The client for the running event loop (the flusher reads the outbox with it)."""
-        return await self._res.get()
+        """The client for the running event loop."""
+        return await self.conn.client()
+
+    @property
+    def connections_opened(self) -> int:
+        """Connections opened so far: the chain re-checks the server after each."""
+        return self.conn.connections_opened
 
     async def aclose(self) -> None:
-        await self._res.aclose()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except DualSaverError:
-            raise
-        except rex.OutOfMemoryError as exc:
-            raise StoreUnavailableError(f"redis at {self._where} is out of memory: {exc}") from exc
-        except REDIS_AUTH_ERRORS as exc:  # a setting to fix, not an outage
-            raise redis_auth_error(exc, f"redis at {self._where}") from exc
-        except _IN_TRANSITION as exc:
-            raise StoreUnavailableError(
-                f"redis cluster at {self._where} is in transition: {exc}"
-            ) from exc
-        except (AttributeError, TypeError) as exc:
-            if not _raised_in_redis_py(exc):
-                raise
-            # redis-py's own state broken under a call: a cluster client's aclose()
-            # (its reaction to a failover) disconnects the connections in use too
-            raise StoreUnavailableError(
-                f"redis at {self._where} is unavailable: the client failed mid-call ({exc!r})"
-            ) from exc
-        except rex.ResponseError as exc:
-            if "DUALSAVER" in str(exc):
-                raise DualSaverError(str(exc).split("DUALSAVER", 1)[1].strip()) from exc
-            raise
-        except (*_UNAVAILABLE, rex.RedisClusterException) as exc:
-            if isinstance(exc, rex.RedisClusterException) and not (
-                isinstance(exc, rex.SlotNotCoveredError) or "cannot be connected" in str(exc)
-            ):
-                raise  # API misuse, not an outage
-            raise StoreUnavailableError(
-                f"redis at {self._where} is unavailable: {exc or type(exc).__name__}"
-            ) from exc
-
-    async def _load_scripts(self, client: Client) -> None:
-        for script in S.ALL_SCRIPTS:
-            await client.script_load(script.body)
-
-    async def _eval(
-        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
-        with self._errors():
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except rex.NoScriptError:
-                await self._load_scripts(client)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+        await self.conn.aclose()
 
     async def _eval_replicated(
-        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+        self, script: S.Script, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """``_eval`` for a write to acknowledge: on Redis Cluster (with
+        """``conn.eval`` for a write to acknowledge: on Redis Cluster (with
         ``wait_for_replicas``), on its master, then ``WAIT`` there on the same
         connection until the master's replicas have it (``redis_replicas``)."""
-        if not (self._cluster and self.wait_for_replicas):
-            return await self._eval(client, script, keys, args)
+        if not (self.conn.cluster and self.wait_for_replicas):
+            return await self.conn.eval(script, keys, args)
+        client = await self.conn.client()
         assert isinstance(client, RedisCluster)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         wait_ms = max(1, int(self.timeouts.command_s * 500))  # inside the read timeout
         counts = self._replica_counts
-        with self._errors():
+        with self.conn.errors():
             try:
                 return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
             except rex.NoScriptError:
-                await self._load_scripts(client)
+                await self.conn.load_scripts(client)
                 return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
-
-    async def _pipeline(self, client: Client, build: Callable[[Any], object]) -> list[Any]:
-        """A non-transactional pipeline: one round trip on a single server."""
-        with self._errors():
-            for attempt in (1, 2):
-                pipe = client.pipeline(transaction=False)
-                build(pipe)
-                try:
-                    replies = await pipe.execute()
-                except rex.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    await self._load_scripts(client)
-                    continue
-                failed = next((r for r in replies if isinstance(r, BaseException)), None)
-                if failed is not None:  # an error returned as a reply is still an error
-                    raise failed
-                return replies
-        raise AssertionError("unreachable")
 
     def _partial(self, thread_id: str) -> None:
         self.partial_reads += 1
         log.warning(
             "thread %r in redis at %s is missing keys (evicted?); treated as absent",
             thread_id[:200],
-            self._where,
+            self.conn.where,
         )
 
     # -- layout -------------------------------------------------------------------
@@ -388,21 +233,21 @@ class RedisHotSaver(AsyncFirstSaver):
     async def asetup(self) -> None:
         """Check the server (version, eviction policy) and load the scripts. Idempotent."""
         client = await self.aclient()
-        with self._errors():
+        with self.conn.errors():
             info = await client.info("server")
             version_text = str(info.get("redis_version", "0"))
             if tuple(int(p) for p in version_text.split(".")[:2]) < (6, 2):
                 raise ConfigurationError(
-                    f"redis at {self._where} is version {version_text}; "
+                    f"redis at {self.conn.where} is version {version_text}; "
                     "RedisHotSaver needs Redis >= 6.2 or Valkey >= 7.2"
                 )
             self._run_id = K.text(info.get("run_id", ""))
             await self._check_eviction_policy(client)
-            await self._load_scripts(client)
+            await self.conn.load_scripts(client)
 
     async def _check_eviction_policy(self, client: Client) -> None:
         try:
-            if self._cluster:
+            if self.conn.cluster:
                 replies = await client.config_get(
                     "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
                 )
@@ -415,14 +260,14 @@ class RedisHotSaver(AsyncFirstSaver):
             log.warning(
                 "cannot read maxmemory-policy of redis at %s (%s); make sure it is "
                 "noeviction or volatile-*, never allkeys-*",
-                self._where,
+                self.conn.where,
                 exc,
             )
             return
         for policy in sorted(policies):
             if policy.startswith("allkeys-"):
                 raise UnsafeRedisConfigError(
-                    f"redis at {self._where} has maxmemory-policy {policy}, which can evict "
+                    f"redis at {self.conn.where} has maxmemory-policy {policy}, which can evict "
                     "checkpoints and outbox entries that are not durable yet; set "
                     "maxmemory-policy to noeviction (or volatile-lru / volatile-ttl, with care)"
                 )
@@ -447,10 +292,10 @@ class RedisHotSaver(AsyncFirstSaver):
         writes (a stale latest), and nothing left on it tells a caught-up replica apart.
         Resharding also shows as a change. Each costs a flush and a cold hot tier, never
         data."""
-        if self._cluster:
-            return await self._cluster_identity()
+        if self.conn.cluster:
+            return await self.conn.cluster_identity()
         client = await self.aclient()
-        with self._errors():
+        with self.conn.errors():
             info = await client.info("server")
             recorded = await client.get(K.server_key(self.prefix))
         self._run_id = K.text(info.get("run_id", ""))
@@ -462,16 +307,16 @@ class RedisHotSaver(AsyncFirstSaver):
         """Record the current server as the one the hot data is good on. On Redis
         Cluster, per slot, and only where the master is still the one the last
         ``aserver_identity`` saw: a master restarted since stays "changed"."""
-        if self._cluster:
-            await self._cluster_identity_round(record=True)
+        if self.conn.cluster:
+            await self.conn.cluster_identity_round(record=True)
             return
         client = await self.aclient()
-        with self._errors():
+        with self.conn.errors():
             info = await client.info("server")
             await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
 
     async def _cluster_identity(self) -> Literal["same", "new", "changed"]:
-        seen = await self._cluster_identity_round(record=False)
+        seen = await self.conn.cluster_identity_round(record=False)
         if all(recorded is None for recorded, _ in seen.values()):
             return "new"
         current = all(recorded == run_id for recorded, run_id in seen.values())
@@ -488,18 +333,13 @@ class RedisHotSaver(AsyncFirstSaver):
                 expected = self._seen_run_ids.get(key, "*") if record else ""
                 pipe.execute_command("EVAL", _SLOT_IDENTITY, 1, key, expected)
 
-        replies = await self._pipeline(await self.aclient(), build)
+        replies = await self.conn.pipeline(build)
         seen = {
             key: (None if recorded is None else K.text(recorded), K.text(run_id))
             for key, (recorded, run_id) in zip(keys, replies, strict=True)
         }
         self._seen_run_ids = {key: run_id for key, (_, run_id) in seen.items()}
         return seen
-
-    async def _count_connection(self, connection: Any) -> None:
-        """Connection hook: a new connection may reach a restarted server."""
-        await connection.on_connect()
-        self.connections_opened += 1
 
     # -- writes -------------------------------------------------------------------
 
@@ -583,8 +423,8 @@ class RedisHotSaver(AsyncFirstSaver):
         args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
             args += S.store_item_args(record, *self._outbox_fields(record, enqueue))
-        store = self._eval_replicated if enqueue else self._eval
-        ids = await store(await self.aclient(), S.STORE, tk.all, args)
+        store = self._eval_replicated if enqueue else self.conn.eval
+        ids = await store(S.STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
         return self._entry_ids(ids, len(records) if enqueue else 0)
@@ -599,7 +439,7 @@ class RedisHotSaver(AsyncFirstSaver):
         ):
             return [K.text(i) for i in reply]
         raise StoreUnavailableError(
-            f"redis at {self._where} answered a write with {reply!r:.200} instead of "
+            f"redis at {self.conn.where} answered a write with {reply!r:.200} instead of "
             f"{queued} outbox entry id(s); the write is not taken as done"
         )
 
@@ -632,7 +472,7 @@ class RedisHotSaver(AsyncFirstSaver):
                 keys = self.thread_keys(thread_id).data
                 S.MARK_DURABLE.queue(pipe, keys, [K.utf8(thread_id), count, self._ttl_ms])
 
-        await self._pipeline(await self.aclient(), build)
+        await self.conn.pipeline(build)
 
     async def adiscard_entry(
         self, thread_id: str, entry_id: str, *, group: str | None = None
@@ -661,7 +501,7 @@ class RedisHotSaver(AsyncFirstSaver):
                     args += [K.utf8(thread_id), len(ids), *ids]
                 S.ACK.queue(pipe, keys, args)
 
-        await self._pipeline(await self.aclient(), build)
+        await self.conn.pipeline(build)
 
     async def adiscard_entries(
         self, entries: Sequence[tuple[str, str]], *, group: str | None = None
@@ -676,7 +516,7 @@ class RedisHotSaver(AsyncFirstSaver):
                 args = [K.utf8(thread_id), entry_id, self._ttl_ms, group or ""]
                 S.DISCARD.queue(pipe, tk.all, args)
 
-        await self._pipeline(await self.aclient(), build)
+        await self.conn.pipeline(build)
 
     # -- reads --------------------------------------------------------------------
 
@@ -687,8 +527,7 @@ class RedisHotSaver(AsyncFirstSaver):
         else:
             args = [b"latest", *K.latest_range(ns)]
         tk = self.thread_keys(thread_id)
-        reply = await self._eval(
-            await self.aclient(), S.LOAD, tk.data, [*self._load_head(thread_id), *args]
+        reply = await self.conn.eval(S.LOAD, tk.data, [*self._load_head(thread_id), *args]
         )
         found = self._tuples(thread_id, reply)
         return found[0] if found else None
@@ -734,7 +573,7 @@ class RedisHotSaver(AsyncFirstSaver):
             pipe.hlen(tk.cp)
             pipe.hget(tk.meta, "pending")
 
-        *ttls, count, pending = await self._pipeline(await self.aclient(), build)
+        *ttls, count, pending = await self.conn.pipeline(build)
         return {
             "thread_id": thread_id,
             "shard": tk.shard,
@@ -763,8 +602,8 @@ class RedisHotSaver(AsyncFirstSaver):
         that position. No tombstone (PostgreSQL has one)."""
         keys = self.thread_keys(thread_id).data
         args = [K.utf8(thread_id), K.stream_id(born_by)]
-        if await self._eval(await self.aclient(), S.DROP, keys, args):
-            with self._errors():
+        if await self.conn.eval(S.DROP, keys, args):
+            with self.conn.errors():
                 registry = self.thread_keys(thread_id).registry
                 await (await self.aclient()).zrem(registry, K.utf8(thread_id))
 
@@ -772,7 +611,7 @@ class RedisHotSaver(AsyncFirstSaver):
         """Whether outbox entry ``entry_id`` belongs to the thread's live hot copy (it
         was queued since the thread's keys were last created)."""
         meta = self.thread_keys(thread_id).meta
-        with self._errors():
+        with self.conn.errors():
             owner, since = await (await self.aclient()).hmget(meta, ["thread_id", "since"])
         if owner is None or K.text(owner) != thread_id or since is None:
             return False

@@ -84,7 +84,7 @@ async def delete_threads(
                     args = [K.utf8(thread_id), int(tombstone), entry_id, tag]
                     S.DELETE.queue(pipe, saver.thread_keys(thread_id).all, args)
 
-            replies = await saver._pipeline(client, build)
+            replies = await saver.conn.pipeline(build)
             for thread_id, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, list):  # ['retry', last id]: sign a later one
                     stream = saver.thread_keys(thread_id).outbox
@@ -129,7 +129,7 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
                 keys = saver.thread_keys(thread_id).data
                 S.EVICT.queue(pipe, keys, [K.utf8(thread_id)])
 
-        dropped = await saver._pipeline(client, build)
+        dropped = await saver.conn.pipeline(build)
         gone = [t for t, n in zip(chunk, dropped, strict=True) if n]
 
         def unregister(pipe: Any, gone: list[str] = gone) -> None:
@@ -137,7 +137,7 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
                 pipe.zrem(saver.thread_keys(thread_id).registry, K.utf8(thread_id))
 
         if gone:
-            await saver._pipeline(client, unregister)
+            await saver.conn.pipeline(unregister)
 
 
 async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:
@@ -165,7 +165,7 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
     validate_id("thread_id", target, saver.limits)
     client = await saver.aclient()
     tk = saver.thread_keys(source)
-    reply = await saver._eval(client, S.DUMP, tk.data, [K.utf8(source)])
+    reply = await saver.conn.eval(S.DUMP, tk.data, [K.utf8(source)])
     if reply[0] == b"partial":
         saver._partial(source)
     if reply[0] != b"ok":
@@ -305,8 +305,7 @@ async def _kept(
 async def _stored_of(
     saver: RedisHotSaver, client: Client, threads: Sequence[str]
 ) -> list[dict[bytes, K.StoredCheckpoint]]:
-    replies = await saver._pipeline(
-        client, lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
+    replies = await saver.conn.pipeline(lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
     )
     return [{f: K.decode_stored_checkpoint(v) for f, v in r.items()} for r in replies]
 
@@ -319,7 +318,7 @@ async def _remove(saver: RedisHotSaver, client: Client, doomed: Mapping[str, lis
         for tid, fields in doomed.items():
             S.REMOVE.queue(pipe, saver.thread_keys(tid).data, [K.utf8(tid), *fields])
 
-    await saver._pipeline(client, build)
+    await saver.conn.pipeline(build)
 
 
 async def delta_channel_history(
@@ -371,7 +370,7 @@ async def _chain(
     mode, start = (b"target", checkpoint_id) if checkpoint_id else (b"latest", "")
     while True:
         args = [K.utf8(thread_id), K.ns_prefix(ns), _CHAIN_STEPS, mode, K.utf8(start)]
-        reply = await saver._eval(client, S.CHAIN, tk.data, [*args, *map(K.utf8, remaining)])
+        reply = await saver.conn.eval(S.CHAIN, tk.data, [*args, *map(K.utf8, remaining)])
         if reply[0] == b"partial":
             saver._partial(thread_id)
         if reply[0] != b"ok":

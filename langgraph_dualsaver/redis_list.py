@@ -133,7 +133,7 @@ async def _candidates(
         idx = saver.thread_keys(thread_id).idx
         upper, lower = bounds.upper(thread_id, ns), K.latest_range(ns)[1]
         while True:
-            with saver._errors():
+            with saver.conn.errors():
                 fields = await client.zrange(
                     idx, upper, lower, desc=True, bylex=True, offset=0, num=page
                 )
@@ -145,8 +145,7 @@ async def _candidates(
     threads = [thread_id] if thread_id is not None else await registered_threads(saver)
     found: list[tuple[str, str, str, bytes]] = []
     for chunk in K.chunks(threads, BATCH):
-        replies = await saver._pipeline(
-            client, lambda p, c=chunk: [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
+        replies = await saver.conn.pipeline(lambda p, c=chunk: [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
         )
         for tid, fields in zip(chunk, replies, strict=True):
             for field in fields:
@@ -178,8 +177,7 @@ async def registry_members(saver: RedisHotSaver) -> list[tuple[str, float]]:
     moved to their shards' registries on the way."""
     client = await saver.aclient()
     keys = saver.registry_keys()
-    replies = await saver._pipeline(
-        client, lambda p: [p.zrange(key, 0, -1, withscores=True) for key in keys]
+    replies = await saver.conn.pipeline(lambda p: [p.zrange(key, 0, -1, withscores=True) for key in keys]
     )
     members = {m.decode("utf-8", "surrogatepass"): s for reply in replies for m, s in reply}
     if replies[-1]:
@@ -196,21 +194,20 @@ async def _move_legacy_members(
             pipe.zadd(saver.thread_keys(thread_id).registry, {member: score}, gt=True)
             pipe.zrem(legacy, member)
 
-    await saver._pipeline(client, build)
+    await saver.conn.pipeline(build)
 
 
 async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) -> set[str]:
     client = await saver.aclient()
     gone: set[str] = set()
     for chunk in K.chunks(stale, BATCH):
-        exists = await saver._pipeline(
-            client, lambda p, c=chunk: [p.exists(saver.thread_keys(t).meta) for t, _ in c]
+        exists = await saver.conn.pipeline(lambda p, c=chunk: [p.exists(saver.thread_keys(t).meta) for t, _ in c]
         )
         for (tid, score), alive in zip(chunk, exists, strict=True):
             if not alive:
                 gone.add(tid)
                 args = [K.utf8(tid), repr(score)]
-                await saver._eval(client, S.FORGET, [saver.thread_keys(tid).registry], args)
+                await saver.conn.eval(S.FORGET, [saver.thread_keys(tid).registry], args)
     return gone
 
 
@@ -227,8 +224,7 @@ async def _load_batch(
         by_thread.setdefault(tid, []).append(field)
     if filter:
         threads = list(by_thread)
-        stored = await saver._pipeline(
-            client, lambda p: [p.hmget(saver.thread_keys(t).cp, by_thread[t]) for t in threads]
+        stored = await saver.conn.pipeline(lambda p: [p.hmget(saver.thread_keys(t).cp, by_thread[t]) for t in threads]
         )
         for tid, values in zip(threads, stored, strict=True):
             by_thread[tid] = [
@@ -246,7 +242,7 @@ async def _load_batch(
             keys = saver.thread_keys(tid).data
             S.LOAD.queue(pipe, keys, [*saver._load_head(tid), b"fields", *by_thread[tid]])
 
-    replies = await saver._pipeline(client, build)
+    replies = await saver.conn.pipeline(build)
     decoded_bytes = sum(_decoded_bytes(reply) for reply in replies)
     loaded: dict[tuple[str, bytes], CheckpointTuple] = {}
     for tid, reply in zip(threads, replies, strict=True):

@@ -265,7 +265,7 @@ def test_a_cluster_in_transition_is_unavailable_not_a_fault() -> None:
         rex.ClusterError("TTL exhausted."),
     ]
     for answer in answers:
-        with pytest.raises(StoreUnavailableError), saver._errors():
+        with pytest.raises(StoreUnavailableError), saver.conn.errors():
             raise answer
 
 
@@ -276,9 +276,9 @@ async def test_a_client_broken_under_a_call_is_unavailable_and_our_own_bugs_stay
     own code is a bug, and is not hidden."""
     saver = RedisHotSaver(url="redis+cluster://127.0.0.1:1", outbox=True)
     closed = Connection(host="127.0.0.1", port=1)
-    with pytest.raises(StoreUnavailableError), saver._errors():
+    with pytest.raises(StoreUnavailableError), saver.conn.errors():
         await closed._send_packed_command([b"PING"])
-    with pytest.raises(AttributeError), saver._errors():
+    with pytest.raises(AttributeError), saver.conn.errors():
         _ = closed.no_such_attribute  # type: ignore[attr-defined]
 
 
