@@ -9,6 +9,7 @@ graph = builder.compile(checkpointer=DualSaver.from_env())
 """
 
 from langgraph_dualsaver._base import StrictSerializer
+from langgraph_dualsaver.compression import Compression, StoredValueError, StoredValueTooLargeError
 from langgraph_dualsaver.dual import DualSaver, DualStats
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
@@ -33,6 +34,7 @@ from langgraph_dualsaver.settings import Timeouts
 
 __all__ = [
     "CheckpointTooLargeError",
+    "Compression",
     "ConfigurationError",
     "DualSaver",
     "DualSaverError",
@@ -49,6 +51,8 @@ __all__ = [
     "RedisHotSaver",
     "SerializationError",
     "StoreUnavailableError",
+    "StoredValueError",
+    "StoredValueTooLargeError",
     "StrictSerializer",
     "Timeouts",
     "UnsafeRedisConfigError",

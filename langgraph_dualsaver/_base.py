@@ -4,6 +4,7 @@ serializer every saver decodes with unless given its own."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -25,6 +26,12 @@ from typing_extensions import Self
 
 from langgraph_dualsaver._loops import run_sync
 from langgraph_dualsaver._paging import SYNC_CHUNK, page_sizes, take
+from langgraph_dualsaver.compression import (
+    DEFAULT_COMPRESSION,
+    Compression,
+    user_serde,
+    with_compression,
+)
 from langgraph_dualsaver.errors import UnsafeValueError
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
 
@@ -120,9 +127,31 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
     is not trusted to name code to run.
     """
 
-    def __init__(self, *, serde: SerializerProtocol | None = None, limits: Limits | None = None):
-        super().__init__(serde=serde or StrictSerializer())
+    def __init__(
+        self,
+        *,
+        serde: SerializerProtocol | None = None,
+        limits: Limits | None = None,
+        compression: Compression | None = DEFAULT_COMPRESSION,
+    ):
         self.limits = limits or DEFAULT_LIMITS
+        self.compression = compression
+        super().__init__(serde=self._compressing(serde or StrictSerializer()))
+
+    def _compressing(self, serde: SerializerProtocol) -> SerializerProtocol:
+        """``serde`` wrapped per ``compression``: values read either way (see
+        ``compression``); inside an ``EncryptedSerializer``, compressed before encrypted."""
+        return with_compression(serde, self.compression, self.limits.max_value_bytes)
+
+    def with_allowlist(self, extra_allowlist: Any) -> Self:
+        """LangGraph's, applied to the user's serde under the compression wrapper."""
+        plain = copy.copy(self)
+        plain.serde = user_serde(self.serde)
+        allowed = BaseCheckpointSaver.with_allowlist(plain, extra_allowlist)
+        if allowed is plain:
+            return self
+        allowed.serde = self._compressing(allowed.serde)
+        return allowed  # type: ignore[return-value]
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         return None

@@ -40,6 +40,7 @@ from langgraph.checkpoint.serde.types import INTERRUPT
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._paging import ListKey, comes_after, list_key
 from langgraph_dualsaver.committer import GroupCommitter
+from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DurableWriteError,
@@ -183,7 +184,11 @@ class DualSaver(AsyncFirstSaver):
             raise ConfigurationError("DualSaver needs RedisHotSaver(..., outbox=True)")
         if max_lag < 1:
             raise ConfigurationError(f"max_lag must be at least 1, got {max_lag}")
-        super().__init__(serde=serde or hot.serde, limits=limits or hot.limits)
+        super().__init__(
+            serde=serde or hot.serde,
+            limits=limits or hot.limits,
+            compression=hot.compression,  # from_conn_string's compression= sets both tiers'
+        )
         self.hot = hot
         self.durable = durable
         self.hot.serde = self.durable.serde = self.serde
@@ -232,12 +237,14 @@ class DualSaver(AsyncFirstSaver):
         timeouts: Timeouts | None = None,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
+        compression: Compression | None = DEFAULT_COMPRESSION,
         **options: Any,
     ) -> DualSaver:
         """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit.
 
         ``schema`` gives the app a PostgreSQL schema of its own, as ``prefix`` gives it
         its own Redis keys; ``asetup`` records the prefix as the schema's owner.
+        ``compression`` (``Compression``, or ``None``) applies to both tiers.
         """
         hot = RedisHotSaver(
             url=redis_url,
@@ -247,12 +254,14 @@ class DualSaver(AsyncFirstSaver):
             timeouts=timeouts or Timeouts(),
             serde=serde,
             limits=limits,
+            compression=compression,
         )
         durable = PostgresDurableSaver(
             dsn=postgres_url,
             timeouts=timeouts or Timeouts(),
             serde=serde,
             limits=limits,
+            compression=compression,
             schema=schema,
         )
         return cls(hot, durable, mode=mode, **options)

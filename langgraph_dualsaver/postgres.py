@@ -40,6 +40,7 @@ from langgraph_dualsaver._loops import LoopLocal
 from langgraph_dualsaver._paging import PageSizer
 from langgraph_dualsaver.audit import AuditEntry, ThreadSummary, audit_entry
 from langgraph_dualsaver.auth_errors import POSTGRES_AUTH_ERRORS, postgres_auth_error
+from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -120,6 +121,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
             sharing a database never see each other's threads; ``None``: the tables
             stay where the connection's ``search_path`` puts them (``public``). A
             caller's pool must be created with ``server_settings=schema_settings(...)``.
+        compression: how values are compressed (``Compression``; ``None``: not at all).
+            Values stored compressed read either way.
     """
 
     def __init__(
@@ -133,8 +136,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
         min_size: int = 1,
         max_size: int = 10,
         schema: str | None = None,
+        compression: Compression | None = DEFAULT_COMPRESSION,
     ) -> None:
-        super().__init__(serde=serde, limits=limits)
+        super().__init__(serde=serde, limits=limits, compression=compression)
         self.schema = None if schema is None else sql.schema_name(schema)
         if (pool is None) == (dsn is None):
             raise ConfigurationError("give exactly one of pool= or dsn=")

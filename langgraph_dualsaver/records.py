@@ -32,6 +32,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from langgraph_dualsaver.compression import StoredValueError
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     InvalidIdError,
@@ -312,6 +313,8 @@ class BlobRecord:
 def _dumps(serde: SerializerProtocol, value: Any, what: str, limits: Limits) -> tuple[str, bytes]:
     try:
         type_, data = serde.dumps_typed(value)
+    except CheckpointTooLargeError as exc:  # over the limit before compression
+        raise CheckpointTooLargeError(f"{what} {exc}") from None
     except Exception as exc:  # serde raises whatever its encoder raises
         raise SerializationError(
             f"cannot serialize {what} ({type(value).__name__}): {exc}"
@@ -356,7 +359,10 @@ def load_blobs(
     for channel, version in versions.items():
         found = blobs.get((channel, version_key(version)))
         if found is not None and found[0] != EMPTY_TYPE:
-            values[channel] = serde.loads_typed(found)
+            try:
+                values[channel] = serde.loads_typed(found)
+            except StoredValueError as exc:
+                raise type(exc)(f"channel {channel!r} at version {version}: {exc}") from None
     return values
 
 
@@ -414,7 +420,16 @@ def resolve_writes(records: Iterable[WriteRecord]) -> list[WriteRecord]:
 
 
 def load_writes(serde: SerializerProtocol, records: Iterable[WriteRecord]) -> list[PendingWrite]:
-    return [(w.task_id, w.channel, serde.loads_typed((w.type, w.data))) for w in records]
+    return [(w.task_id, w.channel, _load_write(serde, w)) for w in records]
+
+
+def _load_write(serde: SerializerProtocol, write: WriteRecord) -> Any:
+    try:
+        return serde.loads_typed((write.type, write.data))
+    except StoredValueError as exc:
+        raise type(exc)(
+            f"pending write to {write.channel!r} of task {write.task_id!r}: {exc}"
+        ) from None
 
 
 # -- whole records, as the outbox carries them ----------------------------------------

@@ -38,6 +38,7 @@ from langgraph_dualsaver import redis_list as listing
 from langgraph_dualsaver import redis_replicas as replicas
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -116,8 +117,9 @@ class RedisHotSaver(AsyncFirstSaver):
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
+        compression: Compression | None = DEFAULT_COMPRESSION,
     ) -> None:
-        super().__init__(serde=serde, limits=limits)
+        super().__init__(serde=serde, limits=limits, compression=compression)
         self.prefix = K.validate_prefix(prefix)
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigurationError(f"shards must be a positive int, got {shards!r}")

@@ -14,6 +14,8 @@ import typer
 from rich.text import Text
 
 from langgraph_dualsaver.cli import render
+from langgraph_dualsaver.cli.compression import compression_sample
+from langgraph_dualsaver.cli.compression import describe as describe_compression
 from langgraph_dualsaver.cli.data import hot_thread_ids, thread_presence
 from langgraph_dualsaver.cli.deadletters import cap_warnings
 from langgraph_dualsaver.cli.inspect import not_found
@@ -203,6 +205,7 @@ async def _status(target: Target) -> dict[str, Any]:
         "outbox": None,
         "threads": {"hot": None, "durable": None},
         "degraded": isinstance(redis, Unreachable),
+        "compression": None,
     }
     stats = None
     dead_letters_near_cap: list[str] = []
@@ -227,6 +230,7 @@ async def _status(target: Target) -> dict[str, Any]:
             report["threads"]["hot"] = len(await hot_thread_ids(saver))
         if isinstance(postgres, PostgresFacts) and postgres.schema_version >= 0:
             report["threads"]["durable"] = len(await saver.durable.athreads())
+            report["compression"] = await compression_sample(saver.durable)
     report["warnings"] = (
         warnings_for(
             redis if isinstance(redis, RedisFacts) else None,
@@ -290,6 +294,8 @@ def _print_status(report: dict[str, Any]) -> None:
         ("threads in PostgreSQL", "?" if threads["durable"] is None else threads["durable"]),
         ("degraded mode", "yes (Redis unreachable)" if report["degraded"] else "no"),
     ]
+    if report["compression"] is not None:
+        rows.append(("compression", describe_compression(report["compression"])))
     out.print(render.kv_table(rows))
     for warning in report["warnings"]:
         out.print(Text(f"warning: {warning}", style="yellow"))
