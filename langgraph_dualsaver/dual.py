@@ -233,6 +233,7 @@ class DualSaver(AsyncFirstSaver):
         mode: Mode = "write_behind",
         prefix: str = "dualsaver",
         schema: str | None = None,
+        partitions: int | None = None,
         ttl: timedelta | None = timedelta(hours=24),
         timeouts: Timeouts | None = None,
         serde: SerializerProtocol | None = None,
@@ -244,6 +245,7 @@ class DualSaver(AsyncFirstSaver):
 
         ``schema`` gives the app a PostgreSQL schema of its own, as ``prefix`` gives it
         its own Redis keys; ``asetup`` records the prefix as the schema's owner.
+        ``partitions`` goes to ``PostgresDurableSaver``.
         ``compression`` (``Compression``, or ``None``) applies to both tiers.
         """
         hot = RedisHotSaver(
@@ -263,6 +265,7 @@ class DualSaver(AsyncFirstSaver):
             limits=limits,
             compression=compression,
             schema=schema,
+            partitions=partitions,
         )
         return cls(hot, durable, mode=mode, **options)
 

@@ -34,6 +34,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from langgraph_dualsaver import postgres_delta as delta
+from langgraph_dualsaver import postgres_layout as layout
 from langgraph_dualsaver import postgres_sql as sql
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
@@ -121,6 +122,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
             sharing a database never see each other's threads; ``None``: the tables
             stay where the connection's ``search_path`` puts them (``public``). A
             caller's pool must be created with ``server_settings=schema_settings(...)``.
+        partitions: hash-partition every thread table by ``thread_id`` into this many
+            partitions when ``setup()`` creates the tables (``postgres_layout``); refused
+            by ``setup()`` on tables created otherwise.
         compression: how values are compressed (``Compression``; ``None``: not at all).
             Values stored compressed read either way.
     """
@@ -137,9 +141,11 @@ class PostgresDurableSaver(AsyncFirstSaver):
         max_size: int = 10,
         schema: str | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        partitions: int | None = None,
     ) -> None:
         super().__init__(serde=serde, limits=limits, compression=compression)
         self.schema = None if schema is None else sql.schema_name(schema)
+        self.partitions = layout.partition_count(partitions)
         if (pool is None) == (dsn is None):
             raise ConfigurationError("give exactly one of pool= or dsn=")
         if dsn is not None and (not isinstance(dsn, str) or not dsn):
@@ -268,13 +274,15 @@ class PostgresDurableSaver(AsyncFirstSaver):
     async def asetup(self) -> None:
         """Create or migrate the tables (and the schema, if one is set). Idempotent, and
         safe from several processes at once: the run holds the schema's session advisory
-        lock, so the others wait, then find nothing left to do."""
+        lock, so the others wait, then find nothing left to do. With ``partitions``, a
+        new database gets hash-partitioned thread tables (``postgres_layout.prepare``)."""
         lock_key = sql.setup_lock_key(self.schema)
         async with self._connection() as conn:
             await conn.execute(sql.ADVISORY_LOCK_SETUP, lock_key, timeout=SETUP_TIMEOUT_S)
             try:
                 await self._create_schema(conn)
                 await conn.execute(sql.MIGRATIONS[0], timeout=SETUP_TIMEOUT_S)
+                await layout.prepare(conn, self.partitions, self._where, SETUP_TIMEOUT_S)
                 current = await conn.fetchval(sql.CURRENT_MIGRATION)
                 for version in range(current + 1, len(sql.MIGRATIONS)):
                     async with conn.transaction():
@@ -575,20 +583,18 @@ class PostgresDurableSaver(AsyncFirstSaver):
             if not threads:
                 return
             await conn.execute(sql.LOCK_THREADS, threads)
-            deleted = await conn.fetch(sql.DELETE_FOR_RUNS, runs, threads)
-            if not deleted:
-                return
-            columns = ("thread_id", "checkpoint_ns", "checkpoint_id")
-            ids = [[r[c] for r in deleted] for c in columns]
-            await conn.execute(sql.DELETE_RUN_WRITES, *ids)
-            await conn.execute(sql.REMEMBER_DELETED_CHECKPOINTS, *ids)
-            freed: dict[tuple[str, str], list[str]] = {}
-            for r in deleted:
-                freed.setdefault((r["thread_id"], r["checkpoint_ns"]), []).append(
-                    r["channel_versions"]
-                )
-            for (thread_id, ns), versions in sorted(freed.items()):
-                await delta.gc_blobs(conn, thread_id, ns, versions)
+            for thread_id in threads:  # usually one: a run belongs to a thread
+                deleted = await conn.fetch(sql.DELETE_FOR_RUNS, runs, thread_id)
+                if not deleted:
+                    continue
+                ids = [[r[c] for r in deleted] for c in ("checkpoint_ns", "checkpoint_id")]
+                await conn.execute(sql.DELETE_RUN_WRITES, thread_id, *ids)
+                await conn.execute(sql.REMEMBER_DELETED_CHECKPOINTS, thread_id, *ids)
+                freed: dict[str, list[str]] = {}
+                for r in deleted:
+                    freed.setdefault(r["checkpoint_ns"], []).append(r["channel_versions"])
+                for ns, versions in sorted(freed.items()):
+                    await delta.gc_blobs(conn, thread_id, ns, versions)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy the complete chain (checkpoints, blobs, writes; same ids and times)."""

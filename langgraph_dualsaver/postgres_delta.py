@@ -89,8 +89,9 @@ async def keep_latest(conn: asyncpg.Connection, thread_id: str) -> None:
 
 
 async def delete_threads(conn: asyncpg.Connection, thread_ids: Sequence[str]) -> None:
-    """Every row of the threads: checkpoints, blobs and writes."""
-    await conn.execute(sql.DELETE_THREADS, list(thread_ids))
+    """Every row of the threads: checkpoints, blobs and writes. One statement per
+    thread, pipelined in one round trip, so each names one partition."""
+    await conn.executemany(sql.DELETE_THREAD, [(thread_id,) for thread_id in thread_ids])
 
 
 async def gc_blobs(

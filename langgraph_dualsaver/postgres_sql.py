@@ -39,7 +39,7 @@ __all__ = [
     "CURRENT_MIGRATION",
     "DELETE_FOR_RUNS",
     "DELETE_RUN_WRITES",
-    "DELETE_THREADS",
+    "DELETE_THREAD",
     "DELETE_THREAD_UPTO",
     "DELTA_HISTORY_BY_ID",
     "DELTA_HISTORY_LATEST",
@@ -51,6 +51,7 @@ __all__ = [
     "INSERT_RECORDS",
     "LOCK_THREADS",
     "MIGRATIONS",
+    "PARTITIONED_TABLES",
     "PRUNE_CHECKPOINTS",
     "PRUNE_HEADS",
     "PRUNE_PARENTS",
@@ -61,14 +62,17 @@ __all__ = [
     "RUN_THREADS",
     "SCHEMA_EXISTS",
     "SEARCH_PATH",
+    "TABLE_LAYOUT",
     "THREADS",
     "THREAD_INFO",
+    "THREAD_TABLES",
     "UPSERT_TOMBSTONE",
     "WRITE_BATCH_GUARDED",
     "batch_params",
     "create_schema_sql",
     "filter_param",
     "list_sql",
+    "partition_sql",
     "quoted_schema",
     "schema_name",
     "setup_lock_key",
@@ -351,6 +355,129 @@ MIGRATIONS: list[str] = [
     END
     $fn$
     """,
+    # 9: the same rules, but the batch reads each thread's tombstone and deleted
+    # checkpoints by thread (one partition per lookup, see postgres_layout), after
+    # taking the locks, into arrays the inserts check; the inserts scan no table. A
+    # join against the tables instead may scan every partition (a hash anti-join, which
+    # generic plans pick).
+    """
+    CREATE OR REPLACE FUNCTION dualsaver_write_batch(
+        lock_threads text[], rec_threads text[], rec_seqs bigint[],
+        b_t text[], b_ns text[], b_ch text[], b_v text[], b_ty text[], b_blob bytea[],
+        s_t text[], s_ns text[], s_id text[], s_task text[], s_path text[], s_idx int[],
+        s_ch text[], s_ty text[], s_blob bytea[],
+        p_t text[], p_ns text[], p_id text[], p_task text[], p_path text[], p_idx int[],
+        p_ch text[], p_ty text[], p_blob bytea[],
+        c_t text[], c_ns text[], c_id text[], c_parent text[], c_cp bytea[],
+        c_versions text[], c_meta text[],
+        b_seq bigint[], s_seq bigint[], p_seq bigint[], c_seq bigint[]
+    ) RETURNS integer[] LANGUAGE plpgsql AS $fn$
+    DECLARE
+        thread text;
+        tomb bigint;
+        tomb_t text[] := '{}';
+        tomb_s bigint[] := '{}';
+        gone_t text[] := '{}';
+        gone_ns text[] := '{}';
+        gone_id text[] := '{}';
+        write_ids text[] := s_id || p_id;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(k) FROM (
+            SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest(lock_threads) AS t
+            ORDER BY k
+        ) AS keys;
+
+        FOR thread IN SELECT DISTINCT t FROM unnest(lock_threads) AS t LOOP
+            SELECT x.deleted_seq INTO tomb FROM dualsaver_tombstones x WHERE x.thread_id = thread;
+            IF FOUND THEN
+                tomb_t := tomb_t || thread;
+                tomb_s := tomb_s || tomb;
+            END IF;
+            IF cardinality(write_ids) > 0 THEN
+                SELECT gone_t || coalesce(array_agg(d.thread_id), '{}'),
+                       gone_ns || coalesce(array_agg(d.checkpoint_ns), '{}'),
+                       gone_id || coalesce(array_agg(d.checkpoint_id), '{}')
+                INTO gone_t, gone_ns, gone_id
+                FROM dualsaver_deleted_checkpoints d
+                WHERE d.thread_id = thread AND d.checkpoint_id = ANY(write_ids);
+            END IF;
+        END LOOP;
+
+        IF cardinality(b_t) > 0 THEN
+        INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob, seq)
+        SELECT r.t, r.ns, r.ch, r.v, r.ty, r.blob, r.seq
+        FROM unnest(b_t, b_ns, b_ch, b_v, b_ty, b_blob, b_seq) AS r(t, ns, ch, v, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM unnest(tomb_t, tomb_s) AS x(t, s)
+                          WHERE x.t = r.t AND x.s >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING;
+        END IF;
+
+        IF cardinality(s_t) > 0 THEN
+        INSERT INTO dualsaver_writes (thread_id, checkpoint_ns, checkpoint_id, task_id,
+                                      task_path, idx, channel, type, blob, seq)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob, r.seq
+        FROM unnest(s_t, s_ns, s_id, s_task, s_path, s_idx, s_ch, s_ty, s_blob, s_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM unnest(tomb_t, tomb_s) AS x(t, s)
+                          WHERE x.t = r.t AND x.s >= r.seq)
+          AND NOT EXISTS (SELECT 1 FROM unnest(gone_t, gone_ns, gone_id) AS d(t, ns, id)
+                          WHERE d.t = r.t AND d.ns = r.ns AND d.id = r.id)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+        SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+            type = EXCLUDED.type, blob = EXCLUDED.blob,
+            seq = GREATEST(dualsaver_writes.seq, EXCLUDED.seq)
+        WHERE dualsaver_writes.seq <= EXCLUDED.seq
+          AND (dualsaver_writes.task_path, dualsaver_writes.channel,
+               dualsaver_writes.type, dualsaver_writes.blob)
+            IS DISTINCT FROM (EXCLUDED.task_path, EXCLUDED.channel, EXCLUDED.type, EXCLUDED.blob);
+        END IF;
+
+        IF cardinality(p_t) > 0 THEN
+        INSERT INTO dualsaver_writes (thread_id, checkpoint_ns, checkpoint_id, task_id,
+                                      task_path, idx, channel, type, blob, seq)
+        SELECT r.t, r.ns, r.id, r.task, r.path, r.idx, r.ch, r.ty, r.blob, r.seq
+        FROM unnest(p_t, p_ns, p_id, p_task, p_path, p_idx, p_ch, p_ty, p_blob, p_seq)
+            AS r(t, ns, id, task, path, idx, ch, ty, blob, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM unnest(tomb_t, tomb_s) AS x(t, s)
+                          WHERE x.t = r.t AND x.s >= r.seq)
+          AND NOT EXISTS (SELECT 1 FROM unnest(gone_t, gone_ns, gone_id) AS d(t, ns, id)
+                          WHERE d.t = r.t AND d.ns = r.ns AND d.id = r.id)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+        SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel,
+            type = EXCLUDED.type, blob = EXCLUDED.blob, seq = EXCLUDED.seq
+        WHERE dualsaver_writes.seq > EXCLUDED.seq;
+        END IF;
+
+        IF cardinality(c_t) > 0 THEN
+        INSERT INTO dualsaver_checkpoints
+            (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+             channel_versions, metadata, seq)
+        SELECT r.t, r.ns, r.id, r.parent, r.cp, r.versions::jsonb, r.meta::jsonb, r.seq
+        FROM unnest(c_t, c_ns, c_id, c_parent, c_cp, c_versions, c_meta, c_seq)
+            AS r(t, ns, id, parent, cp, versions, meta, seq)
+        WHERE NOT EXISTS (SELECT 1 FROM unnest(tomb_t, tomb_s) AS x(t, s)
+                          WHERE x.t = r.t AND x.s >= r.seq)
+        ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+        SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
+            checkpoint = EXCLUDED.checkpoint,
+            channel_versions = EXCLUDED.channel_versions,
+            metadata = EXCLUDED.metadata,
+            seq = GREATEST(dualsaver_checkpoints.seq, EXCLUDED.seq)
+        WHERE dualsaver_checkpoints.seq <= EXCLUDED.seq
+          AND (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpoint,
+               dualsaver_checkpoints.metadata)
+            IS DISTINCT FROM (EXCLUDED.parent_checkpoint_id, EXCLUDED.checkpoint,
+                              EXCLUDED.metadata);
+        END IF;
+
+        RETURN ARRAY(
+            SELECT r.n::integer FROM unnest(rec_threads, rec_seqs) WITH ORDINALITY AS r(t, seq, n)
+            WHERE EXISTS (SELECT 1 FROM unnest(tomb_t, tomb_s) AS x(t, s)
+                          WHERE x.t = r.t AND x.s >= r.seq)
+            ORDER BY r.n);
+    END
+    $fn$
+    """,
 ]
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
@@ -362,6 +489,96 @@ ADVISORY_LOCK_SETUP = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
 ADVISORY_UNLOCK_SETUP = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 CURRENT_MIGRATION = "SELECT coalesce(max(v), -1) FROM dualsaver_migrations"
 RECORD_MIGRATION = "INSERT INTO dualsaver_migrations (v) VALUES ($1) ON CONFLICT (v) DO NOTHING"
+
+# -- partitioned layout -----------------------------------------------------------------
+
+# The thread tables as migrations 1-8 leave them (same columns, order, keys), but
+# hash-partitioned by thread_id. ``setup(partitions=N)`` creates them before the
+# migrations run, which then find them (IF NOT EXISTS) and go on as usual.
+PARTITIONED_TABLES: dict[str, str] = {
+    "dualsaver_checkpoints": """
+    CREATE TABLE IF NOT EXISTS dualsaver_checkpoints (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        parent_checkpoint_id TEXT COLLATE "C",
+        checkpoint BYTEA NOT NULL,
+        channel_versions JSONB NOT NULL DEFAULT '{}',
+        metadata JSONB NOT NULL DEFAULT '{}',
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seq BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    ) PARTITION BY HASH (thread_id)
+    """,
+    "dualsaver_blobs": """
+    CREATE TABLE IF NOT EXISTS dualsaver_blobs (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        channel TEXT COLLATE "C" NOT NULL,
+        version TEXT COLLATE "C" NOT NULL,
+        type TEXT NOT NULL,
+        blob BYTEA,
+        seq BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+    ) PARTITION BY HASH (thread_id)
+    """,
+    "dualsaver_writes": """
+    CREATE TABLE IF NOT EXISTS dualsaver_writes (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL DEFAULT '',
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        task_id TEXT COLLATE "C" NOT NULL,
+        task_path TEXT COLLATE "C" NOT NULL DEFAULT '',
+        idx INTEGER NOT NULL,
+        channel TEXT COLLATE "C" NOT NULL,
+        type TEXT NOT NULL,
+        blob BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seq BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+    ) PARTITION BY HASH (thread_id)
+    """,
+    "dualsaver_tombstones": """
+    CREATE TABLE IF NOT EXISTS dualsaver_tombstones (
+        thread_id TEXT COLLATE "C" PRIMARY KEY,
+        deleted_seq BIGINT NOT NULL,
+        deleted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    ) PARTITION BY HASH (thread_id)
+    """,
+    "dualsaver_deleted_checkpoints": """
+    CREATE TABLE IF NOT EXISTS dualsaver_deleted_checkpoints (
+        thread_id TEXT COLLATE "C" NOT NULL,
+        checkpoint_ns TEXT COLLATE "C" NOT NULL,
+        checkpoint_id TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    ) PARTITION BY HASH (thread_id)
+    """,
+}
+THREAD_TABLES: tuple[str, ...] = tuple(PARTITIONED_TABLES)
+"""Every table keyed by thread: the ones ``partitions=N`` partitions."""
+
+# Per thread table that exists (found through search_path): 'p' (partitioned) or 'r',
+# and its number of partitions.
+TABLE_LAYOUT = """
+SELECT c.relname AS name, c.relkind::text AS kind,
+       (SELECT count(*) FROM pg_inherits AS i WHERE i.inhparent = c.oid) AS partitions
+FROM unnest($1::text[]) AS t(name)
+JOIN pg_class AS c ON c.oid = to_regclass(t.name)
+"""
+
+
+def partition_sql(table: str, modulus: int, remainder: int) -> str:
+    """``CREATE TABLE ... PARTITION OF`` for one hash partition of a thread table (DDL
+    takes no parameters: the names are ours, the numbers checked integers)."""
+    if table not in PARTITIONED_TABLES:
+        raise ValueError(f"{table!r} is not a thread table")
+    if type(modulus) is not int or type(remainder) is not int or not 0 <= remainder < modulus:
+        raise ValueError(f"bad hash partition {remainder} of {modulus}")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table}_p{remainder} PARTITION OF {table} "
+        f"FOR VALUES WITH (MODULUS {modulus}, REMAINDER {remainder})"
+    )
+
 
 # -- schemas: one per app ---------------------------------------------------------------
 
@@ -497,7 +714,9 @@ four seq arrays. Returns the 1-based positions of the records a tombstone refuse
 
 # The columns of a checkpoint tuple: the row, the blobs at its channel versions and its
 # pending writes, aggregated per checkpoint by LATERAL joins (one query for any number
-# of checkpoints). ``c`` is a subquery that picks the checkpoints.
+# of checkpoints). ``c`` is a subquery that picks the checkpoints; ``thread`` is ``$1``
+# when they are one thread's (so the joins name the thread's partition when planned,
+# see ``postgres_layout``), else ``c.thread_id``.
 _TUPLE_COLUMNS = """
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint,
        c.metadata::text AS metadata,
@@ -515,7 +734,7 @@ LEFT JOIN LATERAL (
         -- (which the planner picks when its row estimate is stale): flat in the
         -- thread's history length. LIMIT 1 keeps the subquery from being flattened.
         SELECT * FROM dualsaver_blobs AS b
-        WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+        WHERE b.thread_id = {thread} AND b.checkpoint_ns = c.checkpoint_ns
           AND b.channel = v.key COLLATE "C" AND b.version = v.value COLLATE "C"
         LIMIT 1
     ) AS b
@@ -525,7 +744,7 @@ LEFT JOIN LATERAL (
            array_agg(w.idx) AS idxs, array_agg(w.channel) AS channels,
            array_agg(w.type) AS types, array_agg(w.blob) AS blobs
     FROM dualsaver_writes AS w
-    WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+    WHERE w.thread_id = {thread} AND w.checkpoint_ns = c.checkpoint_ns
       AND w.checkpoint_id = c.checkpoint_id
 ) AS wr ON true
 ORDER BY c.checkpoint_id DESC, c.thread_id, c.checkpoint_ns
@@ -539,12 +758,14 @@ _PICK_COLUMNS = (
 # Latest: a backward scan of the primary key, flat in the thread's history length.
 GET_LATEST = _TUPLE_COLUMNS.format(
     pick=f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints "
-    "WHERE thread_id = $1 AND checkpoint_ns = $2 ORDER BY checkpoint_id DESC LIMIT 1"
+    "WHERE thread_id = $1 AND checkpoint_ns = $2 ORDER BY checkpoint_id DESC LIMIT 1",
+    thread="$1",
 )
 
 GET_BY_ID = _TUPLE_COLUMNS.format(
     pick=f"SELECT {_PICK_COLUMNS} FROM dualsaver_checkpoints "
-    "WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
+    "WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3",
+    thread="$1",
 )
 
 
@@ -595,20 +816,22 @@ def list_sql(
     pick += " ORDER BY checkpoint_id DESC, thread_id, checkpoint_ns"
     if limit:
         pick += f" LIMIT ${n + 1}"
-    return _TUPLE_COLUMNS.format(pick=pick)
+    return _TUPLE_COLUMNS.format(pick=pick, thread="$1" if thread else "c.thread_id")
 
 
 # -- deletes and copies ---------------------------------------------------------------
 
-DELETE_THREADS = """
+# One thread per execution (``executemany`` for several): ``thread_id = $1`` names one
+# partition even in a generic plan, where ``= ANY($1)`` would scan them all.
+DELETE_THREAD = """
 WITH c AS (
-    DELETE FROM dualsaver_checkpoints WHERE thread_id = ANY($1::text[])
+    DELETE FROM dualsaver_checkpoints WHERE thread_id = $1
 ), b AS (
-    DELETE FROM dualsaver_blobs WHERE thread_id = ANY($1::text[])
+    DELETE FROM dualsaver_blobs WHERE thread_id = $1
 ), d AS (
-    DELETE FROM dualsaver_deleted_checkpoints WHERE thread_id = ANY($1::text[])
+    DELETE FROM dualsaver_deleted_checkpoints WHERE thread_id = $1
 )
-DELETE FROM dualsaver_writes WHERE thread_id = ANY($1::text[])
+DELETE FROM dualsaver_writes WHERE thread_id = $1
 """
 
 RUN_THREADS = """
@@ -616,23 +839,24 @@ SELECT DISTINCT thread_id FROM dualsaver_checkpoints
 WHERE metadata ->> 'run_id' = ANY($1::text[])
 """
 
+# One thread of the runs' (``RUN_THREADS``) per execution.
 DELETE_FOR_RUNS = """
 DELETE FROM dualsaver_checkpoints
-WHERE metadata ->> 'run_id' = ANY($1::text[]) AND thread_id = ANY($2::text[])
+WHERE metadata ->> 'run_id' = ANY($1::text[]) AND thread_id = $2
 RETURNING thread_id, checkpoint_ns, checkpoint_id, channel_versions::text AS channel_versions
 """
 
 # Remembered so a write of a deleted run that is still on its way is dropped on arrival.
 REMEMBER_DELETED_CHECKPOINTS = """
 INSERT INTO dualsaver_deleted_checkpoints (thread_id, checkpoint_ns, checkpoint_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+SELECT $1::text, * FROM unnest($2::text[], $3::text[])
 ON CONFLICT DO NOTHING
 """
 
 DELETE_RUN_WRITES = """
 DELETE FROM dualsaver_writes AS w
-USING unnest($1::text[], $2::text[], $3::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
-WHERE w.thread_id = d.thread_id AND w.checkpoint_ns = d.checkpoint_ns
+USING unnest($2::text[], $3::text[]) AS d(checkpoint_ns, checkpoint_id)
+WHERE w.thread_id = $1 AND w.checkpoint_ns = d.checkpoint_ns
   AND w.checkpoint_id = d.checkpoint_id
 """
 
@@ -795,7 +1019,7 @@ SELECT w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channe
             THEN (c.metadata ->> 'step')::numeric::bigint END AS step
 FROM dualsaver_writes AS w
 LEFT JOIN dualsaver_checkpoints AS c
-  ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+  ON c.thread_id = $1 AND c.checkpoint_ns = w.checkpoint_ns
  AND c.checkpoint_id = w.checkpoint_id
 WHERE w.thread_id = $1
 ORDER BY w.checkpoint_id, w.created_at, w.checkpoint_ns, w.task_path, w.task_id, w.idx
