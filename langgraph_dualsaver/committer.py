@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from langgraph_dualsaver.errors import DualSaverError, DurableWriteError, StoreUnavailableError
-from langgraph_dualsaver.keys import stream_seq
-from langgraph_dualsaver.outbox import GROUP
+from langgraph_dualsaver.outbox import Outbox, position
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.postgres import PostgresDurableSaver
-    from langgraph_dualsaver.redis import RedisHotSaver
 
 __all__ = ["GroupCommitter"]
 
@@ -38,10 +36,8 @@ class _Pending:
 class GroupCommitter:
     """Commits write_through records of one event loop, batching concurrent ones."""
 
-    def __init__(
-        self, hot: RedisHotSaver, durable: PostgresDurableSaver, max_batch: int = 256
-    ) -> None:
-        self.hot = hot
+    def __init__(self, outbox: Outbox, durable: PostgresDurableSaver, max_batch: int = 256) -> None:
+        self.outbox = outbox
         self.durable = durable
         self.max_batch = max_batch
         self.committed = 0
@@ -68,8 +64,8 @@ class GroupCommitter:
                 if not item.done.done():
                     item.done.set_result(None)
             try:
-                await self.hot.adiscard_entries(
-                    [(item.record.thread_id, item.entry_id) for item in committed], group=GROUP
+                await self.outbox.discard(
+                    [(item.record.thread_id, item.entry_id) for item in committed]
                 )
             except StoreUnavailableError as exc:
                 # Committed already: the flusher writes these entries again, harmlessly.
@@ -79,7 +75,7 @@ class GroupCommitter:
         """Commit a batch; on a rejected record, commit the others one by one."""
         try:
             refused = await self.durable.awrite_guarded(
-                [item.record for item in batch], [stream_seq(item.entry_id) for item in batch]
+                [item.record for item in batch], [position(item.entry_id) for item in batch]
             )
             for index in refused:
                 await self._settle_refused(batch[index])
@@ -102,7 +98,7 @@ class GroupCommitter:
         """A record a tombstone refused: fine if its thread was deleted after it (the
         delete wins, and took the hot copy too); an error if Redis still holds it, so
         the put is never acknowledged while PostgreSQL does not have it."""
-        if await self.hot.aqueued_in_live_thread(item.record.thread_id, item.entry_id):
+        if await self.outbox.queued_in_live_thread(item.record.thread_id, item.entry_id):
             _fail(
                 item,
                 DurableWriteError(

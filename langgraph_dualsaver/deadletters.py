@@ -34,15 +34,22 @@ replays or purges dead letters.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from langgraph_dualsaver.errors import ConfigurationError, InvalidInputError
-from langgraph_dualsaver.keys import stream_seq, text
-from langgraph_dualsaver.outbox import _reachable
+from langgraph_dualsaver.keys import text
+from langgraph_dualsaver.outbox import (
+    RECORD_FIELD,
+    TOMBSTONE_FIELD,
+    Outbox,
+    position,
+    position_ms,
+)
 from langgraph_dualsaver.records import CheckpointRecord, pack_record, unpack_record
 
 if TYPE_CHECKING:
@@ -263,10 +270,10 @@ class DeadLetter:
 
 def _described(letter: DeadLetter) -> tuple[str, str | None]:
     found = dict(letter.fields)
-    if b"d" in found:
-        return "deletion", text(found[b"d"])
+    if TOMBSTONE_FIELD in found:
+        return "deletion", text(found[TOMBSTONE_FIELD])
     try:
-        record = unpack_record(found[b"r"])
+        record = unpack_record(found[RECORD_FIELD])
     except (KeyError, IndexError, TypeError, ValueError):  # msgpack errors are ValueErrors
         return "undecodable", None
     return ("checkpoint" if isinstance(record, CheckpointRecord) else "writes"), record.thread_id
@@ -282,10 +289,10 @@ def parse_letter(shard: int, dead_stream: str, letter_id: bytes | str, raw: Mapp
         fields = tuple(items[4:])
         stream, at_ms = text(found[b"stream"]), int(found[b"at"])
     else:
-        kept = found.get(b"r", found.get(b"raw"))
-        fields = ((b"r", kept),) if kept is not None else ()
+        kept = found.get(RECORD_FIELD, found.get(b"raw"))
+        fields = ((RECORD_FIELD, kept),) if kept is not None else ()
         stream = dead_stream.removesuffix(":dead") + ":outbox"
-        at_ms = stream_seq(letter_id) >> 20  # the letter's own id is its time
+        at_ms = position_ms(position(letter_id))  # the letter's own id is its time
     entry_id = found.get(b"id")
     return DeadLetter(
         shard=shard,
@@ -308,14 +315,31 @@ def _parse_ref(ref: str, shard: int | None) -> tuple[int | None, str]:
             raise InvalidInputError(f"{ref!r} is not <shard>:<id> (of the shard given)")
         shard = int(shard_text)
     try:
-        stream_seq(letter_id)
+        position(letter_id)
     except ValueError as exc:
         raise InvalidInputError(f"{ref!r} is not a dead letter id: {exc}") from exc
     return shard, letter_id
 
 
 def _newest_first(letter: DeadLetter) -> tuple[int, int]:
-    return (-stream_seq(letter.id), letter.shard)
+    return (-position(letter.id), letter.shard)
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _mapped_errors(
+    method: Callable[Concatenate[DeadLetters, _P], Awaitable[_T]],
+) -> Callable[Concatenate[DeadLetters, _P], Awaitable[_T]]:
+    """Redis' errors as the package's (``RedisConnection.errors``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: DeadLetters, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self.hot.conn.errors():
+            return await method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class DeadLetters:
@@ -329,16 +353,17 @@ class DeadLetters:
 
     def __init__(self, hot: RedisHotSaver) -> None:
         self.hot = hot
+        self.outbox = Outbox.of(hot, consumer="dualsaver-deadletters")
 
     @property
     def streams(self) -> dict[int, str]:
         """Shard number -> its dead-letter stream."""
-        return {shard: self.hot.dead_letter_key(shard) for shard in range(self.hot.shards)}
+        return {shard: self.outbox.dead_letter_stream(shard) for shard in range(self.hot.shards)}
 
     async def _client(self) -> Any:
         return await self.hot.aclient()
 
-    @_reachable
+    @_mapped_errors
     async def counts(self) -> dict[int, int]:
         """Dead letters per shard."""
         async with (await self._client()).pipeline(transaction=False) as pipe:
@@ -347,7 +372,7 @@ class DeadLetters:
             lengths = await pipe.execute()
         return dict(zip(self.streams, (int(n) for n in lengths), strict=True))
 
-    @_reachable
+    @_mapped_errors
     async def marks(self) -> dict[int, str]:
         """Each non-empty shard's newest dead letter id: where a sweep stops."""
         async with (await self._client()).pipeline(transaction=False) as pipe:
@@ -360,7 +385,7 @@ class DeadLetters:
             if items
         }
 
-    @_reachable
+    @_mapped_errors
     async def newest(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, newest first; at most ``limit`` (all with ``None``)."""
         async with (await self._client()).pipeline(transaction=False) as pipe:
@@ -374,7 +399,7 @@ class DeadLetters:
         ]
         return sorted(letters, key=_newest_first)[:limit]
 
-    @_reachable
+    @_mapped_errors
     async def find(self, ref: str, shard: int | None = None) -> list[DeadLetter]:
         """The dead letters ``ref`` names: ``<shard>:<id>`` names one; a bare stream id
         names one per shard that has it (letters made together in several shards share
@@ -405,13 +430,13 @@ class DeadLetters:
             )
         if not letter.fields:
             return "the dead letter holds no outbox fields (an old-format deletion)"
-        if letter.stream not in self.hot.outbox_keys() or (
-            self.hot.dead_letter_key(letter.stream) != letter.dead_stream
+        if letter.stream not in self.outbox.streams or (
+            self.outbox.dead_letter_stream(letter.stream) != letter.dead_stream
         ):
             return f"it names outbox stream {letter.stream!r}, which is not its shard's"
         return None
 
-    @_reachable
+    @_mapped_errors
     async def replay(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         """Put each letter's entry back on its outbox and delete the letter, atomically
         per letter. Returns the new outbox entry ids (``None``: the letter was gone).
@@ -446,7 +471,7 @@ class DeadLetters:
         args = [letter.id, *([letter.thread_id] if thread else [])]
         return [letter.dead_stream, letter.stream, *thread], args  # type: ignore[list-item]
 
-    @_reachable
+    @_mapped_errors
     async def purge(self, letters: Sequence[DeadLetter]) -> int:
         """Delete these dead letters, each with its record's pending count (one atomic
         script per letter); returns how many were still there."""
@@ -460,7 +485,7 @@ class DeadLetters:
                 _eval(pipe, _PURGE, [letter.dead_stream, *thread], args)
             return sum(int(n) for n in await pipe.execute())
 
-    @_reachable
+    @_mapped_errors
     async def purge_all(self, marks: Mapping[int, str]) -> int:
         """Purge every dead letter up to each shard's mark; returns how many."""
         purged = 0
@@ -468,7 +493,7 @@ class DeadLetters:
             purged += await self.purge(page)
         return purged
 
-    @_reachable
+    @_mapped_errors
     async def replay_all(
         self, marks: Mapping[int, str]
     ) -> tuple[list[tuple[DeadLetter, str]], list[tuple[DeadLetter, str]]]:

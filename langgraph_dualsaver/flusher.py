@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.outbox import GROUP, RECORD_FIELD, Entry, Outbox, OutboxKey
+from langgraph_dualsaver.outbox import RECORD_FIELD, Entry, Outbox, OutboxKey
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.postgres import PostgresDurableSaver
@@ -106,8 +106,7 @@ class Flusher:
         self.durable = durable
         self.settings = settings or FlushSettings()
         self.consumer = consumer or consumer_name()
-        self.key = key
-        """The key entries must carry a tag of; ``None`` trusts every entry."""
+        self.outbox = Outbox.of(hot, self.consumer, key)
         self.flushed = 0
         self.dead_lettered = 0
         self.refused = 0
@@ -118,14 +117,17 @@ class Flusher:
         self._own_pending = True  # a new consumer holds nothing, but one look is cheap
         self._next_claim = 0.0
 
-    async def outbox(self) -> Outbox:
-        client = await self.hot.aclient()
-        return Outbox(
-            client, self.hot.outbox_keys(), self.hot.dead_letter_key, self.consumer, self.key
-        )
+    @property
+    def key(self) -> OutboxKey | None:
+        """The key entries must carry a tag of; ``None`` trusts every entry."""
+        return self.outbox.key
+
+    @key.setter
+    def key(self, key: OutboxKey | None) -> None:
+        self.outbox.key = key
 
     async def setup(self) -> None:
-        await (await self.outbox()).ensure_group()
+        await self.outbox.ensure_group()
 
     async def run_once(self) -> int:
         """One pass: own unacknowledged entries, then reclaimed ones, then new ones.
@@ -133,14 +135,14 @@ class Flusher:
         Returns how many entries were made durable. Raises ``StoreUnavailableError``
         when a store is down; nothing is acknowledged then.
         """
-        outbox = await self.outbox()
+        outbox = self.outbox
         done = 0
         if self._own_pending:  # only after a pass that failed part way, or left some
             own = await outbox.read(self.settings.batch, own_pending=True)
             self._own_pending = bool(own)
             own = self._ripe(own)
             if own:
-                done += await self._guarded(self._apply(outbox, own))
+                done += await self._guarded(self._apply(own))
         claim_s = self.settings.claim_idle.total_seconds()
         now = time.monotonic()
         if now >= self._next_claim:  # other consumers' leftovers: looked for now and then
@@ -149,14 +151,14 @@ class Flusher:
             if claimed:
                 poison = [e for e, n in claimed if n > self.settings.max_deliveries]
                 if poison:
-                    await self._dead_letter(outbox, poison, "delivered too many times")
+                    await self._dead_letter(poison, "delivered too many times")
                 rest = [e for e, n in claimed if n <= self.settings.max_deliveries]
-                done += await self._guarded(self._apply(outbox, rest))
+                done += await self._guarded(self._apply(rest))
         # Guarded too: a read that fails on one stream may have delivered the others'.
         reading = outbox.read(self.settings.batch, own_pending=False)
         fresh = self._ripe(await self._guarded(reading))
         if fresh:
-            done += await self._guarded(self._apply(outbox, fresh))
+            done += await self._guarded(self._apply(fresh))
         return done
 
     def _ripe(self, entries: list[Entry]) -> list[Entry]:
@@ -187,7 +189,7 @@ class Flusher:
         so writers that keep putting cannot keep a drain going."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
-        outbox = await self.outbox()
+        outbox = self.outbox
         cutoff = await outbox.server_time_ms()
         total = 0
         while True:
@@ -239,26 +241,26 @@ class Flusher:
 
     # -- internals --------------------------------------------------------------------
 
-    async def _apply(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
+    async def _apply(self, entries: Sequence[Entry]) -> int:
         """Make entries durable: dead-letter what cannot be applied, apply tombstones,
         then records in batches bounded by count and bytes. Returns how many entries
         left the queue."""
         bad = [e for e in entries if e.problem is not None]
         for problem in sorted({e.problem for e in bad if e.problem}):
-            await self._dead_letter(outbox, [e for e in bad if e.problem == problem], problem)
+            await self._dead_letter([e for e in bad if e.problem == problem], problem)
         deletions = [e for e in entries if e.problem is None and e.deleted_thread is not None]
         for entry in deletions:
             assert entry.deleted_thread is not None
             await self.durable.adelete_thread(entry.deleted_thread, tombstone_seq=entry.seq)
         if deletions:
-            await self.ack(outbox, deletions)
+            await self._ack(deletions)
         done = len(deletions)
         records = [e for e in entries if e.problem is None and e.record is not None]
         for batch in _by_bytes(records, self.settings.batch_bytes):
-            done += await self._write(outbox, batch)
+            done += await self._write(batch)
         return done
 
-    async def _write(self, outbox: Outbox, batch: Sequence[Entry]) -> int:
+    async def _write(self, batch: Sequence[Entry]) -> int:
         """One transaction for ``batch``; if PostgreSQL refuses it (or cannot take it in
         its time budget while it answers otherwise), entry by entry, so one bad entry
         costs only itself."""
@@ -271,24 +273,24 @@ class Flusher:
         except StoreUnavailableError as exc:
             if not await self._postgres_answers():
                 raise  # PostgreSQL is down: nothing is acknowledged, all is retried
-            return await self._isolate(outbox, batch, exc)
+            return await self._isolate(batch, exc)
         except DualSaverError as exc:
-            return await self._isolate(outbox, batch, exc)
+            return await self._isolate(batch, exc)
         refused_entries = [batch[i] for i in refused]
         skipped = set(refused)
         accepted = [e for i, e in enumerate(batch) if i not in skipped]
-        await self.ack(outbox, accepted)
-        return len(accepted) + await self._settle_refused(outbox, refused_entries)
+        await self._ack(accepted)
+        return len(accepted) + await self._settle_refused(refused_entries)
 
-    async def _isolate(self, outbox: Outbox, batch: Sequence[Entry], exc: Exception) -> int:
+    async def _isolate(self, batch: Sequence[Entry], exc: Exception) -> int:
         """A batch PostgreSQL refused, or could not take in time while it answers: each
         entry alone, so only the bad one fails."""
         if len(batch) == 1:
-            return await self._failed(outbox, batch[0], exc)
+            return await self._failed(batch[0], exc)
         logger.warning("flush batch failed (%s); retrying entries one by one", exc)
-        return sum([await self._write(outbox, [entry]) for entry in batch])
+        return sum([await self._write([entry]) for entry in batch])
 
-    async def _failed(self, outbox: Outbox, entry: Entry, exc: Exception) -> int:
+    async def _failed(self, entry: Entry, exc: Exception) -> int:
         """An entry PostgreSQL rejected or could not take in time: retried from this
         consumer's pending list, dead-lettered after ``max_deliveries`` attempts."""
         attempts = self._attempts[entry.stream, entry.id] = (
@@ -299,9 +301,9 @@ class Flusher:
             logger.warning("outbox entry %s failed (%s); it will be retried", entry.id, exc)
             return 0
         reason = f"failed {attempts} times: {exc}"
-        return await self._dead_letter(outbox, [entry], reason)
+        return await self._dead_letter([entry], reason)
 
-    async def _settle_refused(self, outbox: Outbox, entries: Sequence[Entry]) -> int:
+    async def _settle_refused(self, entries: Sequence[Entry]) -> int:
         """Records a tombstone refused. One written before its thread was deleted is
         done with (delete wins). One whose thread still holds it in Redis was written
         *after* the delete and refused anyway (a delete made while Redis was down, by a
@@ -310,13 +312,13 @@ class Flusher:
         done = 0
         for entry in entries:
             assert entry.thread_id is not None
-            if await self.hot.aqueued_in_live_thread(entry.thread_id, entry.id):
+            if await self.outbox.queued_in_live_thread(entry.thread_id, entry.id):
                 done += await self._dead_letter(
-                    outbox, [entry], "refused by a tombstone, but written after the delete"
+                    [entry], "refused by a tombstone, but written after the delete"
                 )
             else:
                 self.refused += 1
-                await self.ack(outbox, [entry])
+                await self._ack([entry])
                 done += 1
         return done
 
@@ -333,11 +335,11 @@ class Flusher:
             return False
         return True
 
-    async def _dead_letter(self, outbox: Outbox, entries: Sequence[Entry], reason: str) -> int:
+    async def _dead_letter(self, entries: Sequence[Entry], reason: str) -> int:
         """Move entries to the dead-letter stream; return how many moved. Their threads
         stay counted pending, so a dead-lettered record stays hot (never expires) until
         an operator acts. Past the stream's cap an entry stays queued instead."""
-        moved = await outbox.dead_letter_entries(
+        moved = await self.outbox.dead_letter_entries(
             entries, reason, cap=self.settings.dead_letter_cap
         )
         count = sum(moved)
@@ -350,17 +352,11 @@ class Flusher:
                 self._attempts.pop((entry.stream, entry.id), None)
         return count
 
-    async def ack(self, outbox: Outbox, entries: Sequence[Entry]) -> None:
-        """Acknowledge durable entries, one script per shard, one round trip for all:
-        XACK + XDEL and, if this call removed the entry, the thread's pending count
-        down (at zero its keys get their TTL), atomically: a crash can never leave a
-        thread counted pending forever (it would never expire)."""
+    async def _ack(self, entries: Sequence[Entry]) -> None:
+        """Acknowledge durable entries (``Outbox.ack``) and count them flushed."""
         if not entries:
             return
-        await self.hot.aack_durable(
-            [(entry.thread_id, entry.id) for entry in entries if entry.thread_id is not None],
-            group=GROUP,
-        )
+        await self.outbox.ack(entries)
         self.flushed += len(entries)
         for entry in entries:
             self._attempts.pop((entry.stream, entry.id), None)

@@ -71,8 +71,6 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_SHARDS",
     "EMPTY_BLOB",
-    "OUTBOX_DELETE_FIELD",
-    "OUTBOX_RECORD_FIELD",
     "REGISTRY_GRACE_S",
     "StoredCheckpoint",
     "ThreadKeys",
@@ -102,8 +100,6 @@ __all__ = [
     "split_cp_field",
     "split_write_member",
     "stored_metadata_matches",
-    "stream_id",
-    "stream_seq",
     "text",
     "thread_digest",
     "thread_keys",
@@ -116,15 +112,9 @@ __all__ = [
 
 DEFAULT_PREFIX = "dualsaver"
 DEFAULT_SHARDS = 16
-OUTBOX_RECORD_FIELD = "r"
-"""Outbox entry field holding ``records.pack_record(record)``."""
-OUTBOX_DELETE_FIELD = "d"
-"""Outbox entry field of a tombstone: the deleted thread_id."""
 REGISTRY_GRACE_S = 60.0
 """A registry member is only forgotten when its last write is older than this, so a
 thread being created right now (in Redis Cluster its ZADD may land first) is kept."""
-
-_SEQ_BITS = 20
 
 
 # -- names ------------------------------------------------------------------------
@@ -444,25 +434,6 @@ def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(log) + 1)
     unpacker.feed(log)
     return [WriteRecord(*entry) for entry in unpacker]
-
-
-# -- stream ids -------------------------------------------------------------------
-
-
-def stream_seq(entry_id: str | bytes) -> int:
-    """A stream entry id ``<ms>-<seq>`` as one BIGINT-safe, order-preserving integer:
-    ``(ms << 20) | seq``."""
-    entry = text(entry_id)
-    ms_text, _, seq_text = entry.partition("-")
-    ms, seq = int(ms_text), int(seq_text or 0)
-    if seq >= 1 << _SEQ_BITS or ms < 0 or seq < 0:
-        raise ValueError(f"stream id {entry!r} does not fit (ms << 20) | seq")
-    return (ms << _SEQ_BITS) | seq
-
-
-def stream_id(seq: int) -> str:
-    """The stream entry id of a ``stream_seq`` value."""
-    return f"{seq >> _SEQ_BITS}-{seq & ((1 << _SEQ_BITS) - 1)}"
 
 
 def text(value: bytes | str) -> str:

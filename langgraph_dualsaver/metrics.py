@@ -288,7 +288,7 @@ def _outbox(
 
 
 async def _read_outbox(saver: DualSaver, wanted: list[Spec]) -> list[tuple[Spec, float]]:
-    outbox = await saver.flusher.outbox()
+    outbox = saver.flusher.outbox
     return [(spec, await _OUTBOX_READS[spec](outbox)) for spec in wanted]
 
 

@@ -17,55 +17,45 @@ delete or forge durable history.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ParamSpec, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
-from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
-from langgraph_dualsaver.keys import stream_seq, text
+from langgraph_dualsaver import keys as K
+from langgraph_dualsaver import redis_scripts as S
+from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.keys import text
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
+    pack_record,
     unpack_record,
 )
 
-P = ParamSpec("P")
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.redis_connection import RedisConnection
 
-
-_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    # A cluster in a failover or resharding (these subclass ResponseError):
-    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN
-    redis_errors.AskError,  # and MOVED
-    redis_errors.TryAgainError,
-    redis_errors.ReadOnlyError,
-)
-
-
-def _reachable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Report an unreachable Redis as ``StoreUnavailableError``, like the savers do."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"redis outbox unavailable: {exc}") from exc
-
-    return wrapper
-
-
-__all__ = ["GROUP", "Entry", "Outbox", "OutboxKey", "clock_position", "decode_entry"]
+__all__ = [
+    "GROUP",
+    "Entry",
+    "Outbox",
+    "OutboxKey",
+    "clock_position",
+    "decode_entry",
+    "entry_id_at",
+    "position",
+    "position_ms",
+    "record_fields",
+]
 
 GROUP = "dualsaver-flushers"
 RECORD_FIELD = b"r"
@@ -73,6 +63,39 @@ TOMBSTONE_FIELD = b"d"
 TAG_FIELD = b"m"
 _TAG_BYTES = 16
 """HMAC-SHA256 truncated to 128 bits: forging one still takes 2**128 tries."""
+_SEQ_BITS = 20
+"""An entry id ``<ms>-<seq>`` is the position ``(ms << 20) | seq``."""
+
+
+# -- positions: an entry id as one order-preserving integer (PostgreSQL's ``seq``) --------
+
+
+def position(entry_id: str | bytes) -> int:
+    """A stream entry id ``<ms>-<seq>`` as one BIGINT-safe, order-preserving integer:
+    ``(ms << 20) | seq``. PostgreSQL keeps it with every row (``seq``)."""
+    entry = text(entry_id)
+    ms_text, _, seq_text = entry.partition("-")
+    ms, seq = int(ms_text), int(seq_text or 0)
+    if seq >= 1 << _SEQ_BITS or ms < 0 or seq < 0:
+        raise ValueError(f"stream id {entry!r} does not fit (ms << {_SEQ_BITS}) | seq")
+    return (ms << _SEQ_BITS) | seq
+
+
+def entry_id_at(at: int) -> str:
+    """The stream entry id of a position."""
+    return f"{at >> _SEQ_BITS}-{at & ((1 << _SEQ_BITS) - 1)}"
+
+
+def position_ms(at: int) -> int:
+    """The millisecond (Redis server time) of a position."""
+    return at >> _SEQ_BITS
+
+
+def clock_position() -> int:
+    """This machine's clock as a position: the last one of the current millisecond.
+    Used where Redis cannot number a write (it is down), so the order against queued
+    entries is the clocks'."""
+    return ((int(time.time() * 1000) + 1) << _SEQ_BITS) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,18 +144,20 @@ class OutboxKey:
         )
 
 
-def clock_position() -> int:
-    """This machine's clock as an outbox position: the last one of the current
-    millisecond (``keys.stream_seq`` of ``<ms>-<max seq>``). Used where Redis cannot
-    number a write (it is down), so the order against queued entries is the clocks'."""
-    return stream_seq(f"{int(time.time() * 1000)}-{(1 << 20) - 1}")
-
-
 def _tag(key: bytes, *parts: bytes) -> bytes:
     """HMAC-SHA256 of the parts, each length-prefixed so no two part lists sign alike.
     One-shot ``hmac.digest`` (OpenSSL's fast path), not an ``hmac.new`` object."""
     message = b"".join(len(part).to_bytes(8, "big") + part for part in parts)
     return hmac.digest(key, message, hashlib.sha256)[:_TAG_BYTES]
+
+
+def record_fields(
+    record: CheckpointRecord | WritesRecord, key: OutboxKey | None
+) -> tuple[bytes, bytes]:
+    """A record's outbox entry: its packed bytes (field ``r``) and their tag (field
+    ``m``; empty without a key). The hot tier's STORE script writes them."""
+    payload = pack_record(record)
+    return payload, key.record_tag(payload) if key is not None else b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +176,7 @@ class Entry:
 
     @property
     def seq(self) -> int:
-        return stream_seq(self.id)
+        return position(self.id)
 
     @property
     def thread_id(self) -> str | None:
@@ -178,7 +203,7 @@ def decode_entry(
 
 
 def _parse(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Entry:
-    stream_seq(entry_id)  # an id that does not fit a position is refused here
+    position(entry_id)  # an id that does not fit a position is refused here
     if TOMBSTONE_FIELD in fields:
         thread_id = fields[TOMBSTONE_FIELD].decode("utf-8")
         return Entry(stream, entry_id, None, deleted_thread=thread_id, fields=fields)
@@ -195,12 +220,13 @@ def _authentic(entry: Entry, key: OutboxKey) -> bool:
 
 
 class Outbox:
-    """Consumer-group operations over a set of outbox streams.
+    """The chain's queue: every shard's outbox stream of one hot tier, read through one
+    consumer group. The flusher and the write_through committer use only this.
 
     Args:
-        client: a ``redis.asyncio`` client (or cluster client).
-        streams: the outbox stream keys (one per shard).
-        dead_letter: maps an outbox stream key to its dead-letter stream key.
+        conn: the hot tier's connection (its error mapping is this queue's too).
+        prefix, shards: the hot tier's key layout (``keys``).
+        ttl_ms: the threads' expiry, given once nothing of theirs is queued (0: none).
         consumer: this consumer's name in the group.
         key: the key entries must be authenticated with; ``None`` trusts every entry
             (only to drain what a version without authentication queued).
@@ -208,84 +234,166 @@ class Outbox:
 
     def __init__(
         self,
-        client,
-        streams: Sequence[str],
-        dead_letter,
+        conn: RedisConnection,
+        *,
+        prefix: str,
+        shards: int,
+        ttl_ms: int,
         consumer: str,
         key: OutboxKey | None = None,
     ) -> None:
-        self.client = client
-        self.streams = list(streams)
-        self.dead_letter = dead_letter
+        self.conn = conn
+        self.prefix = prefix
+        self.shards = shards
+        self.ttl_ms = ttl_ms
         self.consumer = consumer
         self.key = key
+        self.streams = [K.outbox_key(prefix, shard) for shard in range(shards)]
+        """Every shard's outbox stream, in shard order."""
 
-    @_reachable
+    @classmethod
+    def of(cls, hot: RedisHotSaver, consumer: str, key: OutboxKey | None = None) -> Outbox:
+        """The outbox of a hot tier (``RedisHotSaver(outbox=True)`` fills it)."""
+        ttl_ms = hot.ttl // timedelta(milliseconds=1) if hot.ttl is not None else 0
+        return cls(
+            hot.conn, prefix=hot.prefix, shards=hot.shards, ttl_ms=ttl_ms,
+            consumer=consumer, key=key,
+        )  # fmt: skip
+
+    def dead_letter_stream(self, stream: str | int) -> str:
+        """The dead-letter stream of a shard, given its outbox stream or its number."""
+        if isinstance(stream, str):
+            if stream not in self.streams:
+                raise ConfigurationError(f"{stream!r} is not an outbox stream of this saver")
+            stream = self.streams.index(stream)
+        return K.dead_letter_key(self.prefix, stream)
+
+    # -- consuming ------------------------------------------------------------------
+
     async def ensure_group(self) -> None:
         """Create the consumer group on every stream, from the start of the stream."""
-        for stream in self.streams:
-            try:
-                await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis_errors.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        client = await self.conn.client()
+        with self.conn.errors():
+            for stream in self.streams:
+                try:
+                    await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except redis_errors.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
 
-    @_reachable
     async def read(self, count: int, *, own_pending: bool) -> list[Entry]:
         """Entries for this consumer: its own unacknowledged ones, or new ones."""
         start = "0" if own_pending else ">"
         entries: list[Entry] = []
-        try:
-            replies = await self._read(start, count)
-        except redis_errors.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.ensure_group()  # the stream was deleted (FLUSHALL, a new server)
-            replies = await self._read(start, count)
+        with self.conn.errors():
+            try:
+                replies = await self._read(start, count)
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()  # the stream was deleted (FLUSHALL, a new server)
+                replies = await self._read(start, count)
         for reply in replies:
             for stream_name, items in reply or []:
-                stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+                stream = text(stream_name)
                 for entry_id, fields in items:
                     if fields:  # an own-pending entry deleted meanwhile comes back empty
                         entries.append(decode_entry(stream, entry_id, fields, self.key))
         return entries
 
-    async def _read(self, start: str, count: int) -> list:
+    async def _read(self, start: str, count: int) -> list[Any]:
         """Every stream's next entries: one XREADGROUP naming all of them on one server
         (profiled: a pipeline of one per shard was 5 % of a write_behind step's CPU),
         one per stream on a cluster, where the streams live on several nodes."""
-        if not isinstance(self.client, RedisCluster):
+        client = await self.conn.client()
+        if not isinstance(client, RedisCluster):
             streams = dict.fromkeys(self.streams, start)
-            return [await self.client.xreadgroup(GROUP, self.consumer, streams, count=count)]
-        async with self.client.pipeline(transaction=False) as pipe:
+            reply = await client.xreadgroup(GROUP, self.consumer, streams, count=count)
+            return [reply]
+        async with client.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=count)
             return await pipe.execute()
 
-    @_reachable
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Take over entries other consumers left unacknowledged for ``min_idle_ms``.
 
         Returns each entry with its delivery count after the claim.
         """
+        client = await self.conn.client()
         claimed: list[tuple[Entry, int]] = []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
-            replies = await pipe.execute(raise_on_error=False)
-        for stream, pending in zip(self.streams, replies, strict=True):
-            if not pending or isinstance(pending, Exception):  # no group yet: nothing held
-                continue
-            ids = [p["message_id"] for p in pending]
-            deliveries = {text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
-            items = await self.client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
-            for entry_id, fields in items or []:
-                if fields:
-                    entry = decode_entry(stream, entry_id, fields, self.key)
-                    claimed.append((entry, deliveries.get(entry.id, 1)))
+        with self.conn.errors():
+            async with client.pipeline(transaction=False) as pipe:
+                for stream in self.streams:
+                    pipe.xpending_range(
+                        stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms
+                    )
+                replies = await pipe.execute(raise_on_error=False)
+            for stream, pending in zip(self.streams, replies, strict=True):
+                if not pending or isinstance(pending, Exception):  # no group: nothing held
+                    continue
+                ids = [p["message_id"] for p in pending]
+                deliveries = {text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
+                items = await client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
+                for entry_id, fields in items or []:
+                    if fields:
+                        entry = decode_entry(stream, entry_id, fields, self.key)
+                        claimed.append((entry, deliveries.get(entry.id, 1)))
         return claimed
 
-    @_reachable
+    # -- settling -------------------------------------------------------------------
+
+    async def ack(self, entries: Sequence[Entry]) -> None:
+        """Acknowledge entries whose records are durable: XACK + XDEL and, if this call
+        removed the entry, the thread's pending count down (at zero its keys get their
+        TTL), atomically, one script per shard, one round trip in all (``ACK``): a
+        crash can never leave a thread counted pending forever (it would never expire)."""
+        by_shard: dict[int, dict[str, list[str]]] = {}
+        for entry in entries:
+            if entry.thread_id is None:
+                continue
+            shard = K.shard_of(entry.thread_id, self.shards)
+            by_shard.setdefault(shard, {}).setdefault(entry.thread_id, []).append(entry.id)
+        if not by_shard:
+            return
+
+        def build(pipe: Any) -> None:
+            for shard, threads in by_shard.items():
+                keys = [self.streams[shard]]
+                args: list[Any] = [GROUP, self.ttl_ms, len(threads)]
+                for thread_id, ids in threads.items():
+                    keys += self._thread_keys(thread_id).data
+                    args += [K.utf8(thread_id), len(ids), *ids]
+                S.ACK.queue(pipe, keys, args)
+
+        await self.conn.pipeline(build)
+
+    async def discard(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Remove ``(thread_id, entry_id)`` entries whose records the caller committed
+        itself (write_through, a delete made durable directly) and count them durable,
+        unless a flusher already took them; one round trip (``DISCARD``)."""
+        if not entries:
+            return
+
+        def build(pipe: Any) -> None:
+            for thread_id, entry_id in entries:
+                args = [K.utf8(thread_id), entry_id, self.ttl_ms, GROUP]
+                S.DISCARD.queue(pipe, self._thread_keys(thread_id).all, args)
+
+        await self.conn.pipeline(build)
+
+    async def queued_in_live_thread(self, thread_id: str, entry_id: str) -> bool:
+        """Whether entry ``entry_id`` belongs to the thread's live hot copy (it was
+        queued since the thread's keys were last created): a record a tombstone refused
+        that is still live was written *after* the delete."""
+        client = await self.conn.client()
+        with self.conn.errors():
+            meta = self._thread_keys(thread_id).meta
+            owner, since = await client.hmget(meta, ["thread_id", "since"])
+        if owner is None or text(owner) != thread_id or since is None:
+            return False
+        return position(entry_id) >= position(since)
+
     async def dead_letter_entries(
         self, entries: Sequence[Entry], reason: str, *, cap: int | None = None
     ) -> list[bool]:
@@ -298,36 +406,34 @@ class Outbox:
         """
         from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, move
 
-        return await move(
-            self.client,
-            entries,
-            group=GROUP,
-            dead_letter=self.dead_letter,
-            reason=reason,
-            cap=DEAD_LETTER_CAP if cap is None else cap,
-        )
+        with self.conn.errors():
+            return await move(
+                await self.conn.client(),
+                entries,
+                group=GROUP,
+                dead_letter=self.dead_letter_stream,
+                reason=reason,
+                cap=DEAD_LETTER_CAP if cap is None else cap,
+            )
 
-    @_reachable
+    # -- measuring ------------------------------------------------------------------
+
     async def length(self) -> int:
         """Entries not yet durable (acknowledged entries are deleted)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xlen(stream)
-            return sum(await pipe.execute())
+        return sum(await self.conn.pipeline(lambda pipe: [pipe.xlen(s) for s in self.streams]))
 
-    @_reachable
     async def oldest_ms(self) -> int | None:
         """Server time (ms) of the oldest entry not yet durable, from its stream id."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xrange(stream, count=1)
-            replies = await pipe.execute()
-        stamps = [int(items[0][0].split(b"-")[0]) for items in replies if items]
+        replies = await self.conn.pipeline(
+            lambda pipe: [pipe.xrange(s, count=1) for s in self.streams]
+        )
+        stamps = [position_ms(position(items[0][0])) for items in replies if items]
         return min(stamps) if stamps else None
 
-    @_reachable
     async def server_time_ms(self) -> int:
-        seconds, micros = await self.client.time()
+        client = await self.conn.client()
+        with self.conn.errors():
+            seconds, micros = await client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def oldest_age_s(self) -> float | None:
@@ -337,22 +443,13 @@ class Outbox:
             return None
         return max(0.0, (await self.server_time_ms() - oldest) / 1000)
 
-    @_reachable
     async def dead_letter_count(self) -> int:
         """Dead letters in all shards (``deadletters.DeadLetters.counts`` per shard)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xlen(self.dead_letter(stream))
-            return sum(await pipe.execute())
+        return sum(
+            await self.conn.pipeline(
+                lambda pipe: [pipe.xlen(self.dead_letter_stream(s)) for s in self.streams]
+            )
+        )
 
-    @_reachable
-    async def group_pending(self) -> int:
-        """Entries delivered to some consumer and not yet acknowledged."""
-        total = 0
-        for stream in self.streams:
-            try:
-                info = await self.client.xpending(stream, GROUP)
-            except redis_errors.ResponseError:
-                continue  # no group yet: nothing delivered
-            total += int(info["pending"])
-        return total
+    def _thread_keys(self, thread_id: str) -> K.ThreadKeys:
+        return K.thread_keys(self.prefix, self.shards, thread_id)

@@ -6,7 +6,7 @@ records in ``records``; listing is in ``redis_list``; deletes, copies, pruning a
 delta-channel walk are in ``redis_admin``. A thread's keys share one expiry, sliding
 on write and, with ``refresh_on_read``, on read. With ``outbox=True`` every write is
 also queued on the shard's outbox stream for the chain's flusher, and the thread keeps
-no expiry until the flusher's acknowledgement (``aack_durable``) counts its records durable.
+no expiry until the flusher's acknowledgement (``Outbox.ack``) counts its records durable.
 """
 
 from __future__ import annotations
@@ -45,14 +45,13 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
     UnsafeRedisConfigError,
 )
-from langgraph_dualsaver.outbox import OutboxKey
+from langgraph_dualsaver.outbox import OutboxKey, entry_id_at, record_fields
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
     WritesRecord,
     checkpoint_ids,
     checkpoint_record,
-    pack_record,
     saved_config,
     validate_id,
     writes_record,
@@ -213,18 +212,6 @@ class RedisHotSaver(AsyncFirstSaver):
     def shard_of(self, thread_id: str) -> int:
         return K.shard_of(thread_id, self.shards)
 
-    def outbox_keys(self) -> list[str]:
-        """Every shard's outbox stream, for the flusher."""
-        return [K.outbox_key(self.prefix, shard) for shard in range(self.shards)]
-
-    def dead_letter_key(self, shard: int | str) -> str:
-        """The dead-letter stream of a shard, given its number or its outbox key."""
-        if isinstance(shard, str):
-            if shard not in self.outbox_keys():
-                raise ConfigurationError(f"{shard!r} is not an outbox stream of this saver")
-            return shard.removesuffix(":outbox") + ":dead"
-        return K.dead_letter_key(self.prefix, shard)
-
     def registry_keys(self) -> list[str]:
         """Every shard's registry of threads, then the single one of earlier versions."""
         shards = [K.shard_registry_key(self.prefix, shard) for shard in range(self.shards)]
@@ -295,7 +282,7 @@ class RedisHotSaver(AsyncFirstSaver):
         Resharding also shows as a change. Each costs a flush and a cold hot tier, never
         data."""
         if self.conn.cluster:
-            return await self.conn.cluster_identity()
+            return await self._cluster_identity()
         client = await self.aclient()
         with self.conn.errors():
             info = await client.info("server")
@@ -310,7 +297,7 @@ class RedisHotSaver(AsyncFirstSaver):
         Cluster, per slot, and only where the master is still the one the last
         ``aserver_identity`` saw: a master restarted since stays "changed"."""
         if self.conn.cluster:
-            await self.conn.cluster_identity_round(record=True)
+            await self._cluster_identity_round(record=True)
             return
         client = await self.aclient()
         with self.conn.errors():
@@ -318,7 +305,7 @@ class RedisHotSaver(AsyncFirstSaver):
             await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
 
     async def _cluster_identity(self) -> Literal["same", "new", "changed"]:
-        seen = await self.conn.cluster_identity_round(record=False)
+        seen = await self._cluster_identity_round(record=False)
         if all(recorded is None for recorded, _ in seen.values()):
             return "new"
         current = all(recorded == run_id for recorded, run_id in seen.values())
@@ -424,7 +411,8 @@ class RedisHotSaver(AsyncFirstSaver):
         now = time.time()
         args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
-            args += S.store_item_args(record, *self._outbox_fields(record, enqueue))
+            fields = record_fields(record, self.outbox_key) if enqueue else (b"", b"")
+            args += S.store_item_args(record, *fields)
         store = self._eval_replicated if enqueue else self.conn.eval
         ids = await store(S.STORE, tk.all, args)
         if ids == [b"full"]:
@@ -445,14 +433,6 @@ class RedisHotSaver(AsyncFirstSaver):
             f"{queued} outbox entry id(s); the write is not taken as done"
         )
 
-    def _outbox_fields(self, record: CheckpointRecord | WritesRecord, enqueue: bool) -> tuple:
-        """The record's outbox entry (``r``) and its tag (``m``; empty without a key)."""
-        if not enqueue:
-            return b"", b""
-        payload = pack_record(record)
-        key = self.outbox_key
-        return payload, key.record_tag(payload) if key is not None else b""
-
     async def aenqueue(
         self, record: CheckpointRecord | WritesRecord, key: OutboxKey, *, cap: int = 0
     ) -> str:
@@ -461,64 +441,6 @@ class RedisHotSaver(AsyncFirstSaver):
         record's outbox stream already holds ``cap`` entries."""
         self.outbox_key = key
         return (await self._store(record.thread_id, [record], enqueue=True, cap=cap))[0]
-
-    async def amark_durable(self, thread_counts: Mapping[str, int]) -> None:
-        """``count`` queued records of each thread reached PostgreSQL: lower its pending
-        count and, once nothing is pending, give all its keys the ttl together."""
-        items = [(t, n) for t, n in thread_counts.items() if n]
-        if not items:
-            return
-
-        def build(pipe: Any) -> None:
-            for thread_id, count in items:
-                keys = self.thread_keys(thread_id).data
-                S.MARK_DURABLE.queue(pipe, keys, [K.utf8(thread_id), count, self._ttl_ms])
-
-        await self.conn.pipeline(build)
-
-    async def adiscard_entry(
-        self, thread_id: str, entry_id: str, *, group: str | None = None
-    ) -> None:
-        """Remove an outbox entry whose record the caller committed itself (write-through)
-        and count it durable, unless a flusher already took it."""
-        await self.adiscard_entries([(thread_id, entry_id)], group=group)
-
-    async def aack_durable(self, entries: Sequence[tuple[str, str]], *, group: str) -> None:
-        """Acknowledge flushed ``(thread_id, entry_id)`` pairs: one atomic script per
-        shard, one round trip in all (see ``redis_scripts.ACK``)."""
-        by_shard: dict[int, dict[str, list[str]]] = {}
-        for thread_id, entry_id in entries:
-            by_shard.setdefault(self.shard_of(thread_id), {}).setdefault(thread_id, []).append(
-                entry_id
-            )
-        if not by_shard:
-            return
-
-        def build(pipe: Any) -> None:
-            for shard, threads in by_shard.items():
-                keys = [K.outbox_key(self.prefix, shard)]
-                args: list[Any] = [group, self._ttl_ms, len(threads)]
-                for thread_id, ids in threads.items():
-                    keys += self.thread_keys(thread_id).data
-                    args += [K.utf8(thread_id), len(ids), *ids]
-                S.ACK.queue(pipe, keys, args)
-
-        await self.conn.pipeline(build)
-
-    async def adiscard_entries(
-        self, entries: Sequence[tuple[str, str]], *, group: str | None = None
-    ) -> None:
-        """``adiscard_entry`` for many ``(thread_id, entry_id)`` pairs, one round trip."""
-        if not entries:
-            return
-
-        def build(pipe: Any) -> None:
-            for thread_id, entry_id in entries:
-                tk = self.thread_keys(thread_id)
-                args = [K.utf8(thread_id), entry_id, self._ttl_ms, group or ""]
-                S.DISCARD.queue(pipe, tk.all, args)
-
-        await self.conn.pipeline(build)
 
     # -- reads --------------------------------------------------------------------
 
@@ -603,21 +525,11 @@ class RedisHotSaver(AsyncFirstSaver):
         ``born_by``: its hot copy goes, queued entries and all, unless it began after
         that position. No tombstone (PostgreSQL has one)."""
         keys = self.thread_keys(thread_id).data
-        args = [K.utf8(thread_id), K.stream_id(born_by)]
+        args = [K.utf8(thread_id), entry_id_at(born_by)]
         if await self.conn.eval(S.DROP, keys, args):
             with self.conn.errors():
                 registry = self.thread_keys(thread_id).registry
                 await (await self.aclient()).zrem(registry, K.utf8(thread_id))
-
-    async def aqueued_in_live_thread(self, thread_id: str, entry_id: str) -> bool:
-        """Whether outbox entry ``entry_id`` belongs to the thread's live hot copy (it
-        was queued since the thread's keys were last created)."""
-        meta = self.thread_keys(thread_id).meta
-        with self.conn.errors():
-            owner, since = await (await self.aclient()).hmget(meta, ["thread_id", "since"])
-        if owner is None or K.text(owner) != thread_id or since is None:
-            return False
-        return K.stream_seq(entry_id) >= K.stream_seq(since)
 
     async def aevict_thread(self, thread_id: str) -> None:
         """Drop the thread's hot copy only (no tombstone: it stays in PostgreSQL)."""

@@ -22,6 +22,7 @@ from langgraph_dualsaver.errors import (
     InvalidInputError,
     StoreUnavailableError,
 )
+from langgraph_dualsaver.outbox import position, position_ms
 from langgraph_dualsaver.records import (
     BlobRecord,
     CheckpointRecord,
@@ -36,7 +37,7 @@ from langgraph_dualsaver.records import (
 from langgraph_dualsaver.redis_list import registered_threads
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.redis import Client, RedisHotSaver
+    from langgraph_dualsaver.redis import RedisHotSaver
 
 __all__ = [
     "check_limits",
@@ -66,7 +67,6 @@ async def delete_threads(
     tombstone each, in the same script, at an entry id chosen here and signed with the
     saver's ``outbox_key`` (so a copy added later does not authenticate). Returns the
     tombstones' entry ids."""
-    client = await saver.aclient()
     done: dict[str, str | None] = {}
     floor: dict[str, int] = {}  # per outbox stream: the lowest millisecond to try
     todo = list(dict.fromkeys(thread_ids))
@@ -88,7 +88,7 @@ async def delete_threads(
             for thread_id, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, list):  # ['retry', last id]: sign a later one
                     stream = saver.thread_keys(thread_id).outbox
-                    floor[stream] = max(floor.get(stream, 0), K.stream_seq(reply[1]) >> 20) + 1
+                    floor[stream] = max(floor.get(stream, 0), position_ms(position(reply[1]))) + 1
                     retry.append(thread_id)
                 else:
                     done[thread_id] = K.text(reply) if reply else None
@@ -121,7 +121,6 @@ def _tombstone_tag(saver: RedisHotSaver, entry_id: str, thread_id: str) -> bytes
 async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None:
     """Drop threads' hot copies, without tombstones. A thread with records still
     queued for PostgreSQL is kept (and stays registered)."""
-    client = await saver.aclient()
     for chunk in K.chunks(thread_ids, _THREADS):
 
         def build(pipe: Any, chunk: list[str] = chunk) -> None:
@@ -146,16 +145,15 @@ async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:
     runs = {str(r) for r in run_ids}
     if not runs:
         return
-    client = await saver.aclient()
     for chunk in K.chunks(await registered_threads(saver), _THREADS):
         doomed: dict[str, list[bytes]] = {}
-        for tid, entries in zip(chunk, await _stored_of(saver, client, chunk), strict=True):
+        for tid, entries in zip(chunk, await _stored_of(saver, chunk), strict=True):
             fields = [
                 f for f, e in entries.items() if decode_metadata(e.metadata).get("run_id") in runs
             ]
             if fields:
                 doomed[tid] = fields
-        await _remove(saver, client, doomed)
+        await _remove(saver, doomed)
 
 
 async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
@@ -163,7 +161,6 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
     (merging). With ``outbox``, the copies are queued like any write."""
     validate_id("thread_id", source, saver.limits)
     validate_id("thread_id", target, saver.limits)
-    client = await saver.aclient()
     tk = saver.thread_keys(source)
     reply = await saver.conn.eval(S.DUMP, tk.data, [K.utf8(source)])
     if reply[0] == b"partial":
@@ -268,20 +265,18 @@ async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) 
     if strategy == "delete":
         await delete_threads(saver, threads, tombstone=saver.outbox)
         return
-    client = await saver.aclient()
     for chunk in K.chunks(threads, _THREADS):
         doomed: dict[str, list[bytes]] = {}
-        for tid, entries in zip(chunk, await _stored_of(saver, client, chunk), strict=True):
-            keep = await _kept(saver, client, tid, entries)
+        for tid, entries in zip(chunk, await _stored_of(saver, chunk), strict=True):
+            keep = await _kept(saver, tid, entries)
             fields = [f for f in entries if f not in keep]
             if fields:
                 doomed[tid] = fields
-        await _remove(saver, client, doomed)
+        await _remove(saver, doomed)
 
 
 async def _kept(
     saver: RedisHotSaver,
-    client: Client,
     thread_id: str,
     entries: Mapping[bytes, K.StoredCheckpoint],
 ) -> set[bytes]:
@@ -297,20 +292,21 @@ async def _kept(
         metadata = decode_metadata(entries[field].metadata)
         delta = metadata.get("counters_since_delta_snapshot")
         if isinstance(delta, dict) and delta:
-            async for step_id, _, _ in _chain(saver, client, thread_id, ns, head, delta):
+            async for step_id, _, _ in _chain(saver, thread_id, ns, head, delta):
                 keep.add(K.cp_field(ns, step_id))
     return keep
 
 
 async def _stored_of(
-    saver: RedisHotSaver, client: Client, threads: Sequence[str]
+    saver: RedisHotSaver, threads: Sequence[str]
 ) -> list[dict[bytes, K.StoredCheckpoint]]:
-    replies = await saver.conn.pipeline(lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
+    replies = await saver.conn.pipeline(
+        lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
     )
     return [{f: K.decode_stored_checkpoint(v) for f, v in r.items()} for r in replies]
 
 
-async def _remove(saver: RedisHotSaver, client: Client, doomed: Mapping[str, list[bytes]]) -> None:
+async def _remove(saver: RedisHotSaver, doomed: Mapping[str, list[bytes]]) -> None:
     if not doomed:
         return
 
@@ -334,10 +330,7 @@ async def delta_channel_history(
     collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
     seeds: dict[str, Any] = {}
     remaining = set(channels)
-    client = await saver.aclient()
-    async for step_id, members, found in _chain(
-        saver, client, thread_id, ns, checkpoint_id, channels
-    ):
+    async for step_id, members, found in _chain(saver, thread_id, ns, checkpoint_id, channels):
         step_writes = K.decode_write_members(K.cp_field(ns, step_id), members)
         for write in reversed(resolve_writes(step_writes)):
             if write.channel in remaining:
@@ -357,7 +350,6 @@ async def delta_channel_history(
 
 async def _chain(
     saver: RedisHotSaver,
-    client: Client,
     thread_id: str,
     ns: str,
     checkpoint_id: str | None,

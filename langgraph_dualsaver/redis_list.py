@@ -25,7 +25,7 @@ from langgraph_dualsaver._paging import ListKey, PageSizer, comes_after, take
 from langgraph_dualsaver.records import validate_id
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.redis import Client, RedisHotSaver
+    from langgraph_dualsaver.redis import RedisHotSaver
 
 __all__ = ["BATCH", "list_checkpoints", "registered_threads", "registry_members"]
 
@@ -58,12 +58,9 @@ async def list_checkpoints(
     before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id") or None
     if limit is not None and limit <= 0:
         return
-    client = await saver.aclient()
     names = FIELDS if filter or limit is None else min(limit, FIELDS)
-    candidates = _candidates(
-        saver, client, thread_id, ns, only_id, _Bounds(before_id, after), names
-    )
-    async with aclosing(_pages(saver, client, candidates, filter, limit)) as pages:
+    candidates = _candidates(saver, thread_id, ns, only_id, _Bounds(before_id, after), names)
+    async with aclosing(_pages(saver, candidates, filter, limit)) as pages:
         async for page in pages:
             page.reverse()
             while page:  # each item is let go once yielded
@@ -72,7 +69,6 @@ async def list_checkpoints(
 
 async def _pages(
     saver: RedisHotSaver,
-    client: Client,
     candidates: AsyncIterator[tuple[str, bytes]],
     filter: Mapping[str, Any] | None,
     limit: int | None,
@@ -87,7 +83,7 @@ async def _pages(
             batch = await take(candidates, size)
             if not batch:
                 return
-            page, decoded_bytes = await _load_batch(saver, client, batch, filter)
+            page, decoded_bytes = await _load_batch(saver, batch, filter)
             sizer.read(len(page), decoded_bytes)
             if left is not None:
                 del page[left:]
@@ -121,7 +117,6 @@ class _Bounds:
 
 async def _candidates(
     saver: RedisHotSaver,
-    client: Client,
     thread_id: str | None,
     ns: str | None,
     only_id: str | None,
@@ -133,6 +128,7 @@ async def _candidates(
         idx = saver.thread_keys(thread_id).idx
         upper, lower = bounds.upper(thread_id, ns), K.latest_range(ns)[1]
         while True:
+            client = await saver.conn.client()
             with saver.conn.errors():
                 fields = await client.zrange(
                     idx, upper, lower, desc=True, bylex=True, offset=0, num=page
@@ -145,7 +141,8 @@ async def _candidates(
     threads = [thread_id] if thread_id is not None else await registered_threads(saver)
     found: list[tuple[str, str, str, bytes]] = []
     for chunk in K.chunks(threads, BATCH):
-        replies = await saver.conn.pipeline(lambda p, c=chunk: [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
+        replies = await saver.conn.pipeline(
+            lambda p, c=chunk: [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
         )
         for tid, fields in zip(chunk, replies, strict=True):
             for field in fields:
@@ -175,18 +172,18 @@ async def registry_members(saver: RedisHotSaver) -> list[tuple[str, float]]:
     """``(thread_id, last write time)`` of every registered thread, most recent first,
     from every shard's registry. Members of the single registry of earlier versions are
     moved to their shards' registries on the way."""
-    client = await saver.aclient()
     keys = saver.registry_keys()
-    replies = await saver.conn.pipeline(lambda p: [p.zrange(key, 0, -1, withscores=True) for key in keys]
+    replies = await saver.conn.pipeline(
+        lambda p: [p.zrange(key, 0, -1, withscores=True) for key in keys]
     )
     members = {m.decode("utf-8", "surrogatepass"): s for reply in replies for m, s in reply}
     if replies[-1]:
-        await _move_legacy_members(saver, client, replies[-1], keys[-1])
+        await _move_legacy_members(saver, replies[-1], keys[-1])
     return sorted(members.items(), key=lambda item: item[1], reverse=True)
 
 
 async def _move_legacy_members(
-    saver: RedisHotSaver, client: Client, members: list[tuple[bytes, float]], legacy: str
+    saver: RedisHotSaver, members: list[tuple[bytes, float]], legacy: str
 ) -> None:
     def build(pipe: Any) -> None:
         for member, score in members:
@@ -198,10 +195,10 @@ async def _move_legacy_members(
 
 
 async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) -> set[str]:
-    client = await saver.aclient()
     gone: set[str] = set()
     for chunk in K.chunks(stale, BATCH):
-        exists = await saver.conn.pipeline(lambda p, c=chunk: [p.exists(saver.thread_keys(t).meta) for t, _ in c]
+        exists = await saver.conn.pipeline(
+            lambda p, c=chunk: [p.exists(saver.thread_keys(t).meta) for t, _ in c]
         )
         for (tid, score), alive in zip(chunk, exists, strict=True):
             if not alive:
@@ -213,7 +210,6 @@ async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) 
 
 async def _load_batch(
     saver: RedisHotSaver,
-    client: Client,
     batch: list[tuple[str, bytes]],
     filter: Mapping[str, Any] | None,
 ) -> tuple[list[CheckpointTuple], int]:
@@ -224,7 +220,8 @@ async def _load_batch(
         by_thread.setdefault(tid, []).append(field)
     if filter:
         threads = list(by_thread)
-        stored = await saver.conn.pipeline(lambda p: [p.hmget(saver.thread_keys(t).cp, by_thread[t]) for t in threads]
+        stored = await saver.conn.pipeline(
+            lambda p: [p.hmget(saver.thread_keys(t).cp, by_thread[t]) for t in threads]
         )
         for tid, values in zip(threads, stored, strict=True):
             by_thread[tid] = [

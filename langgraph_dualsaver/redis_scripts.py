@@ -40,7 +40,6 @@ __all__ = [
     "EVICT",
     "FORGET",
     "LOAD",
-    "MARK_DURABLE",
     "REMOVE",
     "STORE",
     "Script",
@@ -431,29 +430,13 @@ return removed
 """,
 )
 
-MARK_DURABLE = _script(
-    "mark_durable",
-    r"""
--- ARGV: thread_id, count, ttl_ms. count queued records of the thread are durable:
--- pending -= count; at zero, the thread's keys get the ttl (together). Returns the
--- pending count left, or -1 when the thread is gone.
-if not read_meta(ARGV[1]) then return -1 end
-local pending = redis.call('HINCRBY', META, 'pending', -tonumber(ARGV[2]))
-if pending <= 0 then
-  if pending < 0 then redis.call('HSET', META, 'pending', '0') end
-  set_expiry(tonumber(ARGV[3]), 0)
-  return 0
-end
-return pending
-""",
-)
-
 DISCARD = _script(
     "discard",
     r"""
 -- ARGV: thread_id, entry_id, ttl_ms, group ('' = none). The caller committed the
 -- entry's record itself (write-through): remove the entry from the outbox and, if it
--- was still there (no flusher took it), count it durable as MARK_DURABLE does.
+-- was still there (no flusher took it), count it durable: pending -= 1, and at zero
+-- the thread's keys get the ttl (together), as ACK does.
 -- Returns the pending count left, or -1 when the entry or the thread is gone.
 if ARGV[4] ~= '' then redis.call('XACK', KEYS[6], ARGV[4], ARGV[2]) end
 if redis.call('XDEL', KEYS[6], ARGV[2]) == 0 or not ours(META, ARGV[1], ARGV[2]) then
@@ -561,7 +544,7 @@ return 1
 )
 
 ALL_SCRIPTS: tuple[Script, ...] = (
-    STORE, LOAD, CHAIN, DELETE, REMOVE, MARK_DURABLE, DISCARD, EVICT, DROP, DUMP, FORGET,
+    STORE, LOAD, CHAIN, DELETE, REMOVE, DISCARD, EVICT, DROP, DUMP, FORGET,
     ACK,
 )  # fmt: skip
 

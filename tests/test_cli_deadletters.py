@@ -51,7 +51,7 @@ def good_dead_letter(store: Store, thread: str) -> None:
     async def go() -> None:
         async with store.saver(background_flush=False) as saver:
             await put_chain(saver, thread, 1)
-            outbox = await saver.flusher.outbox()
+            outbox = saver.flusher.outbox
             entries = await outbox.read(10, own_pending=False)
             assert await outbox.dead_letter_entries(entries, "rejected by a test") == [True]
 

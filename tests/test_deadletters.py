@@ -49,7 +49,7 @@ async def raw(saver: DualSaver) -> Redis:
 
 async def add_bogus(saver: DualSaver, shard: int = 0) -> tuple[str, str]:
     """A bogus entry in a shard's outbox; returns ``(outbox stream, entry id)``."""
-    stream = saver.hot.outbox_keys()[shard]
+    stream = saver.flusher.outbox.streams[shard]
     entry_id = await (await raw(saver)).xadd(stream, dict(BOGUS))
     return stream, entry_id.decode()
 
@@ -61,7 +61,7 @@ async def outbox_fields(saver: DualSaver, stream: str) -> list[dict[bytes, bytes
 async def dead_letter_good_records(saver: DualSaver, thread: str, count: int) -> list[Entry]:
     """``count`` checkpoints of ``thread``, their outbox entries dead-lettered unapplied."""
     await put_chain(saver, thread, count)
-    outbox = await saver.flusher.outbox()
+    outbox = saver.flusher.outbox
     entries = [e for e in await outbox.read(100, own_pending=False) if e.thread_id == thread]
     assert len(entries) == count
     assert await outbox.dead_letter_entries(entries, "rejected by a test") == [True] * count
@@ -82,7 +82,7 @@ async def test_a_dead_letter_keeps_every_field_of_its_entry_and_where_it_came_fr
     before_ms = int(time.time() * 1000)
     await saver.aflush()
     assert await outbox_fields(saver, stream) == []
-    letters = await (await raw(saver)).xrange(saver.hot.dead_letter_key(3))
+    letters = await (await raw(saver)).xrange(saver.flusher.outbox.dead_letter_stream(3))
     assert len(letters) == 1
     fields = list(letters[0][1].items())
     assert [name for name, _ in fields[:4]] == [b"id", b"stream", b"reason", b"at"]
@@ -158,7 +158,7 @@ async def test_a_thread_deletion_is_never_replayed(saver: DualSaver) -> None:
     thread = f"gone-{uuid.uuid4()}"
     stream = saver.hot.thread_keys(thread).outbox
     await (await raw(saver)).xadd(stream, {b"d": thread.encode()})
-    outbox = await saver.flusher.outbox()
+    outbox = saver.flusher.outbox
     await outbox.dead_letter_entries(await outbox.read(10, own_pending=False), "stuck")
     letters = DeadLetters(saver.hot)
     (letter,) = await letters.newest()
@@ -176,10 +176,11 @@ async def test_a_dead_letter_in_the_old_layout_is_listed_and_replayed_as_its_rec
     thread = f"old-{uuid.uuid4()}"
     (entry,) = await dead_letter_good_records(saver, thread, 1)
     assert entry.record is not None
-    dead = saver.hot.dead_letter_key(saver.hot.shard_of(thread))
+    dead = saver.flusher.outbox.dead_letter_stream(saver.hot.shard_of(thread))
     client = await raw(saver)
     await client.delete(dead)
-    await saver.hot.amark_durable({thread: 1})  # what dead-lettering did back then
+    meta = saver.hot.thread_keys(thread).meta
+    await client.hincrby(meta, "pending", -1)  # what dead-lettering did back then
     await client.xadd(dead, {"id": entry.id, "reason": "old", "r": pack_record(entry.record)})
 
     letters = DeadLetters(saver.hot)
@@ -228,7 +229,8 @@ async def test_a_sweep_leaves_letters_that_arrive_after_it_started(saver: DualSa
 
 async def fill_dead_letters(saver: DualSaver, shard: int, count: int) -> None:
     """``count`` dead letters in a shard, written directly (fast)."""
-    dead, outbox = saver.hot.dead_letter_key(shard), saver.hot.outbox_keys()[shard]
+    queue = saver.flusher.outbox
+    dead, outbox = queue.dead_letter_stream(shard), queue.streams[shard]
     async with (await raw(saver)).pipeline(transaction=False) as pipe:
         for n in range(count):
             pipe.xadd(
@@ -246,7 +248,7 @@ async def test_at_the_cap_an_entry_stays_queued_and_pending_and_an_error_is_logg
         await saver.flusher.run_once()
     assert any("is full" in r.getMessage() and entry_id in r.getMessage() for r in caplog.records)
     client = await raw(saver)
-    assert await client.xlen(saver.hot.dead_letter_key(2)) == DEAD_LETTER_CAP
+    assert await client.xlen(saver.flusher.outbox.dead_letter_stream(2)) == DEAD_LETTER_CAP
     assert await outbox_fields(saver, stream) == [BOGUS]  # nothing lost, nothing trimmed
     pending = await client.xpending_range(stream, "dualsaver-flushers", "-", "+", 10)
     assert [p["message_id"].decode() for p in pending] == [entry_id]
@@ -263,19 +265,19 @@ async def test_at_the_cap_an_entry_stays_queued_and_pending_and_an_error_is_logg
 
 
 async def test_the_cap_is_per_shard_and_a_caller_can_set_it(saver: DualSaver) -> None:
-    streams = [saver.hot.outbox_keys()[shard] for shard in (0, 0, 0, 1)]
+    streams = [saver.flusher.outbox.streams[shard] for shard in (0, 0, 0, 1)]
     client = await raw(saver)
     entries = [
         Entry(s, (await client.xadd(s, dict(BOGUS))).decode(), None, fields=BOGUS) for s in streams
     ]
-    outbox = await saver.flusher.outbox()
+    outbox = saver.flusher.outbox
     assert await outbox.dead_letter_entries(entries, "capped", cap=2) == [True, True, False, True]
     assert await DeadLetters(saver.hot).counts() == {
         **{s: 0 for s in range(saver.hot.shards)},
         0: 2,
         1: 1,
     }
-    assert await client.xlen(saver.hot.outbox_keys()[0]) == 1
+    assert await client.xlen(saver.flusher.outbox.streams[0]) == 1
 
 
 def test_status_warns_from_eighty_percent_of_the_cap() -> None:
@@ -302,9 +304,9 @@ async def test_dead_letters_move_replay_and_purge_atomically_on_a_cluster(
         cluster_url, cluster=True, prefix=f"dl{uuid.uuid4().hex[:6]}", outbox=True
     ) as hot:
         client = await hot.aclient()
-        outbox = Outbox(client, hot.outbox_keys(), hot.dead_letter_key, "test")
+        outbox = Outbox.of(hot, "test")
         await outbox.ensure_group()
-        for stream in hot.outbox_keys():
+        for stream in outbox.streams:
             await client.xadd(stream, dict(BOGUS))
         entries = await outbox.read(10, own_pending=False)
         assert await outbox.dead_letter_entries(entries, "poison") == [True] * hot.shards

@@ -120,13 +120,13 @@ async def test_delete_thread_wins_over_a_queued_flush(behind: DualSaver, pg_dsn:
     kept = await put_chain(behind, other, 1)
     # A second flusher takes the entries (as a worker in another process would) ...
     racer = Flusher(behind.hot, behind.durable)
-    outbox = await racer.outbox()
+    outbox = racer.outbox
     taken = await outbox.read(100, own_pending=False)
     assert {e.thread_id for e in taken} == {thread, other}
     # ... the thread is deleted while they are in flight ...
     await behind.adelete_thread(thread)
     # ... and the late flush brings nothing of it back.
-    await racer._apply(outbox, taken)
+    await racer._apply(taken)
     await behind.aflush()
     assert await durable_ids(pg_dsn, thread) == []
     assert await behind.aget_tuple(config(thread)) is None

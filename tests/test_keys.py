@@ -120,18 +120,6 @@ def test_before_bounds_the_range_to_older_ids(ns: str, checkpoint_ids: list[str]
         assert (lower[1:] <= field < upper[1:]) == (K.utf8(cid) < K.utf8(before))
 
 
-@given(st.integers(0, 2**43 - 1), st.integers(0, 2**20 - 1))
-def test_stream_seq_round_trips_and_keeps_order(ms: int, seq: int) -> None:
-    value = K.stream_seq(f"{ms}-{seq}")
-    assert K.stream_id(value) == f"{ms}-{seq}"
-    assert value < 2**63
-    assert K.stream_seq(f"{ms}-{seq}".encode()) == value
-    assert K.stream_seq(f"{ms + 1}-0") > value
-
-
-def test_stream_seq_refuses_a_sequence_it_cannot_hold() -> None:
-    with pytest.raises(ValueError, match="does not fit"):
-        K.stream_seq(f"1-{2**20}")
 
 
 def test_the_empty_blob_is_the_literal_the_lua_scripts_compare_against() -> None:

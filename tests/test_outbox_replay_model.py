@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.outbox import Entry, Outbox
+from langgraph_dualsaver.outbox import Entry
 from tests.dual_helpers import checkpoint, config
 
 THREADS = ["a", "b"]
@@ -35,7 +35,7 @@ RECLAIM_AT_ONCE = FlushSettings(claim_idle=timedelta(0), max_deliveries=1000)
 class DyingFlusher(Flusher):
     """Applies what it read, then dies before acknowledging anything."""
 
-    async def ack(self, outbox: Outbox, entries: Any) -> None:
+    async def _ack(self, entries: Any) -> None:
         return None
 
 
@@ -106,11 +106,11 @@ class CrashReplayMachine(RuleBasedStateMachine):
             dying = DyingFlusher(self.saver.hot, self.saver.durable,
                                  FlushSettings(batch=batch), f"dying-{uuid.uuid4().hex[:6]}",
                                  key=key)  # fmt: skip
-            outbox = await dying.outbox()
+            outbox = dying.outbox
             entries = await outbox.read(batch, own_pending=False)
             self.seen += entries
             if commit:
-                await dying._apply(outbox, entries)
+                await dying._apply(entries)
 
         self.sync(die())
 

@@ -38,8 +38,9 @@ async def outbox_of(saver: DualSaver, thread_id: str) -> str:
 async def dead_letter_reasons(saver: DualSaver) -> list[str]:
     client = await saver.hot.aclient()
     reasons = []
-    for stream in saver.hot.outbox_keys():
-        for _, fields in await client.xrange(saver.hot.dead_letter_key(stream)):
+    outbox = saver.flusher.outbox
+    for stream in outbox.streams:
+        for _, fields in await client.xrange(outbox.dead_letter_stream(stream)):
             reasons.append(fields[b"reason"].decode())
     return reasons
 

@@ -18,7 +18,6 @@ from langgraph_dualsaver.errors import (
     MissingThreadIdError,
     SerializationError,
 )
-from langgraph_dualsaver.keys import stream_seq
 from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     Limits,
@@ -169,10 +168,3 @@ def test_versions_follow_the_official_format_and_accept_integers() -> None:
 )
 def test_metadata_matching_is_jsonb_containment(metadata, pattern, expected) -> None:
     assert metadata_matches(metadata, pattern) is expected
-
-
-def test_stream_ids_map_to_ordered_integers() -> None:
-    ids = ["1700000000000-0", "1700000000000-1", "1700000000001-0"]
-    seqs = [stream_seq(i) for i in ids]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 3
-    assert max(seqs) < 2**63

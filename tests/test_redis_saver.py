@@ -26,6 +26,7 @@ from langgraph_dualsaver.errors import (
     DualSaverError,
     UnsafeRedisConfigError,
 )
+from langgraph_dualsaver.outbox import Outbox
 from langgraph_dualsaver.postgres import records_tuple
 from langgraph_dualsaver.records import (
     Limits,
@@ -400,20 +401,20 @@ async def test_evicting_drops_durable_hot_copies_without_tombstones(
     redis_url: str, redis_prefix: str, raw: Any
 ) -> None:
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as s:
+        outbox = Outbox.of(s, "test")
+        await outbox.ensure_group()
         for thread_id in ("a", "b", "c"):
             await put(s, thread_id, {}, {}, {})
-        queued = sum(raw.xlen(key) for key in s.outbox_keys())
         await s.aevict_all_threads()  # all still queued for PostgreSQL: all kept
         assert all(raw.exists(*s.thread_keys(t).data) > 0 for t in "abc")
-        await s.amark_durable({"a": 1, "b": 1, "c": 1})
+        await outbox.ack(await outbox.read(10, own_pending=False))  # now durable
+        await put(s, "d", {}, {}, {})  # queued, not durable
         await s.aevict_thread("a")
         assert raw.exists(*s.thread_keys("a").data) == 0
         await s.aevict_all_threads()
         assert all(raw.exists(*s.thread_keys(t).data) == 0 for t in "bc")
-        assert [t async for t in s.alist(None)] == []
-        assert sum(raw.xlen(key) for key in s.outbox_keys()) == queued
-        outbox = s.thread_keys("a").outbox
-        assert s.dead_letter_key(outbox) == s.dead_letter_key(s.shard_of("a"))
+        assert [t.config["configurable"]["thread_id"] async for t in s.alist(None)] == ["d"]
+        assert await outbox.length() == 1, "evicting never touches the queue"
 
 
 async def test_a_put_writes_blobs_only_for_the_channels_that_changed(

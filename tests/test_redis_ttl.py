@@ -13,6 +13,7 @@ import pytest
 import redis
 from langgraph.checkpoint.base import empty_checkpoint
 
+from langgraph_dualsaver.outbox import Outbox
 from langgraph_dualsaver.records import unpack_record
 from langgraph_dualsaver.redis import RedisHotSaver
 
@@ -138,14 +139,18 @@ async def test_outbox_mode_keeps_a_thread_until_it_is_durable(
         assert [b.channel for b in put_record.blobs] == ["x"]
         assert [(w.channel, w.task_id) for w in writes_record.writes] == [("x", "task")]
 
-        await saver.amark_durable({"queued": 1})
+        outbox = Outbox.of(saver, "test")
+        await outbox.ensure_group()
+        first, second = await outbox.read(10, own_pending=False)
+        await outbox.ack([first])
         assert [raw.pttl(key) for key in tk.data] == [-1] * 5, "one record is still pending"
-        await saver.amark_durable({"queued": 1})
+        await outbox.ack([second])
         assert (await saver.athread_info("queued"))["pending"] == 0
         assert len({raw.pexpiretime(key) for key in tk.data}) == 1
         assert all(raw.pttl(key) > 0 for key in tk.data)
         await until(lambda: raw.exists(*tk.data) == 0)
-        assert raw.xlen(tk.outbox) == 2, "the outbox is the flusher's to trim, never expired"
+        assert raw.xlen(tk.outbox) == 0, "acknowledged entries leave the outbox at once"
+        assert raw.pttl(tk.outbox) == -1, "the outbox stream itself never expires"
 
 
 async def test_a_write_while_pending_removes_the_expiry_again(
@@ -153,7 +158,9 @@ async def test_a_write_while_pending_removes_the_expiry_again(
 ) -> None:
     async with open_saver(ttl=timedelta(minutes=5), outbox=True) as saver:
         saved = await write_thread(saver, "t")  # three records queued
-        await saver.amark_durable({"t": 3})
+        outbox = Outbox.of(saver, "test")
+        await outbox.ensure_group()
+        await outbox.ack(await outbox.read(10, own_pending=False))
         tk = saver.thread_keys("t")
         assert all(raw.pttl(key) > 0 for key in tk.data)
         await saver.aput_writes(saved, [("y", 1)], "task-2")
@@ -168,11 +175,12 @@ async def test_a_write_through_commit_discards_its_entry_and_counts_it_durable(
         _, entry = await saver.aput_returning_entry(config, empty_checkpoint(), {}, {})
         tk = saver.thread_keys("t")
         assert entry is not None
-        await saver.adiscard_entry("t", entry)
+        outbox = Outbox.of(saver, "test")
+        await outbox.discard([("t", entry)])
         assert raw.xlen(tk.outbox) == 0
         assert (await saver.athread_info("t"))["pending"] == 0
         assert all(raw.pttl(key) > 0 for key in tk.data if raw.exists(key))
-        await saver.adiscard_entry("t", entry)  # already gone: nothing counted twice
+        await outbox.discard([("t", entry)])  # already gone: nothing counted twice
         assert (await saver.athread_info("t"))["pending"] == 0
 
 
