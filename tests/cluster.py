@@ -29,13 +29,16 @@ SLOTS = 16384
 READY_TIMEOUT_S = 30.0
 
 
-def _node(stack: ExitStack, node_timeout_ms: int = 5000) -> tuple[EmbeddedValkey, int]:
+def _node(
+    stack: ExitStack, node_timeout_ms: int = 5000, appendonly: bool = False
+) -> tuple[EmbeddedValkey, int]:
     """A started cluster-enabled node and its cluster-bus port (port + 10000 may not
     exist, so the bus gets a free port of its own)."""
     data_dir = throwaway_dir("dualsaver-cluster-")
     bus_port = free_port()
     server = EmbeddedValkey(
         data_dir,
+        appendonly=appendonly,
         extra_args=[
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(data_dir / "nodes.conf"),
@@ -61,10 +64,12 @@ def _cluster_ok(clients: list[redis.Redis], masters: int) -> bool:
 
 
 @contextmanager
-def valkey_cluster(masters: int = 3) -> Iterator[list[EmbeddedValkey]]:
-    """``masters`` valkey-server processes forming one cluster; yields the nodes."""
+def valkey_cluster(masters: int = 3, appendonly: bool = False) -> Iterator[list[EmbeddedValkey]]:
+    """``masters`` valkey-server processes forming one cluster; yields the nodes.
+    ``appendonly``: each node keeps an append-only file (fsync every second), as in
+    production (the scale benchmark runs so)."""
     with ExitStack() as stack:
-        started = [_node(stack) for _ in range(masters)]
+        started = [_node(stack, appendonly=appendonly) for _ in range(masters)]
         nodes = [node for node, _ in started]
         clients = [redis.Redis(port=n.port, decode_responses=True) for n in nodes]
         for client in clients:
