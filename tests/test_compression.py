@@ -35,7 +35,7 @@ from langgraph_dualsaver import (
     StrictSerializer,
 )
 from langgraph_dualsaver import keys as K
-from langgraph_dualsaver.cli.compression import describe, summarize
+from langgraph_dualsaver.cli.compression import compression_sample, describe, summarize
 from langgraph_dualsaver.compression import (
     CompressingSerializer,
     uncompressed_size,
@@ -472,3 +472,21 @@ def test_status_counts_encrypted_values_apart() -> None:
     assert report["compressed"] == 2 and report["size_unknown"] == 1
     assert report["uncompressed_bytes"] == RAW_BIG + len(PLAIN.dumps_typed(SMALL)[1])
     assert "1 encrypted (size unknown), not counted" in describe(report)
+
+
+async def test_status_samples_a_table_larger_than_its_sample(pg_dsn: str) -> None:
+    """Past ``rows`` values a table is sampled by pages (``TABLESAMPLE SYSTEM``); a sample
+    that finds too few rows is taken again with more pages, never none."""
+    async with saver_of("postgres", "", pg_dsn, "") as saver:
+        for n in range(30):
+            await put_both(saver, f"sampled-{n}")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("ANALYZE dualsaver_blobs; ANALYZE dualsaver_writes")
+        finally:
+            await conn.close()
+
+        report = await compression_sample(saver, rows=10)  # 60 rows in each table
+
+    assert 10 <= report["sampled"] <= 20
+    assert report["ratio"] is not None and report["ratio"] > 3

@@ -45,7 +45,11 @@ async def compression_sample(
         for table in ("dualsaver_blobs", "dualsaver_writes"):
             estimate = await conn.fetchval(_ESTIMATE, table)
             percent = 100.0 if estimate <= rows else max(100.0 * rows / estimate, 0.0001)
-            records = await conn.fetch(_SAMPLE.format(table=table), percent, rows)
+            while True:  # pages are sampled, not rows: too few pages can miss them all
+                records = await conn.fetch(_SAMPLE.format(table=table), percent, rows)
+                if percent >= 100.0 or len(records) * 2 >= rows:
+                    break
+                percent = min(percent * 4, 100.0)
             found += [(r["type"], r["stored"], bytes(r["head"])) for r in records]
     return summarize(found)
 
