@@ -48,8 +48,7 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
 )
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.keys import stream_seq
-from langgraph_dualsaver.outbox import GROUP, OutboxKey, clock_position
+from langgraph_dualsaver.outbox import OutboxKey, clock_position, position
 from langgraph_dualsaver.postgres import PostgresDurableSaver, records_tuple
 from langgraph_dualsaver.records import (
     CheckpointRecord,
@@ -461,7 +460,7 @@ class DualSaver(AsyncFirstSaver):
         loop = asyncio.get_running_loop()
         committer = self._committers.get(loop)
         if committer is None:
-            committer = self._committers[loop] = GroupCommitter(self.hot, self.durable)
+            committer = self._committers[loop] = GroupCommitter(self.flusher.outbox, self.durable)
         await committer.commit(record, entry_id)
         self._counters.flushed += 1
 
@@ -614,14 +613,14 @@ class DualSaver(AsyncFirstSaver):
                 self._health.failed(exc)
             else:
                 assert entry_id is not None
-                await self.durable.adelete_thread(thread_id, tombstone_seq=stream_seq(entry_id))
-                await self.hot.adiscard_entries([(thread_id, entry_id)], group=GROUP)
+                await self.durable.adelete_thread(thread_id, tombstone_seq=position(entry_id))
+                await self.flusher.outbox.discard([(thread_id, entry_id)])
                 return
         # Redis is down: PostgreSQL at this clock's position, which is past every entry
         # Redis queued before it went away (all older than this moment).
-        position = clock_position() - 1  # a write later in this millisecond comes after
-        await self.durable.adelete_thread(thread_id, tombstone_seq=position)
-        self._health.deleted_threads[thread_id] = position
+        deleted_at = clock_position() - 1  # a write later in this millisecond comes after
+        await self.durable.adelete_thread(thread_id, tombstone_seq=deleted_at)
+        self._health.deleted_threads[thread_id] = deleted_at
         self._health.degraded_threads.discard(thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -710,7 +709,7 @@ class DualSaver(AsyncFirstSaver):
     async def astats(self) -> DualStats:
         length = oldest = dead = None
         try:
-            outbox = await self.flusher.outbox()
+            outbox = self.flusher.outbox
             length = await outbox.length()
             oldest = await outbox.oldest_age_s()
             dead = await outbox.dead_letter_count()
@@ -739,7 +738,7 @@ class DualSaver(AsyncFirstSaver):
 
     async def alag(self) -> int:
         """Outbox entries not yet durable in PostgreSQL."""
-        return await (await self.flusher.outbox()).length()
+        return await (self.flusher.outbox).length()
 
     def lag(self) -> int:
         return self._sync(self.alag())
