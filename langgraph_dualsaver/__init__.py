@@ -31,6 +31,7 @@ from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import Limits
 from langgraph_dualsaver.redis import RedisHotSaver
 from langgraph_dualsaver.settings import Timeouts
+from langgraph_dualsaver.state_upgrades import StateSchema
 
 __all__ = [
     "CheckpointTooLargeError",
@@ -50,6 +51,7 @@ __all__ = [
     "PostgresDurableSaver",
     "RedisHotSaver",
     "SerializationError",
+    "StateSchema",
     "StoreUnavailableError",
     "StoredValueError",
     "StoredValueTooLargeError",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any
 
@@ -34,6 +36,13 @@ from langgraph_dualsaver.compression import (
 )
 from langgraph_dualsaver.errors import UnsafeValueError
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
+from langgraph_dualsaver.state_upgrades import (
+    StateSchema,
+    WrittenVersions,
+    owed_versions,
+    stamp,
+    upgrade_tuple,
+)
 
 __all__ = ["AsyncFirstSaver", "StrictSerializer", "SyncListing"]
 
@@ -125,6 +134,11 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
     caller-owned client is bound to. Without ``serde=`` values are decoded by a
     ``StrictSerializer``: Redis and PostgreSQL may be written by others, so what they hold
     is not trusted to name code to run.
+
+    With a ``state_schema``, every saver kind stamps its version on ``put`` and upgrades
+    older checkpoints on ``get_tuple`` and ``list``: the ``aget_tuple``, ``alist`` and
+    ``aput`` a subclass defines are wrapped here, once, so no read path can miss it
+    (see ``state_upgrades``).
     """
 
     def __init__(
@@ -132,11 +146,21 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
         *,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
+        state_schema: StateSchema | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
     ):
         self.limits = limits or DEFAULT_LIMITS
         self.compression = compression
         super().__init__(serde=self._compressing(serde or StrictSerializer()))
+        self.state_schema = state_schema
+        self._written_versions = WrittenVersions()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, wrap in _SCHEMA_WRAPPERS.items():
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_applies_state_schema", False):
+                setattr(cls, name, wrap(method))
 
     def _compressing(self, serde: SerializerProtocol) -> SerializerProtocol:
         """``serde`` wrapped per ``compression``: values read either way (see
@@ -238,6 +262,74 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
 
     async def aclose(self) -> None:
         """Close the connections this saver opened (never the caller's)."""
+
+
+# -- state schemas: applied to what every saver kind reads and writes -----------------
+
+
+def _upgrading_get(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def aget_tuple(self: AsyncFirstSaver, config: RunnableConfig) -> CheckpointTuple | None:
+        found = await method(self, config)
+        if found is None or self.state_schema is None:
+            return found
+        return upgrade_tuple(found, self.state_schema)
+
+    aget_tuple._applies_state_schema = True  # type: ignore[attr-defined]
+    return aget_tuple
+
+
+def _upgrading_list(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def alist(self: AsyncFirstSaver, *args: Any, **kwargs: Any) -> AsyncIterator[CheckpointTuple]:
+        items = method(self, *args, **kwargs)
+        return items if self.state_schema is None else _upgraded(items, self.state_schema)
+
+    alist._applies_state_schema = True  # type: ignore[attr-defined]
+    return alist
+
+
+async def _upgraded(
+    items: AsyncIterator[CheckpointTuple], schema: StateSchema
+) -> AsyncIterator[CheckpointTuple]:
+    async with aclosing(items):  # type: ignore[type-var]
+        async for item in items:
+            yield upgrade_tuple(item, schema)
+
+
+def _stamping_put(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def aput(
+        self: AsyncFirstSaver,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        if self.state_schema is not None:
+            metadata = stamp(metadata, self.state_schema)  # type: ignore[assignment]
+        configurable = config.get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        owed: list[tuple[str, str, str, str]] = []
+        if isinstance(thread_id, str):
+            ns = configurable.get("checkpoint_ns") or ""
+            new_versions, owed = owed_versions(
+                thread_id, ns, checkpoint, new_versions, self._written_versions
+            )
+        saved = await method(self, config, checkpoint, metadata, new_versions)
+        for key in owed:
+            self._written_versions.add(key)
+        return saved
+
+    aput._applies_state_schema = True  # type: ignore[attr-defined]
+    return aput
+
+
+_SCHEMA_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "aget_tuple": _upgrading_get,
+    "alist": _upgrading_list,
+    "aput": _stamping_put,
+}
 
 
 class SyncListing(Iterator[CheckpointTuple]):

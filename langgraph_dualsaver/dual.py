@@ -64,6 +64,7 @@ from langgraph_dualsaver.records import (
 from langgraph_dualsaver.redis import OutboxFullError, RedisHotSaver
 from langgraph_dualsaver.redis_list import list_checkpoints
 from langgraph_dualsaver.settings import Timeouts
+from langgraph_dualsaver.state_upgrades import StateSchema
 
 __all__ = ["DualSaver", "DualStats", "Mode"]
 
@@ -176,6 +177,7 @@ class DualSaver(AsyncFirstSaver):
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
         outbox_key: OutboxKey | str | None = None,
+        state_schema: StateSchema | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
@@ -186,6 +188,7 @@ class DualSaver(AsyncFirstSaver):
         super().__init__(
             serde=serde or hot.serde,
             limits=limits or hot.limits,
+            state_schema=state_schema,
             compression=hot.compression,  # from_conn_string's compression= sets both tiers'
         )
         self.hot = hot

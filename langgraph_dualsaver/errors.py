@@ -14,11 +14,15 @@ __all__ = [
     "InvalidInputError",
     "InvalidMetadataError",
     "MissingThreadIdError",
+    "MissingUpgradeError",
+    "SchemaTooNewError",
     "SerializationError",
+    "StateSchemaError",
     "StoreAuthenticationError",
     "StoreUnavailableError",
     "UnsafeRedisConfigError",
     "UnsafeValueError",
+    "UpgradeFailedError",
 ]
 
 
@@ -95,3 +99,22 @@ class EmbeddedServerError(DualSaverError, RuntimeError):
 class StoreAuthenticationError(ConfigurationError):
     """A store refused the credentials in its URL (or its user's rights): a setting to
     fix, not an outage to wait out."""
+
+
+class StateSchemaError(DualSaverError, ValueError):
+    """A checkpoint cannot be read at this code's state schema version; nothing is
+    returned and nothing stored is changed."""
+
+
+class SchemaTooNewError(StateSchemaError):
+    """A checkpoint was written under a newer state schema than this code's: it is
+    refused, never downgraded."""
+
+
+class MissingUpgradeError(StateSchemaError):
+    """No chain of upgrades leads from a checkpoint's state schema version to this
+    code's: ``StateSchema.upgrades`` has a gap."""
+
+
+class UpgradeFailedError(StateSchemaError):
+    """An upgrade function raised, or returned something other than state keys."""

@@ -68,6 +68,7 @@ from langgraph_dualsaver.records import (
 )
 from langgraph_dualsaver.redact import redact, unparsable
 from langgraph_dualsaver.settings import Timeouts
+from langgraph_dualsaver.state_upgrades import StateSchema
 
 __all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver", "records_tuple", "stored_records"]
 
@@ -140,10 +141,13 @@ class PostgresDurableSaver(AsyncFirstSaver):
         min_size: int = 1,
         max_size: int = 10,
         schema: str | None = None,
+        state_schema: StateSchema | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
         partitions: int | None = None,
     ) -> None:
-        super().__init__(serde=serde, limits=limits, compression=compression)
+        super().__init__(
+            serde=serde, limits=limits, state_schema=state_schema, compression=compression
+        )
         self.schema = None if schema is None else sql.schema_name(schema)
         self.partitions = layout.partition_count(partitions)
         if (pool is None) == (dsn is None):

@@ -58,6 +58,7 @@ from langgraph_dualsaver.records import (
 )
 from langgraph_dualsaver.redis_connection import Client, RedisConnection
 from langgraph_dualsaver.settings import Timeouts
+from langgraph_dualsaver.state_upgrades import StateSchema
 
 __all__ = ["OutboxFullError", "RedisHotSaver"]
 
@@ -116,9 +117,12 @@ class RedisHotSaver(AsyncFirstSaver):
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
+        state_schema: StateSchema | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
     ) -> None:
-        super().__init__(serde=serde, limits=limits, compression=compression)
+        super().__init__(
+            serde=serde, limits=limits, state_schema=state_schema, compression=compression
+        )
         self.prefix = K.validate_prefix(prefix)
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigurationError(f"shards must be a positive int, got {shards!r}")

@@ -8,6 +8,7 @@ on embedded Valkey and PostgreSQL.
 from langgraph_dualsaver.app.agents import NODES, SupportAgents, compose_reply
 from langgraph_dualsaver.app.counters import RunCounters
 from langgraph_dualsaver.app.graph import build_graph, new_case, new_thread_id, thread_config
+from langgraph_dualsaver.app.schema import STATE_SCHEMA
 from langgraph_dualsaver.app.services import (
     AUTO_REFUND_LIMIT,
     CASE_ID,
@@ -37,6 +38,7 @@ __all__ = [
     "NO_ISSUE_CUSTOMER",
     "REQUEST_TEXT",
     "SEED_CUSTOMER",
+    "STATE_SCHEMA",
     "AccountResult",
     "BillingResult",
     "PolicyResult",

@@ -37,8 +37,8 @@ def thread_id_of(config: RunnableConfig) -> str:
     return str(config.get("configurable", {}).get("thread_id", ""))
 
 
-def _money(amount: float) -> str:
-    return f"${amount:,.2f}"
+def _money(amount: float, currency: str = "USD") -> str:
+    return f"${amount:,.2f}" if currency == "USD" else f"{amount:,.2f} {currency}"
 
 
 class SupportAgents:
@@ -184,7 +184,7 @@ def compose_reply(state: WorkflowState) -> str:
     parts: list[str] = []
     if billing and billing["duplicate_detected"]:
         txns = ", ".join(billing["transaction_ids"])
-        amount = _money(billing["duplicate_amount"])
+        amount = _money(billing["duplicate_amount"], billing["currency"])
         if policy and policy["approved"]:
             parts.append(
                 f"You were charged twice ({txns}). A refund of {amount} is approved "

@@ -25,6 +25,7 @@ from langgraph_dualsaver.app.state import AccountResult, BillingResult, Charge
 __all__ = [
     "AUTO_REFUND_LIMIT",
     "CASE_ID",
+    "CURRENCY",
     "CUSTOMERS",
     "LARGE_DUPLICATE_CUSTOMER",
     "LOCKED_CUSTOMER",
@@ -41,6 +42,8 @@ __all__ = [
 CASE_ID = "case_8842"
 REQUEST_TEXT = "I was charged twice, and I still can't log in."
 AUTO_REFUND_LIMIT = 500.00
+CURRENCY = "USD"
+"""The currency every charge of the fixture is in."""
 """A duplicate strictly under this many dollars is refunded without a human."""
 
 SEED_CUSTOMER = "cus_8842"
@@ -118,6 +121,7 @@ class BillingService:
             transaction_ids=[c["transaction_id"] for group in duplicated for c in group],
             charges=charges,
             refund_eligible=bool(duplicated),
+            currency=CURRENCY,
         )
 
 

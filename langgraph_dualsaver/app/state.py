@@ -35,13 +35,19 @@ class Charge(TypedDict):
 
 
 class BillingResult(TypedDict):
-    """Written by ``billing_agent`` only."""
+    """Written by ``billing_agent`` only.
+
+    State schema version 2 added ``currency``; ``app.schema.STATE_SCHEMA`` upgrades a
+    case saved under version 1 (without it) when it is read.
+    """
 
     duplicate_detected: bool
     duplicate_amount: float
     transaction_ids: list[str]
     charges: list[Charge]
     refund_eligible: bool
+    currency: str
+    """ISO 4217 code of ``duplicate_amount``, e.g. ``"USD"``."""
 
 
 class AccountResult(TypedDict):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from langgraph_dualsaver.cli import deadletters, inspect, ops
+from langgraph_dualsaver.cli import deadletters, inspect, migrate, ops
 from langgraph_dualsaver.cli.session import DEFAULT_TIMEOUT_S, Target, env_mode
 from langgraph_dualsaver.errors import ConfigurationError
 from langgraph_dualsaver.postgres_sql import schema_name
@@ -109,4 +109,5 @@ app.command("audit")(inspect.audit)
 app.command("flush")(ops.flush)
 app.command("prune")(ops.prune)
 app.command("delete")(ops.delete)
+app.command("migrate")(migrate.migrate)
 app.add_typer(deadletters.app, name="deadletters")
