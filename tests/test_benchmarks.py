@@ -182,27 +182,33 @@ def test_report_shows_failures_loudly(tmp_path: Path) -> None:
 
 @pytest.mark.pure
 def test_aims_compare_ratios_against_targets() -> None:
-    def graph(saver: str, rate: float) -> dict:
-        return {"measure": "graph", "saver": saver, "concurrency": 1, "steps_per_s": rate}
+    def graph(saver: str, rate: float, concurrency: int = 1) -> dict:
+        return {
+            "measure": "graph", "saver": saver, "concurrency": concurrency, "steps_per_s": rate
+        }  # fmt: skip
 
     doc = {
         "savers": {},
         "results": [
             graph("dual_write_behind", 300.0),
             graph("official_postgres", 100.0),
-            graph("memory", 1000.0),
-            graph("dual_write_through", 110.0),
+            graph("postgres", 280.0),
+            graph("dual_write_through", 125.0),
+            graph("dual_write_behind", 400.0, 16),
+            graph("memory", 1000.0, 16),
         ],
     }
     aims = {(aim.group, aim.name): aim for aim in compute_aims(doc)}
     behind = aims["graph steps/s", "dual_write_behind vs official_postgres, concurrency 1"]
     assert behind.ratio == pytest.approx(3.0) and behind.met is True
-    assert aims["graph steps/s", "dual_write_behind vs memory, concurrency 1"].met is False
-    assert (
-        aims["graph steps/s", "dual_write_through vs official_postgres, concurrency 1"].met is False
-    )
-    durable = aims["PostgresDurableSaver vs AsyncPostgresSaver", "graph steps/s, concurrency 1"]
-    assert durable.ratio is None and durable.met is None  # not measured: not decided
+    over_durable = aims["graph steps/s", "dual_write_behind vs postgres, concurrency 1"]
+    assert over_durable.ratio == pytest.approx(300 / 280) and over_durable.met is False  # < 1.2x
+    assert aims["graph steps/s", "dual_write_behind vs memory, concurrency 16"].met is False
+    through = aims["graph steps/s", "dual_write_through vs official_postgres, concurrency 1"]
+    assert through.met is False  # 1.25x < 1.3x
+    assert ("graph steps/s", "dual_write_behind vs memory, concurrency 1") not in aims
+    unmeasured = aims["graph steps/s", "dual_write_through vs postgres, concurrency 16"]
+    assert unmeasured.ratio is None and unmeasured.met is None  # not measured: not decided
 
 
 @pytest.mark.pure
