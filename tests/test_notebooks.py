@@ -44,6 +44,16 @@ EXPECTED = {
         "caught up",
         "cold reads: 40 misses in Valkey, 40 threads put back; hot reads: 40 hits in Valkey",
     ],
+    "06_schema_migrations.ipynb": [
+        "paused before ('policy_agent',), schema_version 1",
+        "version 2 on a version 1 case, no upgrade: KeyError: 'currency'",
+        "read as schema_version 2, upgraded from 1",
+        "A refund of $650.00 is approved",
+        "step 2 loop schema_version 2 upgraded from 1 currency USD",
+        "the paused checkpoint as stored: schema_version 1, billing has currency: False",
+        "+ billing.currency = 'USD'",
+        "latest now: source update, schema_version 2",
+    ],
 }
 
 PICTURES = {
