@@ -235,6 +235,7 @@ class DualSaver(AsyncFirstSaver):
         mode: Mode = "write_behind",
         prefix: str = "dualsaver",
         schema: str | None = None,
+        read_url: str | None = None,
         partitions: int | None = None,
         ttl: timedelta | None = timedelta(hours=24),
         timeouts: Timeouts | None = None,
@@ -247,7 +248,7 @@ class DualSaver(AsyncFirstSaver):
 
         ``schema`` gives the app a PostgreSQL schema of its own, as ``prefix`` gives it
         its own Redis keys; ``asetup`` records the prefix as the schema's owner.
-        ``partitions`` goes to ``PostgresDurableSaver``.
+        ``read_url`` (a read replica) and ``partitions`` go to ``PostgresDurableSaver``.
         ``compression`` (``Compression``, or ``None``) applies to both tiers.
         """
         hot = RedisHotSaver(
@@ -267,6 +268,7 @@ class DualSaver(AsyncFirstSaver):
             limits=limits,
             compression=compression,
             schema=schema,
+            read_url=read_url,
             partitions=partitions,
         )
         return cls(hot, durable, mode=mode, **options)

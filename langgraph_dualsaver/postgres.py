@@ -126,6 +126,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
         partitions: hash-partition every thread table by ``thread_id`` into this many
             partitions when ``setup()`` creates the tables (``postgres_layout``); refused
             by ``setup()`` on tables created otherwise.
+        read_url: a read replica's URL: ``list``, ``audit`` and ``threads``, which
+            tolerate lag, read there (from the primary while it is unreachable); the
+            latest checkpoint and every write always use the primary.
         compression: how values are compressed (``Compression``; ``None``: not at all).
             Values stored compressed read either way.
     """
@@ -144,6 +147,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         state_schema: StateSchema | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
         partitions: int | None = None,
+        read_url: str | None = None,
     ) -> None:
         super().__init__(
             serde=serde, limits=limits, state_schema=state_schema, compression=compression
@@ -154,6 +158,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
             raise ConfigurationError("give exactly one of pool= or dsn=")
         if dsn is not None and (not isinstance(dsn, str) or not dsn):
             raise ConfigurationError("dsn must be a non-empty PostgreSQL URL")
+        if read_url is not None and (not isinstance(read_url, str) or not read_url):
+            raise ConfigurationError("read_url must be None or a non-empty PostgreSQL URL")
         self.timeouts = timeouts
         self.counters: Counter[str] = Counter()
         self._dsn = dsn
@@ -166,6 +172,12 @@ class PostgresDurableSaver(AsyncFirstSaver):
             LoopLocal(fixed=pool)
             if pool is not None
             else LoopLocal(open=self._open_pool, close=self._close_pool)
+        )
+        self._read_where = _server_name(read_url, self.schema) + " (read replica)"
+        self._read_res: LoopLocal[asyncpg.Pool] | None = (
+            None
+            if read_url is None
+            else LoopLocal(open=lambda: self._open_pool(read_url), close=self._close_pool)
         )
 
     @classmethod
@@ -189,13 +201,14 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
     # -- connections ----------------------------------------------------------------
 
-    async def _open_pool(self) -> asyncpg.Pool:
+    async def _open_pool(self, dsn: str | None = None) -> asyncpg.Pool:
+        dsn = dsn or self._dsn
         settings = {"application_name": "langgraph-dualsaver"}
         if self.schema is not None:
             settings.update(self.schema_settings(self.schema))
         try:
             return await asyncpg.create_pool(
-                self._dsn,
+                dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=self.timeouts.connect_s,
@@ -206,8 +219,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
         except asyncpg.exceptions.ClientConfigurationError:
             raise  # asyncpg's own check of the DSN's options: its message is safe
         except ValueError:
-            assert self._dsn is not None
-            raise unparsable("PostgreSQL", self._dsn) from None
+            assert dsn is not None
+            raise unparsable("PostgreSQL", dsn) from None
 
     async def _close_pool(self, pool: asyncpg.Pool) -> None:
         try:
@@ -219,15 +232,23 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
     async def aclose(self) -> None:
         """Close the pools this saver opened (never the caller's)."""
-        await self._res.aclose()
+        try:
+            await self._res.aclose()
+        finally:
+            if self._read_res is not None:
+                await self._read_res.aclose()
 
     @asynccontextmanager
-    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
-        """A pooled connection (in a transaction if asked); store errors translated."""
+    async def _connection(
+        self, *, transaction: bool = False, replica: bool = False
+    ) -> AsyncIterator[Any]:
+        """A pooled connection (in a transaction if asked), to the primary or, with
+        ``replica``, to the read replica; store errors translated."""
+        where = self._read_where if replica else self._where
         try:
-            pool = await self._res.get()
+            pool = await (self._read_res if replica and self._read_res else self._res).get()
             async with pool.acquire() as conn:
-                if self._check_pool:
+                if self._check_pool and not replica:
                     await self._check_search_path(conn)
                 if transaction:
                     async with conn.transaction():
@@ -237,18 +258,35 @@ class PostgresDurableSaver(AsyncFirstSaver):
         except DualSaverError:
             raise
         except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, where) from exc
         except _BAD_INPUT as exc:
             raise InvalidInputError(f"PostgreSQL rejected the input: {exc}") from exc
         except asyncpg.exceptions.UndefinedTableError as exc:
             raise ConfigurationError(
-                f"{self._where} has no dualsaver tables ({exc}); "
+                f"{where} has no dualsaver tables ({exc}); "
                 "call saver.setup() or await saver.asetup() once first"
             ) from exc
         except POSTGRES_AUTH_ERRORS as exc:
-            raise postgres_auth_error(exc, self._where) from exc
+            raise postgres_auth_error(exc, where) from exc
         except _BAD_CONFIG as exc:
-            raise ConfigurationError(f"cannot use {self._where}: {exc}") from exc
+            raise ConfigurationError(f"cannot use {where}: {exc}") from exc
+
+    async def _fetch_lagging(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """``query``'s rows for a read that tolerates lag: from the read replica if
+        there is one, else (or while the replica is unreachable, or cancels the query
+        to replay the primary's changes) from the primary."""
+        if self._read_res is not None:
+            try:
+                async with self._connection(replica=True) as conn:
+                    return list(await conn.fetch(query, *args))
+            except (StoreUnavailableError, asyncpg.exceptions.SerializationError) as exc:
+                self.counters["read_replica_fallback"] += 1
+                if self.counters["read_replica_fallback"] == 1:
+                    logger.warning(
+                        "%s: reading from the primary instead (%s)", self._read_where, exc
+                    )
+        async with self._connection() as conn:
+            return list(await conn.fetch(query, *args))
 
     async def _check_search_path(self, conn: asyncpg.Connection) -> None:
         """Refuse a caller's pool whose ``search_path`` is not exactly the schema:
@@ -262,14 +300,15 @@ class PostgresDurableSaver(AsyncFirstSaver):
             )
         self._check_pool = False
 
-    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+    def _unavailable(self, exc: BaseException, where: str | None = None) -> StoreUnavailableError:
+        where = where or self._where
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             return StoreUnavailableError(
-                f"{self._where} did not answer within the timeout (connect "
+                f"{where} did not answer within the timeout (connect "
                 f"{self.timeouts.connect_s:g} s, command {self.timeouts.command_s:g} s)"
             )
         return StoreUnavailableError(
-            f"{self._where} is unavailable ({type(exc).__name__}: {exc}); "
+            f"{where} is unavailable ({type(exc).__name__}: {exc}); "
             "check that the server is running and the URL is right"
         )
 
@@ -511,8 +550,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         while left is None or left > 0:
             size = sizer.size if left is None else min(sizer.size, left)
             query = sql.list_sql(**flags, after=bool(after), limit=True)
-            async with self._connection() as conn:
-                rows = await conn.fetch(query, *args, *after, size)
+            rows = await self._fetch_lagging(query, *args, *after, size)
             if len(rows) < size:
                 yield rows
                 return
@@ -637,8 +675,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         """Every pending write of the thread, in the order of the run (by checkpoint,
         then by when it was saved): who wrote what, at which step."""
         validate_id("thread_id", thread_id, self.limits)
-        async with self._connection() as conn:
-            rows = await conn.fetch(sql.AUDIT, thread_id)
+        rows = await self._fetch_lagging(sql.AUDIT, thread_id)
         return [audit_entry(row, self.serde, self.counters) for row in rows]
 
     def audit(self, thread_id: str) -> list[AuditEntry]:
@@ -652,8 +689,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         filter_json = sql.filter_param(filter)
         if filter and filter_json is None:
             return []
-        async with self._connection() as conn:
-            rows = await conn.fetch(sql.THREADS, filter_json, limit)
+        rows = await self._fetch_lagging(sql.THREADS, filter_json, limit)
         return [
             ThreadSummary(
                 thread_id=r["thread_id"],
