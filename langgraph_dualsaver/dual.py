@@ -62,6 +62,7 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redis import OutboxFullError, RedisHotSaver
+from langgraph_dualsaver.redis_durability import WriteWait
 from langgraph_dualsaver.redis_list import list_checkpoints
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
@@ -163,6 +164,14 @@ class DualSaver(AsyncFirstSaver):
             hex text; ``DUALSAVER_OUTBOX_KEY`` when not given). Without one, the key
             PostgreSQL holds (``asetup`` generates it once) is used: every process and
             flush worker of an installation must share it.
+        replicas: write_behind: a put is acknowledged from Redis only once this many
+            replicas hold it (``WAIT``); fewer within half the command timeout and it
+            goes to PostgreSQL instead, as when Redis is down. ``None``: as the hot tier
+            was built (by default: on Redis Cluster every replica of the master, on a
+            single server none); ``0``: never wait.
+        aof: write_behind: also wait until the master's append-only file has fsynced
+            the put (``WAITAOF 1 0``; needs ``appendonly yes``). ``None``: as the hot
+            tier was built.
     """
 
     def __init__(
@@ -178,6 +187,8 @@ class DualSaver(AsyncFirstSaver):
         limits: Limits | None = None,
         outbox_key: OutboxKey | str | None = None,
         state_schema: StateSchema | None = None,
+        replicas: int | None = None,
+        aof: bool | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
@@ -185,6 +196,7 @@ class DualSaver(AsyncFirstSaver):
             raise ConfigurationError("DualSaver needs RedisHotSaver(..., outbox=True)")
         if max_lag < 1:
             raise ConfigurationError(f"max_lag must be at least 1, got {max_lag}")
+        write_wait = _write_wait(hot, mode, replicas, aof)
         super().__init__(
             serde=serde or hot.serde,
             limits=limits or hot.limits,
@@ -198,6 +210,7 @@ class DualSaver(AsyncFirstSaver):
         # Only in write_behind is Redis a write's one copy when put returns: there it
         # must be on the replicas too, or a failover could take it back.
         self.hot.wait_for_replicas = mode == "write_behind"
+        self.hot.write_wait = write_wait
         self.max_lag = max_lag
         self._outbox_key = _configured_key(outbox_key)
         self.flusher = Flusher(hot, durable, flush)
@@ -797,3 +810,18 @@ def _configured_key(key: OutboxKey | str | None) -> OutboxKey | None:
         return key
     text = key if key is not None else os.environ.get("DUALSAVER_OUTBOX_KEY")
     return OutboxKey.from_text(text) if text else None
+
+
+def _write_wait(
+    hot: RedisHotSaver, mode: Mode, replicas: int | None, aof: bool | None
+) -> WriteWait:
+    """The hot tier's wait with ``replicas`` and ``aof`` applied; refused in
+    write_through, where a put is acknowledged after PostgreSQL's COMMIT."""
+    wait = hot.write_wait.updated(replicas, aof)
+    if mode == "write_through" and wait.waits:
+        raise ConfigurationError(
+            f"{wait.describe()} is for write_behind: write_through acknowledges a put only "
+            "after PostgreSQL's COMMIT, so waiting for Redis replicas or its AOF would add "
+            "latency and no durability"
+        )
+    return wait

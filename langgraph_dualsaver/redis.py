@@ -34,8 +34,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin as admin
+from langgraph_dualsaver import redis_durability as durability
 from langgraph_dualsaver import redis_list as listing
-from langgraph_dualsaver import redis_replicas as replicas
+from langgraph_dualsaver import redis_replicas as cluster_replicas
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
@@ -100,6 +101,12 @@ class RedisHotSaver(AsyncFirstSaver):
         outbox: Queue every write on the shard's outbox stream, for ``DualSaver``.
         max_connections: Connections per event loop; past them a call waits for one.
         timeouts: Connect and command timeouts; past them ``StoreUnavailableError``.
+        replicas: A put counts once this many replicas hold it (``WAIT``, at most half
+            the command timeout; fewer and it raises ``StoreUnavailableError``). ``None``:
+            on Redis Cluster every replica of the master for queued writes, else none
+            (``redis_durability.WriteWait``).
+        aof: A put counts once the master's append-only file has fsynced it too
+            (``WAITAOF 1 0``; needs ``appendonly yes``).
     """
 
     def __init__(
@@ -118,11 +125,15 @@ class RedisHotSaver(AsyncFirstSaver):
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
         state_schema: StateSchema | None = None,
+        replicas: int | None = None,
+        aof: bool = False,
         compression: Compression | None = DEFAULT_COMPRESSION,
     ) -> None:
         super().__init__(
             serde=serde, limits=limits, state_schema=state_schema, compression=compression
         )
+        self.write_wait = durability.WriteWait(replicas, aof)
+        """What a put waits for before it counts (``DualSaver`` may set it)."""
         self.prefix = K.validate_prefix(prefix)
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigurationError(f"shards must be a positive int, got {shards!r}")
@@ -142,8 +153,9 @@ class RedisHotSaver(AsyncFirstSaver):
         """On Redis Cluster, a queued write counts only once every replica of its master
         has it (``WAIT``), so a failover cannot take it back; else
         ``StoreUnavailableError``. ``DualSaver`` turns it off in write_through, where
-        PostgreSQL has each write before it is acknowledged."""
-        self._replica_counts = replicas.ReplicaCounts()
+        PostgreSQL has each write before it is acknowledged; off, ``write_wait`` is
+        ignored too."""
+        self._replica_counts = cluster_replicas.ReplicaCounts()
         self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
         self._run_id: str | None = None
         self.outbox_key: OutboxKey | None = None
@@ -181,24 +193,33 @@ class RedisHotSaver(AsyncFirstSaver):
         await self.conn.aclose()
 
     async def _eval_replicated(
-        self, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+        self, script: S.Script, keys: Sequence[str], args: Sequence[Any], *, queued: bool
     ) -> Any:
-        """``conn.eval`` for a write to acknowledge: on Redis Cluster (with
-        ``wait_for_replicas``), on its master, then ``WAIT`` there on the same
-        connection until the master's replicas have it (``redis_replicas``)."""
-        if not (self.conn.cluster and self.wait_for_replicas):
+        """``conn.eval`` for a write to acknowledge, then on the same connection wait as
+        ``write_wait`` says (``redis_durability``). On Redis Cluster, a queued write
+        waits for every replica of its master unless ``write_wait`` names a number
+        (``redis_replicas``). Nothing waits without ``wait_for_replicas``."""
+        wait = self.write_wait
+        if not (self.wait_for_replicas and (queued or wait.explicit)):
             return await self.conn.eval(script, keys, args)
+        wait_ms = max(1, int(self.timeouts.command_s * 500))  # inside the read timeout
+        if not self.conn.cluster:
+            return await durability.write_and_wait(self.conn, script, keys, args, wait, wait_ms)
         client = await self.conn.client()
         assert isinstance(client, RedisCluster)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        wait_ms = max(1, int(self.timeouts.command_s * 500))  # inside the read timeout
         counts = self._replica_counts
+        options = {"replicas": wait.replicas, "aof": wait.aof}
         with self.conn.errors():
             try:
-                return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
+                return await cluster_replicas.write_and_wait(
+                    client, keys[0], command, wait_ms, counts, **options
+                )
             except rex.NoScriptError:
                 await self.conn.load_scripts(client)
-                return await replicas.write_and_wait(client, keys[0], command, wait_ms, counts)
+                return await cluster_replicas.write_and_wait(
+                    client, keys[0], command, wait_ms, counts, **options
+                )
 
     def _partial(self, thread_id: str) -> None:
         self.partial_reads += 1
@@ -236,6 +257,7 @@ class RedisHotSaver(AsyncFirstSaver):
                 )
             self._run_id = K.text(info.get("run_id", ""))
             await self._check_eviction_policy(client)
+            await durability.check_server(self.conn, self.write_wait)
             await self.conn.load_scripts(client)
 
     async def _check_eviction_policy(self, client: Client) -> None:
@@ -244,6 +266,8 @@ class RedisHotSaver(AsyncFirstSaver):
                 replies = await client.config_get(
                     "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
                 )
+                if not all(isinstance(r, dict) for r in replies.values()):
+                    replies = {"the one master": replies}  # redis-py unwraps a single node's
                 policies = {K.text(v) for reply in replies.values() for v in reply.values()}
             else:
                 policies = {
@@ -357,7 +381,7 @@ class RedisHotSaver(AsyncFirstSaver):
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        ids = await self._store(record.thread_id, [record], enqueue=self.outbox)
+        ids = await self._store(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
         return saved_config(record), ids[0] if ids else None
 
     async def aput_writes(
@@ -378,7 +402,7 @@ class RedisHotSaver(AsyncFirstSaver):
     ) -> str | None:
         """``aput_writes``, also returning the outbox entry id (``None`` unless ``outbox``)."""
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
-        ids = await self._store(record.thread_id, [record], enqueue=self.outbox)
+        ids = await self._store(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
         return ids[0] if ids else None
 
     async def aput_record(
@@ -407,6 +431,7 @@ class RedisHotSaver(AsyncFirstSaver):
         *,
         enqueue: bool,
         cap: int = 0,
+        acknowledge: bool = False,
     ) -> list[str]:
         records = [r for r in records if not (isinstance(r, WritesRecord) and not r.writes)]
         if not records:
@@ -417,8 +442,10 @@ class RedisHotSaver(AsyncFirstSaver):
         for record in records:
             fields = record_fields(record, self.outbox_key) if enqueue else (b"", b"")
             args += S.store_item_args(record, *fields)
-        store = self._eval_replicated if enqueue else self.conn.eval
-        ids = await store(S.STORE, tk.all, args)
+        if enqueue or acknowledge:  # a put (or the chain's queued write): it may wait
+            ids = await self._eval_replicated(S.STORE, tk.all, args, queued=enqueue)
+        else:  # a backfill of what PostgreSQL holds
+            ids = await self.conn.eval(S.STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
         return self._entry_ids(ids, len(records) if enqueue else 0)

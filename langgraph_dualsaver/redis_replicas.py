@@ -4,7 +4,8 @@ Replication is asynchronous: a master can answer a write and die before its repl
 it, and the replica promoted in its place then serves on without the write, or its
 outbox entry. So the hot tier's queued writes run here: the script on the master that
 serves the thread's slot and, on the same connection, ``WAIT`` for every replica of that
-master. The write counts only once they all have it. There is one attempt and no
+master (or as many as ``replicas=`` says, and the AOF with ``aof=``: ``redis_durability``).
+The write counts only once they all have it. There is one attempt and no
 redirect is followed: a connection error, a redirect, a cluster in transition or a
 replica short of it raises (and the client is told to read the cluster's slots again),
 so the caller writes elsewhere rather than acknowledge a write a failover could lose.
@@ -25,6 +26,7 @@ from redis import exceptions as rex
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from langgraph_dualsaver.errors import StoreUnavailableError
+from langgraph_dualsaver.redis_durability import check_acks, wait_commands
 
 __all__ = ["ReplicaCounts", "write_and_wait"]
 
@@ -79,30 +81,52 @@ async def write_and_wait(
     command: Sequence[Any],
     timeout_ms: int,
     counts: ReplicaCounts,
+    *,
+    replicas: int | None = None,
+    aof: bool = False,
 ) -> Any:
-    """Run ``command`` on the master serving ``key``, then ``WAIT`` up to ``timeout_ms``
-    for that master's replicas on the same connection; return the command's reply.
+    """Run ``command`` on the master serving ``key``, then wait up to ``timeout_ms`` on
+    the same connection for ``replicas`` of that master's replicas (``None``: all of
+    them; ``WAIT``), and with ``aof`` for its own AOF too (``WAITAOF``); return the
+    command's reply.
 
     Raises the command's own error (``NoScriptError``: load the scripts and call
-    again), the connection's, or ``StoreUnavailableError`` when not every replica had
-    the write in time (the replicas are counted again for the next write)."""
+    again), the connection's, or ``StoreUnavailableError`` when the wait fell short
+    (the replicas are counted again for the next write), or, before writing anything,
+    when the master has fewer replicas than ``replicas``."""
     await client.initialize()
     try:
         master = client.get_node_from_key(key)
-        replicas = await counts.of(client, master)
+        known = await counts.of(client, master)
+        wanted = known if replicas is None else replicas
+        if wanted > known:
+            counts.forget()  # one may have joined since: count them again next time
+            raise StoreUnavailableError(
+                f"replicas={wanted}, but the master at {master.name} has {known} replica(s): "
+                "the write was not made"
+            )
+        waits = wait_commands(wanted, aof, timeout_ms)
         commands = [PipelineCommand(0, *command)]
-        if replicas:
-            commands.append(PipelineCommand(1, "WAIT", replicas, timeout_ms))
+        commands += [PipelineCommand(n, *wait) for n, wait in enumerate(waits, 1)]
         await master.execute_pipeline(commands)
         reply = _result(commands[0])
-        acks = commands[1].result if replicas else 0
-        if isinstance(acks, _LOOK_AGAIN):
-            raise acks
+        acks = [c.result for c in commands[1:]]
+        for ack in acks:
+            if isinstance(ack, _LOOK_AGAIN):
+                raise ack
+    except StoreUnavailableError:
+        raise
     except _LOOK_AGAIN:
         await _look_again(client, counts)
         raise
-    if replicas:
-        _check_acks(acks, replicas, master.name, timeout_ms, counts)
+    if waits:
+        try:
+            acknowledged = check_acks(acks, wanted, aof, master.name, timeout_ms)
+        except StoreUnavailableError:
+            counts.forget()  # one may have failed: count them again
+            raise
+        if acknowledged > known:  # a replica was added: count them again
+            counts.forget()
     return reply
 
 
@@ -118,20 +142,6 @@ def _result(command: PipelineCommand) -> Any:
     if isinstance(command.result, BaseException):
         raise command.result
     return command.result
-
-
-def _check_acks(
-    acks: Any, replicas: int, master: str, timeout_ms: int, counts: ReplicaCounts
-) -> None:
-    if not isinstance(acks, int) or isinstance(acks, bool) or acks < replicas:
-        counts.forget()  # one may have failed: count them again
-        raise StoreUnavailableError(
-            f"the write reached the master at {master}, but {acks!r} of its {replicas} "
-            f"replicas within {timeout_ms} ms: a failover could lose it, so it is not "
-            "acknowledged"
-        )
-    if acks > replicas:  # a replica was added: count them again
-        counts.forget()
 
 
 def _text(value: bytes | str) -> str:
