@@ -171,6 +171,32 @@ async def test_time_travel_shows_every_older_checkpoint_upgraded(opener: Any) ->
         assert interrupts[0][2][0].value["refund_amount"] == 650.0
 
 
+@pytest.mark.parametrize("mode", DUAL_MODES)
+async def test_a_chain_read_that_falls_to_postgresql_is_upgraded_and_put_back_as_stored(
+    mode: str, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    @asynccontextmanager
+    async def opener(schema: StateSchema | None) -> AsyncIterator[Any]:
+        async with open_saver(
+            f"dual_{mode}", redis_url=redis_url, pg_dsn=pg_dsn, prefix=redis_prefix,
+            state_schema=schema,
+        ) as saver:  # fmt: skip
+            yield saver
+
+    config, paused = await pause_under_v1(opener)
+    thread_id = config["configurable"]["thread_id"]
+    async with opener(STATE_SCHEMA) as saver:
+        await saver.aflush()
+        await saver.hot.aevict_thread(thread_id)
+        assert await saver.hot.aget_tuple(config) is None
+        cold = await saver.aget_tuple(config)  # from PostgreSQL, then put back into Redis
+        assert (await saver.astats()).hot_misses == 1
+        hot = await saver.hot.aget_tuple(config)  # the tier itself: no state_schema
+    assert cold is not None and billing(cold)["currency"] == "USD"
+    assert cold.metadata[UPGRADED_FROM_KEY] == 1
+    assert hot is not None and hot.checkpoint == paused.checkpoint  # put back as stored
+
+
 async def test_upgrades_apply_in_order_to_values_and_pending_writes(opener: Any) -> None:
     calls: list[tuple[int, tuple[str, ...]]] = []
 
