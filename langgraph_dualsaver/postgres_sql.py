@@ -355,10 +355,11 @@ MIGRATIONS: list[str] = [
     END
     $fn$
     """,
-    # 9: the same rules, but the batch reads each thread's tombstone and deleted
-    # checkpoints by thread (one partition per lookup, see postgres_layout), after
-    # taking the locks, into arrays the inserts check; the inserts scan no table. A
-    # join against the tables instead may scan every partition (a hash anti-join, which
+    # 9: the same rules, but the batch reads its threads' tombstones and deleted
+    # checkpoints first, after taking the locks, into arrays the inserts check: the
+    # inserts scan no table. Each lookup is a LATERAL subquery per thread (OFFSET 0
+    # keeps it one), so it runs on its thread's partition only (see postgres_layout);
+    # a join against the tables may scan every partition (a hash anti-join, which
     # generic plans pick).
     """
     CREATE OR REPLACE FUNCTION dualsaver_write_batch(
@@ -373,35 +374,36 @@ MIGRATIONS: list[str] = [
         b_seq bigint[], s_seq bigint[], p_seq bigint[], c_seq bigint[]
     ) RETURNS integer[] LANGUAGE plpgsql AS $fn$
     DECLARE
-        thread text;
-        tomb bigint;
         tomb_t text[] := '{}';
         tomb_s bigint[] := '{}';
         gone_t text[] := '{}';
         gone_ns text[] := '{}';
         gone_id text[] := '{}';
-        write_ids text[] := s_id || p_id;
     BEGIN
         PERFORM pg_advisory_xact_lock(k) FROM (
             SELECT DISTINCT hashtextextended(t, 0) AS k FROM unnest(lock_threads) AS t
             ORDER BY k
         ) AS keys;
 
-        FOR thread IN SELECT DISTINCT t FROM unnest(lock_threads) AS t LOOP
-            SELECT x.deleted_seq INTO tomb FROM dualsaver_tombstones x WHERE x.thread_id = thread;
-            IF FOUND THEN
-                tomb_t := tomb_t || thread;
-                tomb_s := tomb_s || tomb;
-            END IF;
-            IF cardinality(write_ids) > 0 THEN
-                SELECT gone_t || coalesce(array_agg(d.thread_id), '{}'),
-                       gone_ns || coalesce(array_agg(d.checkpoint_ns), '{}'),
-                       gone_id || coalesce(array_agg(d.checkpoint_id), '{}')
-                INTO gone_t, gone_ns, gone_id
-                FROM dualsaver_deleted_checkpoints d
-                WHERE d.thread_id = thread AND d.checkpoint_id = ANY(write_ids);
-            END IF;
-        END LOOP;
+        SELECT coalesce(array_agg(x.thread_id), '{}'), coalesce(array_agg(x.deleted_seq), '{}')
+        INTO tomb_t, tomb_s
+        FROM (SELECT DISTINCT t FROM unnest(lock_threads) AS t) AS l
+        CROSS JOIN LATERAL (
+            SELECT x.thread_id, x.deleted_seq FROM dualsaver_tombstones x
+            WHERE x.thread_id = l.t OFFSET 0
+        ) AS x;
+
+        IF cardinality(s_t) + cardinality(p_t) > 0 THEN
+        SELECT coalesce(array_agg(d.thread_id), '{}'), coalesce(array_agg(d.checkpoint_ns), '{}'),
+               coalesce(array_agg(d.checkpoint_id), '{}')
+        INTO gone_t, gone_ns, gone_id
+        FROM (SELECT DISTINCT w.t, w.id FROM unnest(s_t || p_t, s_id || p_id) AS w(t, id)) AS w
+        CROSS JOIN LATERAL (
+            SELECT d.thread_id, d.checkpoint_ns, d.checkpoint_id
+            FROM dualsaver_deleted_checkpoints d
+            WHERE d.thread_id = w.t AND d.checkpoint_id = w.id OFFSET 0
+        ) AS d;
+        END IF;
 
         IF cardinality(b_t) > 0 THEN
         INSERT INTO dualsaver_blobs (thread_id, checkpoint_ns, channel, version, type, blob, seq)
