@@ -56,7 +56,9 @@ from langgraph_dualsaver.records import (
     WritesRecord,
     checkpoint_ids,
     checkpoint_record,
+    list_arguments,
     prune_arguments,
+    run_ids_argument,
     saved_config,
     validate_id,
     writes_record,
@@ -410,6 +412,8 @@ class DualSaver(AsyncFirstSaver):
         task_path: str = "",
     ) -> None:
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
+        if not record.writes:
+            return  # nothing to store or queue
         await self._write(record)
         if self.mode == "write_behind" and any(w.channel == INTERRUPT for w in record.writes):
             # The human-in-the-loop boundary: a person may take minutes or days to
@@ -558,6 +562,7 @@ class DualSaver(AsyncFirstSaver):
         """The union of both tiers, newest first, without duplicates (the hot copy wins:
         it can carry writes not yet flushed). Both tiers stream in pages, merged as
         they go: memory holds a page per tier, and the first item comes after one."""
+        list_arguments(config, filter, before, limit, self.limits)
         if limit is not None and limit <= 0:
             return
         durable = self.durable.alist(config, filter=filter, before=before, limit=limit)
@@ -642,6 +647,7 @@ class DualSaver(AsyncFirstSaver):
         self._health.degraded_threads.discard(thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        run_ids = run_ids_argument(run_ids)  # before the flush touches anything
         await self.aflush()
         await self.durable.adelete_for_runs(run_ids)
         await self.hot.adelete_for_runs(run_ids)

@@ -49,9 +49,11 @@ from langgraph_dualsaver.errors import (
     StoreUnavailableError,
 )
 from langgraph_dualsaver.records import (
+    PRUNE_STRATEGIES,
     BlobRecord,
     CheckpointRecord,
     Limits,
+    ListArguments,
     WriteRecord,
     WritesRecord,
     checkpoint_config,
@@ -59,9 +61,12 @@ from langgraph_dualsaver.records import (
     checkpoint_record,
     decode_checkpoint,
     decode_metadata,
+    list_arguments,
     load_blobs,
     load_writes,
+    prune_arguments,
     resolve_writes,
+    run_ids_argument,
     saved_config,
     validate_id,
     writes_record,
@@ -74,7 +79,6 @@ __all__ = ["PRUNE_STRATEGIES", "PostgresDurableSaver", "records_tuple", "stored_
 
 logger = logging.getLogger(__name__)
 
-PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 DEFAULT_TIMEOUTS = Timeouts()
 
@@ -496,7 +500,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
         ``config=None`` lists every thread; a namespace in ``config`` is matched exactly.
         ``filter`` is JSONB containment (``metadata @> filter``), sent as a parameter.
         """
-        predicates = self._list_predicates(config, filter, before)
+        arguments = list_arguments(config, filter, before, limit, self.limits)
+        predicates = self._list_predicates(arguments, filter)
         if predicates is None or (limit is not None and limit <= 0):
             return
         async with aclosing(self._list_pages(*predicates, limit)) as pages:
@@ -506,35 +511,18 @@ class PostgresDurableSaver(AsyncFirstSaver):
                     yield self._tuple(rows.pop())
 
     def _list_predicates(
-        self,
-        config: RunnableConfig | None,
-        filter: dict[str, Any] | None,
-        before: RunnableConfig | None,
+        self, arguments: ListArguments, filter: dict[str, Any] | None
     ) -> tuple[dict[str, bool], list[Any]] | None:
-        """``list_sql``'s flags and their arguments, after validating them; ``None``
-        when nothing can match."""
-        configurable = (config or {}).get("configurable") or {}
-        thread_id = configurable.get("thread_id")
-        if thread_id is not None:
-            validate_id("thread_id", thread_id, self.limits)
-        ns = configurable.get("checkpoint_ns")
-        if ns is not None:
-            validate_id("checkpoint_ns", ns, self.limits, allow_empty=True)
-        checkpoint_id = configurable.get("checkpoint_id") or None
-        if checkpoint_id is not None:
-            validate_id("checkpoint_id", checkpoint_id, self.limits)
-        before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id") or None
-        if before_id is not None:
-            validate_id("checkpoint_id", before_id, self.limits)
+        """``list_sql``'s flags and their arguments; ``None`` when nothing can match."""
         filter_json = sql.filter_param(filter)
         if filter and filter_json is None:
             return None  # a filter holding NUL matches nothing: no metadata can hold NUL
         values = {
-            "thread": thread_id,
-            "namespace": ns,
-            "checkpoint": checkpoint_id,
+            "thread": arguments.thread_id,
+            "namespace": arguments.checkpoint_ns,
+            "checkpoint": arguments.checkpoint_id,
             "filter": filter_json,
-            "before": before_id,
+            "before": arguments.before_id,
         }
         flags = {name: value is not None for name, value in values.items()}
         return flags, [value for value in values.values() if value is not None]
@@ -617,7 +605,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         and the blobs no remaining checkpoint uses. The checkpoints are remembered, so a
         write to one that arrives later (the chain's flush of a run still cancelling)
         is dropped."""
-        runs = [str(run_id) for run_id in run_ids]
+        runs = run_ids_argument(run_ids)
         if not runs:
             return
         async with self._connection(transaction=True) as conn:
@@ -650,13 +638,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         """``"delete"`` removes the threads; ``"keep_latest"`` keeps the latest checkpoint
         per namespace and, for DeltaChannels, its ancestors back to the nearest stored
         value, so the kept state still rebuilds."""
-        if isinstance(thread_ids, str):
-            raise InvalidInputError("thread_ids must be a sequence of thread ids, not a str")
-        if strategy not in PRUNE_STRATEGIES:
-            raise InvalidInputError(
-                f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
-            )
-        threads = sorted({validate_id("thread_id", t, self.limits) for t in thread_ids})
+        threads = prune_arguments(thread_ids, strategy, self.limits)
         if not threads:
             return
         if strategy == "delete":

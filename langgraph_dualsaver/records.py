@@ -48,17 +48,20 @@ __all__ = [
     "BlobRecord",
     "CheckpointRecord",
     "Limits",
+    "ListArguments",
     "WriteRecord",
     "WritesRecord",
     "checkpoint_config",
     "checkpoint_ids",
     "checkpoint_record",
+    "config_fields",
     "decode_checkpoint",
     "decode_metadata",
     "dump_blobs",
     "dump_writes",
     "encode_checkpoint",
     "encode_metadata",
+    "list_arguments",
     "load_blobs",
     "load_writes",
     "metadata_matches",
@@ -67,8 +70,10 @@ __all__ = [
     "prune_arguments",
     "record_versions",
     "resolve_writes",
+    "run_ids_argument",
     "saved_config",
     "unpack_record",
+    "validate_filter",
     "validate_id",
     "validate_key",
     "validate_metadata",
@@ -153,20 +158,51 @@ PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 def prune_arguments(thread_ids: object, strategy: object, limits: Limits) -> list[str]:
     """The validated, de-duplicated thread ids of a ``prune`` call, in sorted order."""
-    if isinstance(thread_ids, (str, bytes)):
-        raise InvalidInputError("thread_ids must be a sequence of thread ids, not one string")
     if strategy not in PRUNE_STRATEGIES:
         raise InvalidInputError(
             f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
         )
-    return sorted({validate_id("thread_id", t, limits) for t in thread_ids})  # type: ignore[attr-defined]
+    return sorted({validate_id("thread_id", t, limits) for t in _many("thread_ids", thread_ids)})
+
+
+def run_ids_argument(run_ids: object) -> list[str]:
+    """The de-duplicated run ids of a ``delete_for_runs`` call (a UUID is taken as its
+    text), in sorted order."""
+    return sorted({str(run_id) for run_id in _many("run_ids", run_ids)})
+
+
+def _many(what: str, values: object) -> Iterable[object]:
+    """``values`` if it is a collection of ids; one string (which would be taken a
+    character at a time) and anything else are refused."""
+    noun = what.removesuffix("s").replace("_", " ")
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError(f"{what} must be a sequence of {noun}s, not one string")
+    if not isinstance(values, Iterable):
+        raise InvalidInputError(
+            f"{what} must be a sequence of {noun}s, got {type(values).__name__}"
+        )
+    return values
+
+
+def config_fields(config: object, what: str = "config") -> Mapping[str, Any]:
+    """``config["configurable"]``, refusing a config (or a configurable) not a dict."""
+    if not isinstance(config, Mapping):
+        raise InvalidInputError(
+            f"{what} must be a dict (a RunnableConfig), got {type(config).__name__}"
+        )
+    configurable = config.get("configurable") or {}
+    if not isinstance(configurable, Mapping):
+        raise InvalidInputError(
+            f"{what}['configurable'] must be a dict, got {type(configurable).__name__}"
+        )
+    return configurable
 
 
 def checkpoint_ids(
     config: RunnableConfig, limits: Limits, *, need_thread: bool = True
 ) -> tuple[str, str, str | None]:
     """Validated ``(thread_id, checkpoint_ns, checkpoint_id)`` of a config."""
-    configurable = config.get("configurable") or {}
+    configurable = config_fields(config)
     thread_id = configurable.get("thread_id")
     if thread_id is None and not need_thread:
         thread_id = ""
@@ -178,6 +214,72 @@ def checkpoint_ids(
     if checkpoint_id is not None:
         validate_id("checkpoint_id", checkpoint_id, limits)
     return thread_id, ns, checkpoint_id
+
+
+@dataclass(frozen=True, slots=True)
+class ListArguments:
+    """The validated arguments of a ``list`` call; ``None`` where not given."""
+
+    thread_id: str | None
+    checkpoint_ns: str | None
+    checkpoint_id: str | None
+    before_id: str | None
+
+
+def list_arguments(
+    config: object, filter: object, before: object, limit: object, limits: Limits
+) -> ListArguments:
+    """Validate a ``list`` call's arguments, as every tier must, before any I/O."""
+    configurable = config_fields(config) if config is not None else {}
+    thread_id = configurable.get("thread_id")
+    if thread_id is not None:
+        validate_id("thread_id", thread_id, limits)
+    ns = configurable.get("checkpoint_ns")
+    if ns is not None:
+        validate_id("checkpoint_ns", ns, limits, allow_empty=True)
+    checkpoint_id = configurable.get("checkpoint_id") or None
+    if checkpoint_id is not None:
+        validate_id("checkpoint_id", checkpoint_id, limits)
+    before_id = None
+    if before is not None:
+        before_id = config_fields(before, "before").get("checkpoint_id") or None
+        if before_id is not None:
+            validate_id("checkpoint_id", before_id, limits)
+    validate_filter(filter)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise InvalidInputError(f"limit must be an int or None, got {type(limit).__name__}")
+    return ListArguments(thread_id, ns, checkpoint_id, before_id)
+
+
+def validate_filter(filter: object) -> None:
+    """Refuse a metadata filter that the tiers could not match alike: not a dict, keys
+    that are not strings, values JSON cannot hold. (Text holding NUL is allowed: no
+    stored metadata can hold it, so it matches nothing.)"""
+    if filter is None:
+        return
+    if not isinstance(filter, Mapping):
+        raise InvalidInputError(
+            f"filter must be a dict of metadata keys and values, got {type(filter).__name__}"
+        )
+    _validate_filter_value(filter, "filter")
+
+
+def _validate_filter_value(value: object, path: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMetadataError(f"{path} keys must be strings, got {key!r}")
+            _validate_filter_value(item, f"{path}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _validate_filter_value(item, f"{path}[{i}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMetadataError(f"{path} is {value}, which JSON cannot represent")
+    elif value is not None and not isinstance(value, (str, int)):
+        raise InvalidMetadataError(
+            f"{path} is of type {type(value).__name__}, which JSON cannot hold"
+        )
 
 
 def validate_metadata(metadata: Mapping[str, Any], path: str = "metadata") -> None:

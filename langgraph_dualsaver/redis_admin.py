@@ -19,7 +19,6 @@ from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
-    InvalidInputError,
     StoreUnavailableError,
 )
 from langgraph_dualsaver.outbox import position, position_ms
@@ -31,7 +30,9 @@ from langgraph_dualsaver.records import (
     WritesRecord,
     checkpoint_ids,
     decode_metadata,
+    prune_arguments,
     resolve_writes,
+    run_ids_argument,
     validate_id,
 )
 from langgraph_dualsaver.redis_list import registered_threads
@@ -49,7 +50,6 @@ __all__ = [
     "prune",
 ]
 
-PRUNE_STRATEGIES = ("keep_latest", "delete")
 _THREADS = 100
 """Threads per pipeline."""
 _CHAIN_STEPS = 256
@@ -142,7 +142,7 @@ async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None
 async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:
     """Delete every checkpoint whose metadata ``run_id`` is one of ``run_ids``, with its
     writes and the blobs no other checkpoint references."""
-    runs = {str(r) for r in run_ids}
+    runs = set(run_ids_argument(run_ids))
     if not runs:
         return
     for chunk in K.chunks(await registered_threads(saver), _THREADS):
@@ -253,13 +253,7 @@ async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) 
     keep each namespace's latest checkpoint with its writes and blobs and, for a thread
     using ``DeltaChannel``, the ancestors back to each delta channel's nearest
     snapshot (what ``get_delta_channel_history`` needs); delete the rest."""
-    if isinstance(thread_ids, str):
-        raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
-    if strategy not in PRUNE_STRATEGIES:
-        raise InvalidInputError(
-            f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}"
-        )
-    threads = [validate_id("thread_id", t, saver.limits) for t in thread_ids]
+    threads = prune_arguments(thread_ids, strategy, saver.limits)
     if not threads:
         return
     if strategy == "delete":

@@ -22,7 +22,7 @@ from langgraph.checkpoint.base import CheckpointTuple
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._paging import ListKey, PageSizer, comes_after, take
-from langgraph_dualsaver.records import validate_id
+from langgraph_dualsaver.records import list_arguments
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.redis import RedisHotSaver
@@ -47,19 +47,13 @@ async def list_checkpoints(
 ) -> AsyncIterator[CheckpointTuple]:
     """The checkpoints ``alist`` lists, in list order; with ``after``, only those
     listed after that one (how the chain resumes a listing)."""
-    configurable = (config or {}).get("configurable") or {}
-    thread_id = configurable.get("thread_id")
-    if thread_id is not None:
-        validate_id("thread_id", thread_id, saver.limits)
-    ns = configurable.get("checkpoint_ns")
-    if ns is not None:
-        validate_id("checkpoint_ns", ns, saver.limits, allow_empty=True)
-    only_id = configurable.get("checkpoint_id") or None
-    before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id") or None
+    arguments = list_arguments(config, filter, before, limit, saver.limits)
     if limit is not None and limit <= 0:
         return
     names = FIELDS if filter or limit is None else min(limit, FIELDS)
-    candidates = _candidates(saver, thread_id, ns, only_id, _Bounds(before_id, after), names)
+    bounds = _Bounds(arguments.before_id, after)
+    thread_id, ns = arguments.thread_id, arguments.checkpoint_ns
+    candidates = _candidates(saver, thread_id, ns, arguments.checkpoint_id, bounds, names)
     async with aclosing(_pages(saver, candidates, filter, limit)) as pages:
         async for page in pages:
             page.reverse()
