@@ -162,19 +162,25 @@ async def write_and_wait(
 
 
 async def check_server(conn: RedisConnection, wait: WriteWait) -> None:
-    """At setup: ``aof`` needs ``appendonly yes`` on every master (``ConfigurationError``
-    otherwise, before any write). Fewer connected replicas than ``replicas`` is only
-    logged: they may still be starting; until they are there, each put waits the
-    timeout and is not acknowledged from Redis."""
+    """At setup: ``aof`` needs ``appendonly yes`` and ``WAITAOF`` (Redis or Valkey 7.2)
+    on every master (``ConfigurationError`` otherwise, before any write). Fewer
+    connected replicas than ``replicas`` is only logged: they may still be starting;
+    until they are there, each put waits the timeout and is not acknowledged from Redis."""
     if not wait.explicit:
         return
-    for node, persistence, replication in await _masters_info(conn):
-        if wait.aof and int(persistence.get("aof_enabled", 0)) != 1:
+    for node, info in await _masters_info(conn):
+        version = str(info.get("redis_version", "0"))
+        if wait.aof and tuple(int(p) for p in version.split(".")[:2]) < (7, 2):
+            raise ConfigurationError(
+                f"aof=True waits with WAITAOF, which redis at {node} (version {version}) "
+                "does not have: it needs Redis or Valkey >= 7.2; or drop aof=True"
+            )
+        if wait.aof and int(info.get("aof_enabled", 0)) != 1:
             raise ConfigurationError(
                 f"aof=True waits for the append-only file, but redis at {node} has "
                 "appendonly no: set appendonly yes on every master, or drop aof=True"
             )
-        linked = int(replication.get("connected_slaves", 0))
+        linked = int(info.get("connected_slaves", 0))
         if wait.replicas and linked < wait.replicas:
             log.warning(
                 "replicas=%d, but redis at %s has %d connected replica(s): until more "
@@ -185,17 +191,11 @@ async def check_server(conn: RedisConnection, wait: WriteWait) -> None:
             )
 
 
-async def _masters_info(conn: RedisConnection) -> list[tuple[str, dict, dict]]:
-    """``INFO persistence`` and ``INFO replication`` of each master."""
+async def _masters_info(conn: RedisConnection) -> list[tuple[str, dict]]:
+    """``INFO`` (server, persistence, replication, ...) of each master."""
     client = await conn.client()
-    found = []
     with conn.errors():
         if not isinstance(client, RedisCluster):
-            persistence = await client.info("persistence")
-            return [(conn.where, persistence, await client.info("replication"))]
+            return [(conn.where, await client.info())]
         await client.initialize()
-        for node in client.get_primaries():
-            persistence = await client.info("persistence", target_nodes=node)
-            replication = await client.info("replication", target_nodes=node)
-            found.append((node.name, persistence, replication))
-    return found
+        return [(n.name, await client.info(target_nodes=n)) for n in client.get_primaries()]

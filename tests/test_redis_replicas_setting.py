@@ -229,7 +229,7 @@ def cluster_url(pair: Pair) -> str:
 
 
 async def test_on_a_cluster_replicas_sets_the_number_and_0_turns_the_wait_off(
-    cluster_pair: Pair, pg_dsn: str, prefix: str
+    cluster_pair: Pair, pg_dsn: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """By default a queued write waits for every replica of its master; replicas=0
     acknowledges from the master alone; replicas=2 on a master with one replica is
@@ -241,6 +241,9 @@ async def test_on_a_cluster_replicas_sets_the_number_and_0_turns_the_wait_off(
         chain(url, pg_dsn, prefix, replicas=2) as too_many,
     ):
         await automatic.asetup()
+        await too_many.asetup()  # asks every master; fewer replicas is only logged
+        assert "replicas=2, but redis at" in caplog.text
+        assert "has 1 connected replica(s)" in caplog.text
         with paused(cluster_pair.replica):
             await put(off, "off", 1)
             assert (await off.astats()).degraded_writes == 0
