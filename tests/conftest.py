@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.servers import fresh_database, fresh_prefix, postgres_server, valkey_server
 
@@ -51,3 +52,11 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix for one test; its keys are removed afterwards."""
     with fresh_prefix(redis_url) as prefix:
         yield prefix
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain sync client of the session's Redis, to look at (or break) keys directly."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

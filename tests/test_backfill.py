@@ -21,7 +21,7 @@ from typing_extensions import TypedDict
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.records import Limits, WriteRecord, resolve_writes
-from tests.dual_helpers import config, put_chain
+from tests.helpers import config, put_chain
 
 
 class CountingSerde(JsonPlusSerializer):

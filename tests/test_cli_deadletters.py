@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
-from tests.dual_helpers import durable_ids, put_chain
+from tests.helpers import durable_ids, put_chain
 from tests.test_cli import Store, data, invoke
 
 BOGUS = {b"r": b"garbage", b"m": b"\x01\x02 a tag, verbatim"}

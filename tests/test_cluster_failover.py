@@ -30,7 +30,7 @@ from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
 from langgraph_dualsaver.redis import RedisHotSaver
 from tests.cluster import Shard, replicated_cluster, replication_cut, wait_promoted
-from tests.dual_helpers import checkpoint, config, durable_ids, eventually, put_chain
+from tests.helpers import checkpoint, config, durable_ids, eventually, put_chain
 
 MASTERS = 3
 THREADS_PER_MASTER = 8

@@ -28,7 +28,7 @@ from tests.cluster import (
     valkey_cluster,
     wait_caught_up,
 )
-from tests.dual_helpers import config, put_chain
+from tests.helpers import config, put_chain
 
 MASTERS = 3
 THREADS_PER_MASTER = 3

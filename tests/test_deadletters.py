@@ -24,7 +24,7 @@ from langgraph_dualsaver.outbox import Entry, Outbox
 from langgraph_dualsaver.records import pack_record
 from langgraph_dualsaver.redis import RedisHotSaver
 from tests.cluster import valkey_cluster
-from tests.dual_helpers import durable_ids, put_chain
+from tests.helpers import durable_ids, put_chain
 
 BOGUS = {b"r": b"garbage", b"x-extra": b"\x00\xffkept as is"}
 

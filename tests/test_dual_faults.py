@@ -28,7 +28,7 @@ from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey
 from langgraph_dualsaver.errors import DurableWriteError
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.redis import RedisHotSaver
-from tests.dual_helpers import config, durable_ids, ids_of, put_chain
+from tests.helpers import config, durable_ids, ids_of, put_chain
 from tests.servers import postgres_server, valkey_server
 
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -19,7 +19,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.errors import UnsafeRedisConfigError
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from tests.dual_helpers import (
+from tests.helpers import (
     checkpoint,
     config,
     durable_ids,

@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 )
 
 from langgraph_dualsaver.dual import DualSaver
-from tests.dual_helpers import checkpoint, config
+from tests.helpers import checkpoint, config
 
 THREADS = ["a", "b", "c"]
 

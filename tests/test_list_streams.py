@@ -22,8 +22,8 @@ from langgraph.checkpoint.base.id import uuid6
 
 import langgraph_dualsaver
 from langgraph_dualsaver.dual import DualSaver
-from tests.dual_helpers import checkpoint, config, eventually, ids_of, put_chain
 from tests.factories import SAVER_KINDS, open_saver
+from tests.helpers import checkpoint, config, eventually, ids_of, put_chain
 from tests.servers import valkey_server
 
 MIB = 1 << 20

@@ -11,7 +11,7 @@ import pytest
 
 from langgraph_dualsaver import DualSaver, EventLoopError
 from langgraph_dualsaver._loops import _BRIDGE, run_sync
-from tests.dual_helpers import config, put_chain
+from tests.helpers import config, put_chain
 
 
 def test_sync_close_inside_a_running_loop_that_used_the_saver_returns(

@@ -33,6 +33,7 @@ from langgraph_dualsaver import metrics
 from langgraph_dualsaver.cli.app import app
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.flusher import Flusher
+from tests.helpers import config
 from tests.test_cli import REPO, Store, closed_port, invoke
 
 DEADLINE_S = 30.0
@@ -51,10 +52,6 @@ def counting_graph(saver: DualSaver) -> CompiledStateGraph:
     builder.add_edge("one", "two")
     builder.add_edge("two", END)
     return builder.compile(checkpointer=saver)
-
-
-def config(thread_id: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id}}
 
 
 # -- OpenTelemetry ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from langgraph_dualsaver import DualSaver, StoreUnavailableError
 from langgraph_dualsaver.embedded import EmbeddedPostgres
-from tests.dual_helpers import checkpoint, config, durable_ids
+from tests.helpers import checkpoint, config, durable_ids
 from tests.servers import postgres_server
 
 SAVERS = 4

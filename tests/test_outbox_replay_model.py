@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.outbox import Entry
-from tests.dual_helpers import checkpoint, config
+from tests.helpers import checkpoint, config
 
 THREADS = ["a", "b"]
 RECLAIM_AT_ONCE = FlushSettings(claim_idle=timedelta(0), max_deliveries=1000)

@@ -17,7 +17,7 @@ from langgraph_dualsaver import DualSaver, Limits, PostgresDurableSaver, RedisHo
 from langgraph_dualsaver.flusher import Flusher, FlushSettings, _by_bytes
 from langgraph_dualsaver.outbox import Entry
 from langgraph_dualsaver.settings import Timeouts
-from tests.dual_helpers import checkpoint, config, durable_ids, eventually, ids_of, put_chain
+from tests.helpers import checkpoint, config, durable_ids, eventually, ids_of, put_chain
 
 ONE_TRY = FlushSettings(max_deliveries=1)
 

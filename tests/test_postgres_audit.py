@@ -12,6 +12,7 @@ from langgraph.types import Command
 
 from langgraph_dualsaver.audit import SUMMARY_WIDTH, node_of, summarize
 from langgraph_dualsaver.postgres import PostgresDurableSaver
+from tests.helpers import config
 from tests.test_graphs import pipeline, review_graph
 
 
@@ -51,10 +52,6 @@ async def saver(pg_dsn: str) -> AsyncIterator[PostgresDurableSaver]:
     async with PostgresDurableSaver.from_conn_string(pg_dsn) as opened:
         await opened.asetup()
         yield opened
-
-
-def config(thread_id: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id}}
 
 
 async def test_audit_says_which_node_wrote_what_at_which_step(saver) -> None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis
 from langgraph.checkpoint.base import empty_checkpoint
 
 from langgraph_dualsaver.records import Limits
@@ -35,13 +34,6 @@ async def saver(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHotSave
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, limits=limits) as s:
         await s.asetup()
         yield s
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Any:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 async def put(saver: RedisHotSaver, thread_id: str, ns: str, checkpoint_id: str) -> None:

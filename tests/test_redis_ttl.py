@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis
 from langgraph.checkpoint.base import empty_checkpoint
 
 from langgraph_dualsaver.outbox import Outbox
@@ -18,13 +17,6 @@ from langgraph_dualsaver.records import unpack_record
 from langgraph_dualsaver.redis import RedisHotSaver
 
 SHORT = timedelta(milliseconds=400)
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Any:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 from redis.asyncio import ConnectionPool, Redis
@@ -20,14 +19,11 @@ from redis.asyncio import ConnectionPool, Redis
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.records import WriteRecord, resolve_writes
 from langgraph_dualsaver.redis import RedisHotSaver
+from tests.helpers import config
 from tests.test_redis_roundtrips import CountingConnection, Trips
 
 LOG_N = {"EXISTS", "TYPE", "ZLEXCOUNT", "ZADD", "ZREMRANGEBYLEX", "PERSIST", "PEXPIRE"}
 """Commands that cost O(1) or O(log n) on a ZSET (ZREMRANGEBYLEX: plus what it removes)."""
-
-
-def config(thread_id: str, **configurable: Any) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", **configurable}}
 
 
 async def put(
@@ -58,13 +54,6 @@ async def saver(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHotSave
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix) as opened:
         await opened.asetup()
         yield opened
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Any:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 # -- the write rules --------------------------------------------------------------------

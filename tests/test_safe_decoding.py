@@ -30,8 +30,8 @@ from langgraph.checkpoint.serde.jsonplus import (
 
 from langgraph_dualsaver import DualSaver, RedisHotSaver, StrictSerializer, UnsafeValueError
 from langgraph_dualsaver import keys as K
-from tests.dual_helpers import checkpoint, config
 from tests.factories import SAVER_KINDS, open_saver
+from tests.helpers import checkpoint, config
 
 CALLS: list[Any] = []
 

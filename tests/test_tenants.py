@@ -26,7 +26,7 @@ from langgraph_dualsaver.dual import DualSaver, Mode
 from langgraph_dualsaver.errors import ConfigurationError
 from langgraph_dualsaver.postgres import OWNER_PREFIX, PostgresDurableSaver
 from tests.conformance import assert_full_conformance
-from tests.dual_helpers import checkpoint, config, eventually, ids_of, put_chain
+from tests.helpers import checkpoint, config, eventually, fetch, ids_of, put_chain
 from tests.servers import fresh_prefix
 
 MODES: list[Mode] = ["write_behind", "write_through"]
@@ -56,14 +56,6 @@ async def durable(pg_dsn: str, schema: str | None, **options: Any) -> AsyncItera
     async with PostgresDurableSaver.from_conn_string(pg_dsn, schema=schema, **options) as saver:
         await saver.asetup()
         yield saver
-
-
-async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def table_schemas(dsn: str) -> dict[str, set[str]]:

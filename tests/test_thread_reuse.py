@@ -21,7 +21,7 @@ from langgraph_dualsaver.dual import MODES, DualSaver
 from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.settings import Timeouts
-from tests.dual_helpers import config, durable_ids, ids_of, put_chain
+from tests.helpers import config, durable_ids, ids_of, put_chain
 from tests.servers import valkey_server
 
 SCRIPTS = Path(__file__).parent / "scripts"
