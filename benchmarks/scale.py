@@ -478,8 +478,13 @@ def run(size_name: str, out: Path) -> dict[str, Any]:
         "servers_idle_cpu_per_s": idle,
         "configs": configs,
     }
-    doc["plan"] = derive_plan(doc)
     out.mkdir(parents=True, exist_ok=True)
+    return write_results(doc, out)
+
+
+def write_results(doc: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The plan derived from the measurements, then scale.json, scale.png and scale.md."""
+    doc["plan"] = derive_plan(doc)
     (out / "scale.json").write_text(json.dumps(doc, indent=1) + "\n")
     render_plot(doc, out / "scale.png")
     (out / "scale.md").write_text(render_markdown(doc, "scale.png"))
@@ -493,10 +498,19 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="default benchmarks/results (full), else .../results/<size>"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: derive the plan again from OUT/scale.json, rewrite the report",
+    )
     args = parser.parse_args()
     size = args.size or "full"
     results = ROOT / "benchmarks" / "results"
-    run(size, args.out or (results if size == "full" else results / size))
+    out = args.out or (results if size == "full" else results / size)
+    if args.report_only:
+        write_results(json.loads((out / "scale.json").read_text()), out)
+    else:
+        run(size, out)
 
 
 if __name__ == "__main__":

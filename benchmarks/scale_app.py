@@ -4,10 +4,14 @@
 
 The saver runs write_behind with its in-process flusher off (separate flush workers
 drain the outbox) and no backpressure (``max_lag`` out of reach), so the rate measured is
-the application's own. The process warms up (one invoke), prints ``ready``, waits for a
-``go`` line on stdin so every process starts together, runs ``--concurrency`` invokes at
-a time on fresh threads for ``--seconds``, and prints one JSON line with what it did and
-the CPU it used meanwhile.
+the application's own. Values are stored uncompressed (``compression=None``): the
+benchmark measures the raw bytes, then compresses what was stored to say what
+compression would save (``scale_probe``).
+
+The process warms up (one invoke), prints ``ready``, waits for a ``go`` line on stdin
+so every process starts together, runs ``--concurrency`` invokes at a time on fresh
+threads for ``--seconds``, and prints one JSON line with what it did and the CPU it used
+meanwhile.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix=args.prefix,
         background_flush=False,
         max_lag=NO_BACKPRESSURE,
+        compression=None,
     ) as saver:
         compiled = graph.build(saver)
         await compiled.ainvoke(graph.new_input(), thread_config(new_thread(f"warm{args.index}")))

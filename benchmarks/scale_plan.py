@@ -13,6 +13,8 @@ import math
 import statistics
 from typing import Any
 
+from langgraph_dualsaver.postgres_layout import MAX_PARTITIONS
+
 __all__ = ["ASSUMPTIONS", "CHECKPOINTS_PER_DAY", "PEAK_FACTOR", "derive_plan"]
 
 CHECKPOINTS_PER_DAY = 1_000_000_000
@@ -26,6 +28,7 @@ ASSUMPTIONS = {
     "backlog_minutes_at_peak": 10,
     "retention_days": 30,
     "partition_target_gib": 100,
+    "postgres_node_disk_tib": 16,
 }
 """Choices, not measurements: each figure that uses one says so. 25 GiB of data per
 master leaves a 32 GiB node room for the fork of an AOF rewrite and fragmentation;
@@ -183,33 +186,69 @@ def derive_plan(doc: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     payload = basis["storage"]["compression"]["payload"]
     saved = (payload["raw_bytes"] - payload["compressed_bytes"]) / checkpoints
-    put(
+    payload_src = f"{where}.storage.compression.payload (ratio {payload['ratio']}, "
+    payload_src += f"{payload['method']}: {saved:,.0f} B saved per checkpoint)"
+    disk_value = put(
         "postgres_disk_gib_per_day_value_compression",
-        disk - CHECKPOINTS_PER_DAY * saved / GIB, "GiB/day",
-        f"{where}.storage.compression.payload (ratio {payload['ratio']}, {payload['method']})",
+        disk - CHECKPOINTS_PER_DAY * saved / GIB, "GiB/day", payload_src,
         "disk per day minus what compressing each stored value saves (rows, indexes unchanged)",
     )  # fmt: skip
+    if "default_bytes" in payload:
+        default_saved = (payload["raw_bytes"] - payload["default_bytes"]) / checkpoints
+        put(
+            "postgres_disk_gib_per_day_default_compression",
+            disk - CHECKPOINTS_PER_DAY * default_saved / GIB, "GiB/day",
+            f"{where}.storage.compression.payload.default_ratio = {payload['default_ratio']}",
+            "what the saver's default (zstd for channel values and writes of 1 KiB or more) "
+            "would save on this workload",
+        )  # fmt: skip
     put(
         "postgres_wal_gib_per_day_value_compression",
-        wal - CHECKPOINTS_PER_DAY * saved / GIB, "GiB/day",
-        f"{where}.storage.compression.payload",
+        wal - CHECKPOINTS_PER_DAY * saved / GIB, "GiB/day", payload_src,
         "WAL per day minus the same saving (the WAL carries each new row's values once)",
     )  # fmt: skip
-    files = basis["storage"]["compression"]["relation_files"]
     put(
+        "redis_memory_gib_24h_value_compression",
+        hot_gib - CHECKPOINTS_PER_DAY * saved / GIB, "GiB", payload_src,
+        "an estimate: Redis holds the same checkpoint, blob and write values, so the same "
+        "saving per checkpoint",
+    )  # fmt: skip
+    files = basis["storage"]["compression"]["relation_files"]
+    disk_fs = put(
         "postgres_disk_gib_per_day_filesystem_compression",
         disk * files["ratio"], "GiB/day",
         f"{where}.storage.compression.relation_files.ratio = {files['ratio']} "
         f"({files['method']}, 128 KiB blocks)",
-        "disk per day x the ratio of the tables' own files compressed in 128 KiB blocks",
+        "disk per day x the ratio of the tables' own files compressed in 128 KiB blocks "
+        "(optimistic: every benchmark case is the same customer, so rows repeat each other)",
     )  # fmt: skip
     retention = ASSUMPTIONS["retention_days"]
+    node_tib = ASSUMPTIONS["postgres_node_disk_tib"]
     target = ASSUMPTIONS["partition_target_gib"]
-    partitions = math.ceil(disk * retention / target)
-    put(
-        "postgres_partitions", 2 ** math.ceil(math.log2(max(partitions, 1))), "partitions",
-        "postgres_disk_gib_per_day",
-        f"{retention} days of history (assumption: retention_days) / {target} GiB per "
-        f"partition (assumption: partition_target_gib) = {partitions}, up to a power of two",
-    )  # fmt: skip
+    variants = (
+        ("", disk, "postgres_disk_gib_per_day"),
+        ("_value_compression", disk_value, "postgres_disk_gib_per_day_value_compression"),
+        ("_filesystem_compression", disk_fs, "postgres_disk_gib_per_day_filesystem_compression"),
+    )
+    for suffix, per_day, src in variants:
+        kept = put(
+            f"postgres_disk_tib_retained{suffix}", per_day * retention / 1024, "TiB", src,
+            f"{retention} days of history (assumption: retention_days)",
+        )  # fmt: skip
+        put(
+            f"postgres_nodes_for_disk{suffix}", math.ceil(kept / node_tib), "nodes",
+            f"postgres_disk_tib_retained{suffix}",
+            f"retained disk / {node_tib} TiB per node (assumption: postgres_node_disk_tib)",
+        )  # fmt: skip
+        needed = math.ceil(kept * 1024 / target)
+        wanted = 2 ** math.ceil(math.log2(max(needed, 1)))
+        capped = f"; partitions= allows at most {MAX_PARTITIONS} per database" * (
+            wanted > MAX_PARTITIONS
+        )
+        put(
+            f"postgres_partitions{suffix}", wanted, "partitions",
+            f"postgres_disk_tib_retained{suffix}",
+            f"retained disk / {target} GiB per partition (assumption: partition_target_gib) "
+            f"= {needed}, up to a power of two{capped}",
+        )  # fmt: skip
     return {"assumptions": ASSUMPTIONS, "basis": where, "figures": figures}

@@ -174,29 +174,48 @@ PAYLOADS = {
 }
 
 
+DEFAULT_MIN_BYTES = 1024
+"""The saver's default ``Compression.min_bytes``: smaller channel values and writes are
+stored as they are."""
+
+
 async def pg_payload_compression(conn: asyncpg.Connection) -> dict[str, Any]:
     """The stored values (checkpoint bytes, metadata, versions, blobs, writes) each
     compressed on its own, as a saver compressing what it stores would: raw and
-    compressed bytes per table."""
+    compressed bytes per table. ``default_bytes``: what the saver's default stores
+    instead (blobs and writes of DEFAULT_MIN_BYTES or more compressed, if smaller so;
+    the checkpoint rows as they are)."""
     method, compress = compressor()
     tables = {}
     for table, query in PAYLOADS.items():
-        raw = packed = values = 0
+        raw = packed = default = values = 0
+        compressible = table != "dualsaver_checkpoints"
         for row in await conn.fetch(query):
             for value in row:
                 data = bytes(value)
+                small = len(compress(data))
                 raw += len(data)
-                packed += len(compress(data))
+                packed += small
+                big = compressible and len(data) >= DEFAULT_MIN_BYTES
+                default += min(small, len(data)) if big else len(data)
                 values += 1
-        tables[table] = {"values": values, "raw_bytes": raw, "compressed_bytes": packed}
+        tables[table] = {
+            "values": values,
+            "raw_bytes": raw,
+            "compressed_bytes": packed,
+            "default_bytes": default,
+        }
     raw = sum(t["raw_bytes"] for t in tables.values())
     packed = sum(t["compressed_bytes"] for t in tables.values())
+    default = sum(t["default_bytes"] for t in tables.values())
     return {
         "method": method,
         "tables": tables,
         "raw_bytes": raw,
         "compressed_bytes": packed,
+        "default_bytes": default,
         "ratio": round(packed / raw, 4) if raw else None,
+        "default_ratio": round(default / raw, 4) if raw else None,
     }
 
 

@@ -151,11 +151,15 @@ def render_markdown(doc: dict[str, Any], plot: str) -> str:
         "excluded, it is empty once drained). PostgreSQL: `pg_total_relation_size` of "
         "checkpoints, blobs and writes; WAL from `pg_current_wal_lsn` before and after.",
         "",
-        f"**Compression** ({payload['method']}), on the largest configuration's data: the "
+        f"**Compression** ({payload['method']}). The applications store values "
+        "uncompressed (`compression=None`); on the largest configuration's data: the "
         f"stored values each compressed alone, {_n(payload['raw_bytes'])} B to "
-        f"{_n(payload['compressed_bytes'])} B (ratio {payload['ratio']}); the tables' files "
-        f"compressed in 128 KiB blocks, {_n(files['raw_bytes'])} B to "
-        f"{_n(files['compressed_bytes'])} B (ratio {files['ratio']}).",
+        f"{_n(payload['compressed_bytes'])} B (ratio {payload['ratio']}); with the saver's "
+        "default instead (channel values and writes of 1 KiB or more only), "
+        f"{_n(payload.get('default_bytes'))} B (ratio {payload.get('default_ratio')}); the "
+        f"tables' files compressed in 128 KiB blocks, {_n(files['raw_bytes'])} B to "
+        f"{_n(files['compressed_bytes'])} B (ratio {files['ratio']}: optimistic, every "
+        "case here is the same customer, so rows repeat each other).",
         "",
         "## The plan's figures",
         "",

@@ -157,6 +157,10 @@ def test_plan_is_the_measurements_times_the_target() -> None:
     saved = CHECKPOINTS_PER_DAY * 1000 / GIB  # 1,000 bytes saved per checkpoint
     assert figures["postgres_disk_gib_per_day_value_compression"] == pytest.approx(disk - saved)
     assert figures["postgres_disk_gib_per_day_filesystem_compression"] == pytest.approx(disk / 4)
+    needed = math.ceil(disk * 30 / 100)  # 30 days kept, 100 GiB per partition
+    assert figures["postgres_partitions"] == 2 ** math.ceil(math.log2(needed))
+    assert "at most 1024" in plan["figures"]["postgres_partitions"]["how"]
+    assert figures["postgres_nodes_for_disk"] == math.ceil(disk * 30 / 1024 / 16)
     assert (
         "redis_bytes_per_checkpoint = 4,096 B" in plan["figures"]["redis_memory_gib_24h"]["source"]
     )
