@@ -34,8 +34,8 @@ from langgraph_dualsaver.compression import (
     user_serde,
     with_compression,
 )
-from langgraph_dualsaver.errors import UnsafeValueError
-from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, next_version
+from langgraph_dualsaver.errors import ConfigurationError, UnsafeValueError
+from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, config_fields, next_version
 from langgraph_dualsaver.state_upgrades import (
     StateSchema,
     WrittenVersions,
@@ -152,6 +152,10 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
         self.limits = limits or DEFAULT_LIMITS
         self.compression = compression
         super().__init__(serde=self._compressing(serde or StrictSerializer()))
+        if state_schema is not None and not isinstance(state_schema, StateSchema):
+            raise ConfigurationError(
+                f"state_schema must be a StateSchema, got {type(state_schema).__name__}"
+            )
         self.state_schema = state_schema
         self._written_versions = WrittenVersions()
 
@@ -308,7 +312,7 @@ def _stamping_put(method: Callable[..., Any]) -> Callable[..., Any]:
     ) -> RunnableConfig:
         if self.state_schema is not None:
             metadata = stamp(metadata, self.state_schema)  # type: ignore[assignment]
-        configurable = config.get("configurable") or {}
+        configurable = config_fields(config)
         thread_id = configurable.get("thread_id")
         owed: list[tuple[str, str, str, str]] = []
         if isinstance(thread_id, str):

@@ -38,6 +38,7 @@ from langgraph_dualsaver.errors import (
     SchemaTooNewError,
     UpgradeFailedError,
 )
+from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.state_upgrades import (
     SCHEMA_VERSION_KEY,
     UPGRADED_FROM_KEY,
@@ -98,6 +99,8 @@ def test_a_schema_refuses_upgrades_that_cannot_form_a_chain() -> None:
         StateSchema(version=0)
     with pytest.raises(ConfigurationError, match=r"upgrades\[1\] is not callable"):
         StateSchema(version=2, upgrades={1: "add_currency"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigurationError, match="state_schema must be a StateSchema, got int"):
+        PostgresDurableSaver(dsn="postgresql://nowhere/db", state_schema=2)  # type: ignore[arg-type]
 
 
 @pytest.mark.pure
@@ -360,6 +363,13 @@ async def test_migrate_shows_the_upgrade_then_writes_it_as_a_new_checkpoint(
         latest = await raw.aget_tuple(config)
     assert latest is not None and latest.checkpoint["id"] == paused.checkpoint["id"]
 
+    for bad, says in (
+        ("nowhere", "must be module:NAME"),
+        ("tests.schema_helpers:DECISION", "not a StateSchema"),
+        ("no_such_module:X", "cannot import"),
+    ):
+        wrong = await asyncio.to_thread(migrate, "--state-schema", bad)
+        assert wrong.exit_code == 1 and says in wrong.output, wrong.output
     refused = await asyncio.to_thread(migrate, "--state-schema", "tests.schema_helpers:V1")
     assert refused.exit_code == 0 and "already" in refused.output  # v1 -> v1: nothing to do
 
