@@ -1,16 +1,16 @@
-"""PostgresDurableSaver beyond the interface: ownership and event loops, storage layout,
-query plans, DeltaChannel history, prune, copy and delete_for_runs."""
+"""PostgresDurableSaver beyond the interface: ownership and event loops, query plans,
+listing, and ``threads``. What every saver kind does (bad input, DeltaChannel history,
+prune, copy, delete_for_runs) is in ``tests/contract``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import pytest
-from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.graph import END, START, StateGraph
@@ -20,28 +20,7 @@ from langgraph_dualsaver import postgres_sql as sql
 from langgraph_dualsaver.errors import EventLoopError
 from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import DEFAULT_LIMITS, checkpoint_record
-
-
-def config(thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> dict[str, Any]:
-    configurable = {"thread_id": thread_id, "checkpoint_ns": ns}
-    if checkpoint_id:
-        configurable["checkpoint_id"] = checkpoint_id
-    return {"configurable": configurable}
-
-
-async def put(saver, thread_id, values, versions, new_versions=None, parent=None, **metadata):
-    cp = generate_checkpoint(channel_values=values, channel_versions=versions)
-    cfg = config(thread_id, checkpoint_id=parent)
-    meta = {"source": "loop", "step": 0, **metadata}
-    return await saver.aput(cfg, cp, meta, versions if new_versions is None else new_versions)
-
-
-async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
+from tests.helpers import config, fetch
 
 
 @pytest.fixture
@@ -108,36 +87,6 @@ def test_sync_use_as_a_context_manager(pg_dsn: str) -> None:
 # -- storage layout ----------------------------------------------------------------------
 
 
-class Document(TypedDict):
-    document: str
-    counter: int
-
-
-async def test_steps_that_change_a_small_channel_write_the_large_one_once(saver, pg_dsn) -> None:
-    builder = StateGraph(Document)
-    builder.add_node("tick", lambda s: {"counter": s["counter"] + 1})
-    builder.add_edge(START, "tick")
-    builder.add_conditional_edges("tick", lambda s: END if s["counter"] >= 10 else "tick")
-    graph = builder.compile(checkpointer=saver)
-    document = "lorem ipsum " * 20_000  # 240 kB
-
-    result = await graph.ainvoke({"document": document, "counter": 0}, config("big"))
-
-    assert result == {"document": document, "counter": 10}
-    counts = dict(
-        (r["channel"], r["n"])
-        for r in await fetch(
-            pg_dsn,
-            "SELECT channel, count(*) AS n FROM dualsaver_blobs WHERE thread_id = $1 "
-            "GROUP BY channel",
-            "big",
-        )
-    )
-    assert counts["document"] == 1
-    assert counts["counter"] == 11  # the input, then ten ticks
-    assert (await saver.athread_info("big"))["checkpoints"] == 12
-
-
 async def test_latest_and_by_id_lookups_read_one_checkpoint_row(saver, pg_dsn) -> None:
     # 3,000 checkpoints in one thread: the lookups still read exactly one row each.
     parent = None
@@ -176,7 +125,7 @@ async def test_list_across_threads_newest_first_with_before_limit_and_namespaces
     saved = []
     for thread_id, ns in [("l1", ""), ("l2", ""), ("l1", "sub:1"), ("l3", ""), ("l1", "")]:
         cp = generate_checkpoint()
-        saved.append(await saver.aput(config(thread_id, ns), cp, {"source": "loop"}, {}))
+        saved.append(await saver.aput(config(thread_id, ns=ns), cp, {"source": "loop"}, {}))
     ids = [s["configurable"]["checkpoint_id"] for s in saved]
 
     everything = [t.config["configurable"]["checkpoint_id"] async for t in saver.alist(None)]
@@ -193,130 +142,28 @@ async def test_list_across_threads_newest_first_with_before_limit_and_namespaces
     assert [t async for t in saver.alist(None, limit=0)] == []
 
 
-async def test_delete_for_runs_frees_only_blobs_nobody_else_uses(saver, pg_dsn) -> None:
-    first = await put(saver, "runs", {"x": "x1", "y": "y1"}, {"x": 1, "y": 1}, run_id="r1")
-    second = await put(
-        saver,
-        "runs",
-        {"x": "x1", "y": "y2"},
-        {"x": 1, "y": 2},
-        {"y": 2},
-        first["configurable"]["checkpoint_id"],
-        run_id="r2",
-    )
-    await saver.aput_writes(second, [("y", "pending")], "task")
-
-    await saver.adelete_for_runs(["r2"])
-
-    blobs = await fetch(pg_dsn, "SELECT channel, version FROM dualsaver_blobs ORDER BY 1, 2")
-    assert [tuple(b) for b in blobs] == [("x", "1"), ("y", "1")]
-    assert await saver.athread_info("runs") == {"checkpoints": 1, "blobs": 2, "writes": 0}
-    kept = await saver.aget_tuple(config("runs"))
-    assert kept.checkpoint["channel_values"] == {"x": "x1", "y": "y1"}
-
-
 # -- DeltaChannel --------------------------------------------------------------------------
 
 
-def extend(state: list[str], writes: list[list[str]]) -> list[str]:
-    return state + [item for write in writes for item in write]
+# -- threads ------------------------------------------------------------------------------
 
 
-class Chat(TypedDict):
-    items: Annotated[list[str], DeltaChannel(extend, snapshot_frequency=3)]
-    n: int
-
-
-def chat_graph(saver: BaseCheckpointSaver, stop: int) -> Any:
-    builder = StateGraph(Chat)
-    builder.add_node("step", lambda s: {"items": [f"i{s['n']}"], "n": s["n"] + 1})
-    builder.add_edge(START, "step")
-    builder.add_conditional_edges("step", lambda s: END if s["n"] >= stop else "step")
-    return builder.compile(checkpointer=saver)
-
-
-async def delta_thread(saver: BaseCheckpointSaver, thread_id: str) -> Any:
-    """Eight steps, then a fork from step 4 that runs on to n=9: the latest checkpoint
-    is two updates past its last snapshot (snapshot_frequency=3)."""
-    graph = chat_graph(saver, 8)
-    cfg = config(thread_id)
-    await graph.ainvoke({"items": [], "n": 0}, cfg)
-    history = [s async for s in graph.aget_state_history(cfg)]
-    past = next(s for s in history if s.metadata["step"] == 4)
-    forked = await graph.aupdate_state(past.config, {"items": ["forked"]}, as_node="step")
-    await chat_graph(saver, 9).ainvoke(None, forked)
-    return graph
-
-
-async def test_delta_history_fast_path_matches_the_ancestor_walk(saver) -> None:
-    graph = await delta_thread(saver, "delta")
-    history = [s async for s in graph.aget_state_history(config("delta"))]
-    assert len(history) > 12
-    channels = ["items", "n", "absent"]
-    for state in history:
-        fast = await saver.aget_delta_channel_history(config=state.config, channels=channels)
-        walk = await BaseCheckpointSaver.aget_delta_channel_history(
-            saver, config=state.config, channels=channels
-        )
-        assert fast == walk, state.config
-    latest = await saver.aget_delta_channel_history(config=config("delta"), channels=["items"])
-    assert [w[2] for w in latest["items"]["writes"]] == [["i7"], ["i8"]]
-    assert latest["items"]["seed"].value == ["i0", "i1", "i2", "i3", "forked", "i4", "i5", "i6"]
-    state = await graph.aget_state(config("delta"))
-    assert state.metadata["counters_since_delta_snapshot"] == {"items": [2, 2]}
-    assert state.values["items"] == [
-        "i0", "i1", "i2", "i3", "forked", "i4", "i5", "i6", "i7", "i8"
-    ]  # fmt: skip
-    assert await saver.aget_delta_channel_history(config=config("nobody"), channels=["x"]) == {
-        "x": {"writes": []}
-    }
-
-
-async def test_prune_keep_latest_keeps_what_delta_channels_need(saver, pg_dsn) -> None:
-    graph = await delta_thread(saver, "delta")
-    await put(saver, "plain", {"x": 1}, {"x": 1})
-    await put(saver, "plain", {"x": 2}, {"x": 2})
-    before = await graph.aget_state(config("delta"))
-    counters = before.metadata["counters_since_delta_snapshot"]["items"]
-    total = (await saver.athread_info("delta"))["checkpoints"]
-
-    await saver.aprune(["delta", "plain"], strategy="keep_latest")
-
-    after = await graph.aget_state(config("delta"))
-    assert after.values == before.values
-    kept = (await saver.athread_info("delta"))["checkpoints"]
-    assert kept == counters[0] + 1 < total  # the head and its ancestors to the snapshot
-    assert (await saver.athread_info("plain"))["checkpoints"] == 1
-    orphans = await fetch(
-        pg_dsn,
-        "SELECT b.channel, b.version FROM dualsaver_blobs b WHERE NOT EXISTS ("
-        " SELECT 1 FROM dualsaver_checkpoints c WHERE c.thread_id = b.thread_id"
-        " AND c.checkpoint_ns = b.checkpoint_ns AND c.channel_versions ->> b.channel = b.version)",
-    )
-    assert orphans == []
-    # The graph carries on from the pruned thread.
-    more = await chat_graph(saver, 11).ainvoke({"items": ["more"], "n": 9}, config("delta"))
-    assert more["items"] == [*before.values["items"], "more", "i9", "i10"]
-
-
-async def test_prune_rejects_unknown_strategies_and_delete_removes_threads(saver) -> None:
-    await put(saver, "gone", {"x": 1}, {"x": 1})
-    with pytest.raises(ValueError, match="unknown prune strategy 'oldest'"):
-        await saver.aprune(["gone"], strategy="oldest")
-    await saver.aprune(["gone"], strategy="delete")
-    assert await saver.athread_info("gone") == {"checkpoints": 0, "blobs": 0, "writes": 0}
-
-
-async def test_copy_thread_copies_the_complete_delta_chain(saver) -> None:
-    graph = await delta_thread(saver, "source")
-
-    await saver.acopy_thread("source", "target")
-
-    source = await graph.aget_state(config("source"))
-    target = await graph.aget_state(config("target"))
-    assert target.values == source.values
-    assert (
-        target.config["configurable"]["checkpoint_id"]
-        == (source.config["configurable"]["checkpoint_id"])
-    )
-    assert await saver.athread_info("target") == await saver.athread_info("source")
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        {"source') OR 1=1 --": "input"},
+        {"'; DELETE FROM dualsaver_checkpoints; --": 1},
+        {"source": "input' OR '1'='1"},
+        {"step": {"$ne": None}},
+        {"source": "in\x00put"},
+    ],
+    ids=["key-or", "key-delete", "value-or", "operator", "nul"],
+)
+async def test_threads_with_a_filter_crafted_as_sql_matches_nothing(
+    saver: PostgresDurableSaver, crafted: dict[str, Any]
+) -> None:
+    cp = generate_checkpoint()
+    await saver.aput(config("listed"), cp, {"source": "input"}, {})
+    assert await saver.athreads(filter=crafted) == []
+    # The same key, spelled plainly, does match: the filter really was applied.
+    assert [t.thread_id for t in await saver.athreads(filter={"source": "input"})] == ["listed"]

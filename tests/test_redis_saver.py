@@ -1,23 +1,19 @@
 """RedisHotSaver behaviour beyond the conformance suite: clients and loops, setup checks,
-half-evicted threads, listing, DeltaChannel history, prune, copy, delete_for_runs,
-backfill and eviction."""
+half-evicted threads, listing, DeltaChannel history in pages, copies in outbox mode,
+backfill and eviction. What every saver kind does (bad input, DeltaChannel history,
+prune, copy, delete_for_runs) is in ``tests/contract``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-import redis
-from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
-from langgraph.graph import END, START, StateGraph
 from redis.asyncio import Redis
-from typing_extensions import TypedDict
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin
@@ -36,11 +32,8 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redis import RedisHotSaver
+from tests.helpers import DELTA_ITEMS, config, delta_thread
 from tests.servers import valkey_server
-
-
-def config(thread_id: str, **configurable: Any) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", **configurable}}
 
 
 async def put(
@@ -56,7 +49,7 @@ async def put(
     checkpoint = empty_checkpoint()
     checkpoint["channel_values"] = values
     checkpoint["channel_versions"] = versions
-    cfg = config(thread_id, checkpoint_ns=ns)
+    cfg = config(thread_id, ns=ns)
     if parent:
         cfg["configurable"]["checkpoint_id"] = parent
     return await saver.aput(cfg, checkpoint, metadata, new_versions)
@@ -67,13 +60,6 @@ async def saver(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHotSave
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix) as opened:
         await opened.asetup()
         yield opened
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Any:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 # -- clients, loops and setup ------------------------------------------------------------
@@ -168,15 +154,15 @@ async def test_list_across_threads_and_namespaces_newest_first(saver: RedisHotSa
     assert everything == list(reversed(made))
     whole_thread = [t.config async for t in saver.alist({"configurable": {"thread_id": "a"}})]
     assert whole_thread == [made[1], made[0]]
-    only_ns = [t.config async for t in saver.alist(config("a", checkpoint_ns="child:1"))]
+    only_ns = [t.config async for t in saver.alist(config("a", ns="child:1"))]
     assert only_ns == [made[1]]
     before = [t.config async for t in saver.alist(None, before=config("x", checkpoint_id=ids[2]))]
     assert before == [made[1], made[0]]
     limited = [t.config async for t in saver.alist(None, limit=3, filter={"tag": "achild:1"})]
     assert limited == [made[1]]
-    exact = config("b", checkpoint_ns="child:1", checkpoint_id=ids[3])
+    exact = config("b", ns="child:1", checkpoint_id=ids[3])
     assert [t.config async for t in saver.alist(exact)] == [made[3]]
-    other_ns = config("b", checkpoint_ns="", checkpoint_id=ids[3])
+    other_ns = config("b", ns="", checkpoint_id=ids[3])
     assert [t.config async for t in saver.alist(other_ns)] == []
 
 
@@ -221,50 +207,13 @@ async def test_threads_registered_by_an_earlier_version_are_listed_and_moved(
 # -- DeltaChannel ---------------------------------------------------------------------------
 
 
-def extend(state: list[str], writes: list[list[str]]) -> list[str]:
-    return state + [item for write in writes for item in write]
-
-
-class Chat(TypedDict):
-    items: Annotated[list[str], DeltaChannel(extend, snapshot_frequency=3)]
-    log: Annotated[list[str], operator.add]
-    n: int
-
-
-def chat_graph(saver: BaseCheckpointSaver, stop: int) -> Any:
-    builder = StateGraph(Chat)
-    builder.add_node("step", lambda s: {"items": [f"i{s['n']}"], "log": ["s"], "n": s["n"] + 1})
-    builder.add_edge(START, "step")
-    builder.add_conditional_edges("step", lambda s: END if s["n"] >= stop else "step")
-    return builder.compile(checkpointer=saver)
-
-
-async def delta_thread(saver: BaseCheckpointSaver, thread_id: str) -> Any:
-    """Eight steps, then a fork from step 4 that runs on to n=9: the latest checkpoint
-    is two updates past its last snapshot (snapshot_frequency=3)."""
-    graph = chat_graph(saver, 8)
-    cfg = config(thread_id)
-    await graph.ainvoke({"items": [], "log": [], "n": 0}, cfg)
-    history = [s async for s in graph.aget_state_history(cfg)]
-    past = next(s for s in history if s.metadata["step"] == 4)
-    forked = await graph.aupdate_state(past.config, {"items": ["forked"]}, as_node="step")
-    await chat_graph(saver, 9).ainvoke(None, forked)
-    return graph
-
-
-EXPECTED_ITEMS = ["i0", "i1", "i2", "i3", "forked", "i4", "i5", "i6", "i7", "i8"]
-
-
-@pytest.mark.parametrize("steps_per_call", [256, 2])
-async def test_delta_history_fast_path_matches_the_ancestor_walk(
-    saver: RedisHotSaver, monkeypatch: pytest.MonkeyPatch, steps_per_call: int
+async def test_delta_history_pages_through_the_chain_a_few_ancestors_per_call(
+    saver: RedisHotSaver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_admin, "_CHAIN_STEPS", steps_per_call)  # exercise paging
+    monkeypatch.setattr(redis_admin, "_CHAIN_STEPS", 2)  # tests/contract: one call
     graph = await delta_thread(saver, "delta")
-    history = [s async for s in graph.aget_state_history(config("delta"))]
-    assert len(history) > 12
     channels = ["items", "n", "log", "absent"]
-    for state in history:
+    async for state in graph.aget_state_history(config("delta")):
         fast = await saver.aget_delta_channel_history(config=state.config, channels=channels)
         walk = await BaseCheckpointSaver.aget_delta_channel_history(
             saver, config=state.config, channels=channels
@@ -272,63 +221,7 @@ async def test_delta_history_fast_path_matches_the_ancestor_walk(
         assert fast == walk, state.config
     latest = await saver.aget_delta_channel_history(config=config("delta"), channels=["items"])
     assert [w[2] for w in latest["items"]["writes"]] == [["i7"], ["i8"]]
-    assert latest["items"]["seed"].value == EXPECTED_ITEMS[:-2]
-    state = await graph.aget_state(config("delta"))
-    assert state.values["items"] == EXPECTED_ITEMS
-    assert await saver.aget_delta_channel_history(config=config("nobody"), channels=["x"]) == {
-        "x": {"writes": []}
-    }
-
-
-async def test_prune_keep_latest_keeps_what_delta_channels_need(
-    saver: RedisHotSaver, raw: Any
-) -> None:
-    graph = await delta_thread(saver, "delta")
-    first = await put(saver, "plain", {"x": 1, "y": 1}, {"x": "1", "y": "1"}, {"x": "1", "y": "1"})
-    await saver.aput_writes(first, [("x", "old")], "task")
-    latest = await put(saver, "plain", {"x": 2, "y": 1}, {"x": "2", "y": "1"}, {"x": "2"})
-    await saver.aput_writes(latest, [("x", "new")], "task")
-    before = await graph.aget_state(config("delta"))
-    counters = before.metadata["counters_since_delta_snapshot"]["items"]
-    total = (await saver.athread_info("delta"))["checkpoints"]
-
-    await saver.aprune(["delta", "plain"], strategy="keep_latest")
-
-    after = await graph.aget_state(config("delta"))
-    assert after.values == before.values
-    kept = (await saver.athread_info("delta"))["checkpoints"]
-    assert kept == counters[0] + 1 < total  # the head and its ancestors to the snapshot
-    plain = [t async for t in saver.alist(config("plain"))]
-    assert [t.config for t in plain] == [latest]
-    assert plain[0].checkpoint["channel_values"] == {"x": 2, "y": 1}
-    assert plain[0].pending_writes == [("task", "x", "new")]
-    blob_fields = set(raw.hkeys(saver.thread_keys("plain").blobs))
-    assert blob_fields == {K.blob_field("", "x", "2"), K.blob_field("", "y", "1")}
-    members = raw.zrange(saver.thread_keys("plain").writes, 0, -1)
-    assert [K.split_write_member(m)[0] for m in members] == [
-        K.cp_field("", latest["configurable"]["checkpoint_id"])
-    ]
-    more = await chat_graph(saver, 11).ainvoke({"items": ["more"], "n": 9}, config("delta"))
-    assert more["items"] == [*EXPECTED_ITEMS, "more", "i9", "i10"]
-
-
-async def test_copy_thread_copies_the_complete_delta_chain(saver: RedisHotSaver) -> None:
-    graph = await delta_thread(saver, "source")
-    await saver.acopy_thread("source", "target")
-    source = await graph.aget_state(config("source"))
-    target = await graph.aget_state(config("target"))
-    assert target.values == source.values
-    assert (
-        target.config["configurable"]["checkpoint_id"]
-        == (source.config["configurable"]["checkpoint_id"])
-    )
-    src = [(t.config["configurable"]["checkpoint_id"], t.checkpoint, t.metadata, t.pending_writes)
-           async for t in saver.alist(config("source"))]  # fmt: skip
-    dst = [(t.config["configurable"]["checkpoint_id"], t.checkpoint, t.metadata, t.pending_writes)
-           async for t in saver.alist(config("target"))]  # fmt: skip
-    assert dst == src
-    info = await saver.athread_info("target")
-    assert info["checkpoints"] == (await saver.athread_info("source"))["checkpoints"]
+    assert latest["items"]["seed"].value == DELTA_ITEMS[:-2]
 
 
 async def test_copy_thread_in_outbox_mode_queues_blobs_before_their_checkpoints(
@@ -346,26 +239,6 @@ async def test_copy_thread_in_outbox_mode_queues_blobs_before_their_checkpoints(
         ]  # fmt: skip
         assert [b.channel for b in copied[0].blobs] == ["x"] and copied[2].blobs == ()
         assert (await s.athread_info("dst"))["pending"] == 3
-
-
-async def test_delete_for_runs_removes_runs_and_only_blobs_nothing_else_uses(
-    saver: RedisHotSaver, raw: Any
-) -> None:
-    first = await put(saver, "runs", {"x": "x1", "y": "y1"}, {"x": "1", "y": "1"},
-                      {"x": "1", "y": "1"}, run_id="r1")  # fmt: skip
-    second = await put(saver, "runs", {"x": "x1", "y": "y2"}, {"x": "1", "y": "2"}, {"y": "2"},
-                       first["configurable"]["checkpoint_id"], run_id="r2")  # fmt: skip
-    await saver.aput_writes(second, [("y", "pending")], "task")
-    await put(saver, "other", {"x": 1}, {"x": "1"}, {"x": "1"}, run_id="r2")
-
-    await saver.adelete_for_runs(["r2"])
-
-    blobs = set(raw.hkeys(saver.thread_keys("runs").blobs))
-    assert blobs == {K.blob_field("", "x", "1"), K.blob_field("", "y", "1")}
-    assert raw.exists(saver.thread_keys("runs").writes) == 0
-    kept = await saver.aget_tuple(config("runs"))
-    assert kept is not None and kept.checkpoint["channel_values"] == {"x": "x1", "y": "y1"}
-    assert await saver.aget_tuple(config("other")) is None
 
 
 # -- the chain's hooks: backfill, eviction ------------------------------------------------------
@@ -415,21 +288,6 @@ async def test_evicting_drops_durable_hot_copies_without_tombstones(
         assert all(raw.exists(*s.thread_keys(t).data) == 0 for t in "bc")
         assert [t.config["configurable"]["thread_id"] async for t in s.alist(None)] == ["d"]
         assert await outbox.length() == 1, "evicting never touches the queue"
-
-
-async def test_a_put_writes_blobs_only_for_the_channels_that_changed(
-    saver: RedisHotSaver, raw: Any
-) -> None:
-    blobs = saver.thread_keys("blobs").blobs
-    first = await put(saver, "blobs", {"a": 1, "b": 2}, {"a": "1", "b": "1"}, {"a": "1", "b": "1"})
-    assert raw.hlen(blobs) == 2
-    before = raw.hget(blobs, K.blob_field("", "b", "1"))
-    parent = first["configurable"]["checkpoint_id"]
-    await put(saver, "blobs", {"a": 3, "b": 2}, {"a": "2", "b": "1"}, {"a": "2"}, parent)
-    assert raw.hlen(blobs) == 3  # one new blob, for "a"; "b" is shared, not rewritten
-    assert raw.hget(blobs, K.blob_field("", "b", "1")) == before
-    latest = await saver.aget_tuple(config("blobs"))
-    assert latest is not None and latest.checkpoint["channel_values"] == {"a": 3, "b": 2}
 
 
 async def test_keys_holding_another_thread_id_are_refused_not_served(
