@@ -378,9 +378,9 @@ def _reading(doc: dict[str, Any], aims: list[Aim]) -> list[str]:
         "- DualSaver write_behind returns after one Redis round trip (a Lua script writes "
         "the checkpoint and appends its outbox entry atomically); the flusher writes "
         "PostgreSQL in batches of up to 500 entries per statement, so the request path "
-        "pays no PostgreSQL commit. Its write debt is paid (`aflush`) between "
-        "measurements, outside its figures; the drain aim checks the flusher outruns "
-        "the writers.",
+        "pays no PostgreSQL commit. Its graph figures are durable-inclusive: the clock "
+        "stops only once the outbox has drained (`aflush` inside the timed window), so no "
+        "work hides in a backlog; the drain aim checks the flusher outruns the writers.",
         "- DualSaver write_through waits, on every put, for the Redis script and then for "
         "a PostgreSQL commit (one call of a function that takes the thread's lock, checks "
         "its tombstone and inserts); the outbox entry is dropped after, off the put's "
