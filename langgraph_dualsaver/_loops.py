@@ -87,7 +87,7 @@ class LoopLocal(Generic[R]):
     def __init__(
         self,
         open: Callable[[], Awaitable[R]] | None = None,
-        close: Callable[[R], Awaitable[None]] | None = None,
+        close: Callable[[R], Coroutine[Any, Any, None]] | None = None,
         *,
         fixed: R | None = None,
     ) -> None:

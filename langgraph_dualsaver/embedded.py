@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from langgraph_dualsaver.errors import ConfigurationError, EmbeddedServerError
@@ -83,7 +83,7 @@ def _missing(extra_package: str, url_var: str) -> ConfigurationError:
 
 
 def _wait_for(
-    check: Callable[[], bool], timeout: float, what: str, log: Path, proc: subprocess.Popen
+    check: Callable[[], bool], timeout: float, what: str, log: Path, proc: subprocess.Popen[bytes]
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,7 +116,7 @@ class _Server:
     port: int = field(default_factory=free_port)
     start_timeout: float = START_TIMEOUT_S
     """Seconds the server may take to answer once its process runs."""
-    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     name: ClassVar[str] = "server"
 
@@ -462,7 +462,9 @@ def shared_servers(data_dir: Path | None = None) -> SharedServers:
     return servers
 
 
-def _running_or_start(known: dict | None, started: list[_Server], root: Path, kind: str) -> dict:
+def _running_or_start(
+    known: dict[str, Any] | None, started: list[_Server], root: Path, kind: str
+) -> dict[str, Any]:
     """``known`` (pid and url) if that server still runs; else start one, add it to
     ``started`` and return its pid and url."""
     if known and _alive(known["pid"]):

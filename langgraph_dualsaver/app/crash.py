@@ -47,7 +47,10 @@ def hold_before(node: str, ready_file: Path) -> NodeHook:
 
 
 def both_stores_hold(
-    graph: CompiledStateGraph, saver: DualSaver, config: RunnableConfig, next_node: str
+    graph: CompiledStateGraph[WorkflowState, None, WorkflowState, WorkflowState],
+    saver: DualSaver,
+    config: RunnableConfig,
+    next_node: str,
 ) -> Callable[[], Awaitable[bool]]:
     """A condition for ``kill_mid_run``: the thread's latest checkpoint is the one
     before ``next_node``, in Valkey (what the graph reads) and, after a flush, in

@@ -38,12 +38,12 @@ def _route_after_intake(state: WorkflowState) -> list[str]:
 
 
 def build_graph(
-    checkpointer: BaseCheckpointSaver | None = None,
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
     *,
     services: SupportServices | None = None,
     counters: RunCounters | None = None,
     on_enter: NodeHook | None = None,
-) -> CompiledStateGraph:
+) -> CompiledStateGraph[WorkflowState, None, WorkflowState, WorkflowState]:
     """Compile the workflow.
 
     Args:
@@ -70,7 +70,7 @@ def build_graph(
     return builder.compile(checkpointer=checkpointer)
 
 
-def new_case(customer_id: str, request_text: str = REQUEST_TEXT) -> dict[str, Any]:
+def new_case(customer_id: str, request_text: str = REQUEST_TEXT) -> WorkflowState:
     """The input of a new case: the customer's message and who wrote it."""
     return {
         "customer_id": customer_id,

@@ -80,15 +80,15 @@ def _back_edges(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> set[t
         stack = [(root, iter(out[root]))]
         while stack:
             node, targets = stack[-1]
-            target = next(targets, None)
-            if target is None:
+            child = next(targets, None)
+            if child is None:
                 state[node] = 2
                 stack.pop()
-            elif state.get(target) == 1:
-                back.add((node, target))
-            elif target not in state:
-                state[target] = 1
-                stack.append((target, iter(out[target])))
+            elif state.get(child) == 1:
+                back.add((node, child))
+            elif child not in state:
+                state[child] = 1
+                stack.append((child, iter(out[child])))
     return back
 
 

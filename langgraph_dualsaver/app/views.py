@@ -70,7 +70,8 @@ def state_table(snapshot: StateSnapshot, title: str = "state") -> Table:
         )
     table.add_row("completed", ", ".join(values.get("completed_steps", [])) or "-")
     table.add_row("next", ", ".join(snapshot.next) or "(done)")
-    table.add_row("checkpoint", f"step {snapshot.metadata.get('step')}, "
+    metadata = snapshot.metadata or {}
+    table.add_row("checkpoint", f"step {metadata.get('step')}, "
                   f"id {short_id(_checkpoint_id(snapshot))}")  # fmt: skip
     if values.get("final_response"):
         table.add_row("reply", values["final_response"])
@@ -107,9 +108,10 @@ def history_table(history: Iterable[StateSnapshot], title: str = "history") -> T
         billing = snapshot.values.get("billing") or {}
         policy = snapshot.values.get("policy")
         decision = "-" if not policy else ("approved" if policy["approved"] else "denied")
+        metadata = snapshot.metadata or {}
         table.add_row(
-            str(snapshot.metadata.get("step")),
-            str(snapshot.metadata.get("source")),
+            str(metadata.get("step")),
+            str(metadata.get("source")),
             short_id(_checkpoint_id(snapshot)),
             short_id(parent),
             ", ".join(snapshot.next) or "-",

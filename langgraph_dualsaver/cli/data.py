@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph_dualsaver.redis_list import registry_members
 
 if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import CheckpointTuple
 
     from langgraph_dualsaver.dual import DualSaver
@@ -78,7 +79,7 @@ def _ts(item: CheckpointTuple) -> datetime | None:
 
 
 async def _hot_latest(saver: DualSaver, thread_id: str) -> CheckpointTuple | None:
-    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
     return await saver.hot.aget_tuple(config)
 
 

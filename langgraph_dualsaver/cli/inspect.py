@@ -30,6 +30,7 @@ from langgraph_dualsaver.cli.views import (
 )
 
 if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import CheckpointTuple
 
     from langgraph_dualsaver.cli.views import HistoryRow
@@ -102,7 +103,7 @@ async def find_checkpoint(
     raise await not_found(saver, target, thread_id, checkpoint_id, ns)
 
 
-def _config(thread_id: str, ns: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+def _config(thread_id: str, ns: str, checkpoint_id: str | None = None) -> RunnableConfig:
     configurable = {"thread_id": thread_id, "checkpoint_ns": ns}
     if checkpoint_id:
         configurable["checkpoint_id"] = checkpoint_id
@@ -110,7 +111,8 @@ def _config(thread_id: str, ns: str, checkpoint_id: str | None = None) -> dict[s
 
 
 def _checkpoint_id(item: CheckpointTuple) -> str:
-    return item.config["configurable"]["checkpoint_id"]
+    checkpoint_id: str = item.config["configurable"]["checkpoint_id"]
+    return checkpoint_id
 
 
 # -- threads ----------------------------------------------------------------------------

@@ -236,7 +236,7 @@ async def _status(target: Target) -> dict[str, Any]:
             redis if isinstance(redis, RedisFacts) else None,
             postgres if isinstance(postgres, PostgresFacts) else None,
             outbox_age_s=stats.oldest_pending_age_s if stats else None,
-            dead_letters=stats.dead_letters if stats else 0,
+            dead_letters=(stats.dead_letters or 0) if stats else 0,
         )
         + dead_letters_near_cap
     )
@@ -457,7 +457,7 @@ def prune(
             return {t: await thread_presence(saver, t) for t in ids}
 
     after = run(go)
-    result = [
+    result: list[dict[str, Any]] = [
         {"thread_id": t, "before": before[t], "after": after[t], "strategy": strategy} for t in ids
     ]
     if as_json:

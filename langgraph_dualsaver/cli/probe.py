@@ -173,9 +173,9 @@ async def postgres_facts(
             name: await conn.fetchval(f"SHOW {name}")
             for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes")
         }
-        schema = -1
+        schema_version = -1
         if await conn.fetchval("SELECT to_regclass('dualsaver_migrations') IS NOT NULL"):
-            schema = await conn.fetchval(postgres_sql.CURRENT_MIGRATION)
+            schema_version = await conn.fetchval(postgres_sql.CURRENT_MIGRATION)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
         raise Unreachable(
             "PostgreSQL", url, _reason(exc), "DUALSAVER_POSTGRES_URL", "--postgres-url"
@@ -188,7 +188,7 @@ async def postgres_facts(
         fsync=str(settings["fsync"]),
         synchronous_commit=str(settings["synchronous_commit"]),
         full_page_writes=str(settings["full_page_writes"]),
-        schema_version=int(schema),
+        schema_version=int(schema_version),
         schema_latest=len(postgres_sql.MIGRATIONS) - 1,
     )
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import typer
 
@@ -32,7 +32,7 @@ from langgraph_dualsaver.errors import DualSaverError
 from langgraph_dualsaver.settings import Timeouts
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.dual import DualSaver, Mode
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -70,7 +70,7 @@ class Target:
     redis_url: str | None = None
     postgres_url: str | None = None
     prefix: str = "dualsaver"
-    mode: str = "write_behind"
+    mode: Mode = "write_behind"
     timeout_s: float = DEFAULT_TIMEOUT_S
     schema: str | None = None
     """The app's PostgreSQL schema; ``None``: the tables where ``search_path`` finds them."""
@@ -157,7 +157,7 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
     async with DualSaver.from_conn_string(
         redis_url,
         postgres_url,
-        mode=target.mode,  # type: ignore[arg-type]
+        mode=target.mode,
         prefix=target.prefix,
         schema=target.schema,
         timeouts=target.timeouts,
@@ -216,6 +216,7 @@ def thread_arg(thread_id: str, what: str = "thread_id") -> str:
         raise CliError(f"bad {what.replace('_', ' ')}: {exc}") from exc
 
 
-def env_mode() -> str:
-    """``DUALSAVER_MODE``, as ``DualSaver.from_env()`` reads it."""
-    return os.environ.get("DUALSAVER_MODE", "write_behind")
+def env_mode() -> Mode:
+    """``DUALSAVER_MODE``, as ``DualSaver.from_env()`` reads it (``DualSaver`` rejects
+    any other value with a ``ConfigurationError``)."""
+    return cast("Mode", os.environ.get("DUALSAVER_MODE", "write_behind"))

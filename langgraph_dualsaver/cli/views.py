@@ -95,7 +95,8 @@ class HistoryRow:
 
 
 def _checkpoint_id(item: CheckpointTuple) -> str:
-    return item.config["configurable"]["checkpoint_id"]
+    checkpoint_id: str = item.config["configurable"]["checkpoint_id"]
+    return checkpoint_id
 
 
 def _parent_id(item: CheckpointTuple) -> str | None:
@@ -270,7 +271,7 @@ def _newer(version: Any, seen: Any) -> bool:
     if seen is None:
         return True
     if type(version) is type(seen):
-        return version > seen
+        return bool(version > seen)
     return _major(version) > _major(seen)
 
 
