@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.dual import DualSaver
@@ -169,11 +168,6 @@ async def kind(stores: Any, redis_url: str) -> AsyncIterator[Kind]:
                 await pg.close()
             if client is not None:
                 await client.aclose()
-
-
-@pytest.fixture
-def saver(kind: Kind) -> BaseCheckpointSaver:
-    return kind.saver
 
 
 @pytest.fixture
