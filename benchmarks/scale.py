@@ -67,13 +67,21 @@ class Size:
     drain_timeout_s: float
     drain_apps: int = 2
     """Application processes that fill the outbox for the drain measurement."""
+    idle_sample_s: float = 1.0
+    """How long the servers' idle CPU is measured before the first configuration."""
 
 
 SIZES = {
     "full": Size(apps=(1, 2, 4), workers=(1, 2), seconds=20.0, concurrency=16, drain_timeout_s=600),
     "quick": Size(apps=(1, 2, 4), workers=(1, 2), seconds=3.0, concurrency=8, drain_timeout_s=120),
     "tiny": Size(
-        apps=(1,), workers=(1,), seconds=0.5, concurrency=2, drain_timeout_s=60, drain_apps=1
+        apps=(1,),
+        workers=(1,),
+        seconds=0.5,
+        concurrency=2,
+        drain_timeout_s=60,
+        drain_apps=1,
+        idle_sample_s=0.2,
     ),
 }
 
@@ -434,13 +442,10 @@ def stores() -> Iterator[Stores]:
         )
 
 
-IDLE_SAMPLE_S = 1.0
-
-
-def measure_idle(found: Stores) -> None:
-    """The servers' CPU rate with no client, over IDLE_SAMPLE_S."""
+def measure_idle(found: Stores, seconds: float) -> None:
+    """The servers' CPU rate with no client, over ``seconds``."""
     before, started = _servers_cpu(found), time.monotonic()
-    time.sleep(IDLE_SAMPLE_S)
+    time.sleep(seconds)
     after, elapsed = _servers_cpu(found), time.monotonic() - started
     found.idle_cpu_per_s = {
         name: round((after[name] - before[name]) / elapsed, 4) for name in after
@@ -456,7 +461,7 @@ def run(size_name: str, out: Path) -> dict[str, Any]:
     machine = describe_machine()
     configs = []
     with stores() as found:
-        measure_idle(found)
+        measure_idle(found, size.idle_sample_s)
         for apps in size.apps:
             for workers in size.workers:
                 print(f"scale: {apps} app(s), {workers} worker(s)", flush=True)

@@ -68,7 +68,8 @@ def render_markdown(doc: dict[str, Any], plot: str) -> str:
     lines = [
         "# Scale benchmark",
         "",
-        f"`{doc['command']}`, finished {doc['finished_at']}. The case_8842 graph in N "
+        f"`{doc['command']}` at commit {doc['machine'].get('git_commit')}, finished "
+        f"{doc['finished_at']}. The case_8842 graph in N "
         "application processes (DualSaver write_behind, in-process flusher off, "
         f"{settings['concurrency']} invokes in flight each, {settings['seconds']} s) against "
         f"one Redis Cluster of {doc['cluster']['masters']} masters (append-only file) and one "
