@@ -233,7 +233,8 @@ def thread_keys(prefix: str, shards: int, thread_id: str) -> ThreadKeys:
 
 def _lp(data: bytes) -> bytes:
     """``data`` with a msgpack raw header: canonical and self-delimiting."""
-    return msgpack.packb(data, use_bin_type=False)
+    packed: bytes = msgpack.packb(data, use_bin_type=False)
+    return packed
 
 
 @functools.lru_cache(maxsize=4096)
@@ -290,7 +291,8 @@ def latest_range(checkpoint_ns: str, before: str | None = None) -> tuple[bytes, 
 
 
 def encode_blob(blob: BlobRecord) -> bytes:
-    return msgpack.packb([blob.type, blob.data], use_bin_type=True)
+    packed: bytes = msgpack.packb([blob.type, blob.data], use_bin_type=True)
+    return packed
 
 
 def decode_blob(data: bytes) -> tuple[str, bytes | None]:
@@ -320,7 +322,7 @@ def encode_stored_checkpoint(record: CheckpointRecord) -> bytes:
     fields = [
         blob_field(record.checkpoint_ns, str(ch), version_key(v)) for ch, v in versions.items()
     ]
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         [
             record.checkpoint,
             record.metadata,
@@ -330,6 +332,7 @@ def encode_stored_checkpoint(record: CheckpointRecord) -> bytes:
         ],
         use_bin_type=False,
     )
+    return packed
 
 
 def decode_stored_checkpoint(data: bytes) -> StoredCheckpoint:
@@ -381,16 +384,19 @@ def checkpoint_tuple(
 
 def encode_write(write: WriteRecord) -> bytes:
     """One write as STORE takes it and a writes member ends with."""
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         [write.task_id, write.task_path, write.idx, write.channel, write.type, write.data],
         use_bin_type=True,
     )
+    return packed
 
 
 def write_key(cp: bytes, write: WriteRecord) -> bytes:
     """The key a write's member starts with, as the Lua scripts derive it from
     ``encode_write(write)``: one per ``(checkpoint, task_id, idx)``."""
-    return cp + b"\0" + msgpack.packb(write.task_id, use_bin_type=True) + msgpack.packb(write.idx)
+    task_id: bytes = msgpack.packb(write.task_id, use_bin_type=True)
+    idx: bytes = msgpack.packb(write.idx)
+    return cp + b"\0" + task_id + idx
 
 
 def write_member(cp: bytes, write: WriteRecord) -> bytes:

@@ -338,7 +338,8 @@ def encode_metadata(
 
 
 def decode_metadata(data: bytes | str) -> CheckpointMetadata:
-    return json.loads(data)
+    metadata: CheckpointMetadata = json.loads(data)
+    return metadata
 
 
 def metadata_matches(metadata: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
@@ -359,7 +360,7 @@ def _contains(value: Any, pattern: Any) -> bool:
         )
     if isinstance(pattern, bool) or isinstance(value, bool):
         return type(pattern) is type(value) and pattern == value
-    return value == pattern
+    return bool(value == pattern)
 
 
 # -- checkpoints ----------------------------------------------------------------------
@@ -369,13 +370,14 @@ def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     """The checkpoint without its channel values, packed with msgpack."""
     body = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     try:
-        return msgpack.packb(body, use_bin_type=True)
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:  # incl. UnicodeEncodeError
         raise SerializationError(f"cannot encode the checkpoint's own fields: {exc}") from exc
+    return packed
 
 
 def decode_checkpoint(data: bytes, channel_values: dict[str, Any]) -> Checkpoint:
-    body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    body: Checkpoint = msgpack.unpackb(data, raw=False, strict_map_key=False)
     body["channel_values"] = channel_values
     return body
 
@@ -461,8 +463,10 @@ def load_blobs(
     for channel, version in versions.items():
         found = blobs.get((channel, version_key(version)))
         if found is not None and found[0] != EMPTY_TYPE:
+            type_, data = found
+            assert data is not None, "only an empty blob is stored without data"
             try:
-                values[channel] = serde.loads_typed(found)
+                values[channel] = serde.loads_typed((type_, data))
             except StoredValueError as exc:
                 raise type(exc)(f"channel {channel!r} at version {version}: {exc}") from None
     return values
@@ -596,7 +600,8 @@ def pack_record(record: CheckpointRecord | WritesRecord) -> bytes:
             record.checkpoint_id,
             [[w.task_id, w.task_path, w.idx, w.channel, w.type, w.data] for w in record.writes],
         ]
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def unpack_record(data: bytes) -> CheckpointRecord | WritesRecord:

@@ -11,10 +11,10 @@ pipeline, so memory holds one page and the first item comes after one; with a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
@@ -66,7 +66,7 @@ async def _pages(
     candidates: AsyncIterator[tuple[str, bytes]],
     filter: Mapping[str, Any] | None,
     limit: int | None,
-) -> AsyncIterator[list[CheckpointTuple]]:
+) -> AsyncGenerator[list[CheckpointTuple], None]:
     """The candidates' checkpoints, loaded a page at a time (sized by ``PageSizer``),
     ``limit`` at most."""
     left = limit
@@ -124,9 +124,10 @@ async def _candidates(
         while True:
             client = await saver.conn.client()
             with saver.conn.errors():
-                fields = await client.zrange(
+                reply = await client.zrange(
                     idx, upper, lower, desc=True, bylex=True, offset=0, num=page
                 )
+            fields = cast("list[bytes]", reply)  # no WITHSCORES, no decode_responses
             for field in fields:
                 yield thread_id, field
             if len(fields) < page:
@@ -135,9 +136,11 @@ async def _candidates(
     threads = [thread_id] if thread_id is not None else await registered_threads(saver)
     found: list[tuple[str, str, str, bytes]] = []
     for chunk in K.chunks(threads, BATCH):
-        replies = await saver.conn.pipeline(
-            lambda p, c=chunk: [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
-        )
+
+        def ranges(p: Any, c: list[str] = chunk) -> list[Any]:
+            return [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
+
+        replies = await saver.conn.pipeline(ranges)
         for tid, fields in zip(chunk, replies, strict=True):
             for field in fields:
                 field_ns, field_id = K.split_cp_field(field)
@@ -191,9 +194,11 @@ async def _move_legacy_members(
 async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) -> set[str]:
     gone: set[str] = set()
     for chunk in K.chunks(stale, BATCH):
-        exists = await saver.conn.pipeline(
-            lambda p, c=chunk: [p.exists(saver.thread_keys(t).meta) for t, _ in c]
-        )
+
+        def exist(p: Any, c: list[tuple[str, float]] = chunk) -> list[Any]:
+            return [p.exists(saver.thread_keys(t).meta) for t, _ in c]
+
+        exists = await saver.conn.pipeline(exist)
         for (tid, score), alive in zip(chunk, exists, strict=True):
             if not alive:
                 gone.add(tid)
