@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -66,6 +66,11 @@ async def put_chain(
 
 def ids_of(configs: list[RunnableConfig]) -> list[str]:
     return [c["configurable"]["checkpoint_id"] for c in configs]
+
+
+async def drain(items: AsyncIterator[Any]) -> list[Any]:
+    """Every item of an async iterator (an ``alist``), in order."""
+    return [item async for item in items]
 
 
 # -- direct looks at the stores -----------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from langgraph_dualsaver.errors import (
     SerializationError,
 )
 from tests.contract.conftest import BYSTANDER, LIMITS, Kind
-from tests.helpers import checkpoint_of, config
+from tests.helpers import checkpoint_of, config, drain
 from tests.refusing_serde import Unstorable
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -35,10 +35,6 @@ MISSING = object()
 """``put(cp_id=MISSING)``: a checkpoint without an ``id``."""
 
 BIG = "y" * (LIMITS.max_value_bytes + 1)
-
-
-async def drain(items: AsyncIterator[Any]) -> list[Any]:
-    return [item async for item in items]
 
 
 def put(

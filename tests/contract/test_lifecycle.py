@@ -5,7 +5,6 @@ is kept, and the bystander thread's stored state untouched."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,13 +12,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_dualsaver.records import version_key
 from tests.contract.conftest import BYSTANDER, Kind
-from tests.helpers import DELTA_ITEMS, chat_graph, checkpoint_of, config, delta_thread
+from tests.helpers import DELTA_ITEMS, chat_graph, checkpoint_of, config, delta_thread, drain
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
-
-
-async def drain(items: AsyncIterator[Any]) -> list[Any]:
-    return [item async for item in items]
 
 
 async def put(saver: Any, parent: Any, values: dict[str, Any], versions: dict[str, str],
