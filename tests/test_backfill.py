@@ -19,6 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.compression import user_serde
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.records import Limits, WriteRecord, resolve_writes
 from tests.helpers import config, put_chain
@@ -161,7 +162,7 @@ async def test_backfill_stores_postgres_bytes_unchanged_and_serializes_nothing(
     await evict_when_durable(saver, raw, thread["configurable"]["thread_id"])
     durable = await in_postgres(pg_dsn, thread["configurable"]["thread_id"])
     assert len({w.task_path for w in durable.writes}) == 2  # b's writes and c's error
-    serde: CountingSerde = saver.serde  # type: ignore[assignment]
+    serde: CountingSerde = user_serde(saver.serde)  # type: ignore[assignment]
     dumps_before = serde.dumps
 
     cold = await saver.aget_tuple(thread)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import random
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,7 +78,9 @@ async def put_large_history(saver: BaseCheckpointSaver, thread: str) -> str:
     flush batch carries more than a few MiB)."""
     parent = config(thread)
     for step in range(HISTORY):
-        value = bytes([step]) * MIB  # distinct: no blob is shared between checkpoints
+        # Distinct (no blob is shared between checkpoints) and incompressible, so each
+        # stored row is the 1 MiB the pages are sized by, compression on or off.
+        value = random.Random(step).randbytes(MIB)
         parent = await saver.aput(
             parent, checkpoint(value, step + 1), {"step": step}, {"x": step + 1}
         )
