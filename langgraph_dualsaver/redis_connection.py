@@ -10,14 +10,15 @@ refusal to ``DualSaverError``), so no caller handles redis-py's exceptions itsel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis import exceptions as rex
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -79,6 +80,9 @@ class RedisConnection:
         self.max_connections = max_connections
         self.connections_opened = 0
         """Connections opened so far: each may reach a restarted server."""
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self._clients: LoopLocal[Client]
         self._url: str | None = None
         if client is not None:
@@ -93,7 +97,7 @@ class RedisConnection:
             if url.startswith(scheme):
                 url, cluster = url.replace("+cluster", "", 1), True
         try:
-            parse_url(url)
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         except ValueError:
             raise unparsable("Redis", url) from None
         self._url = url
@@ -131,13 +135,14 @@ class RedisConnection:
             cluster = RedisCluster.from_url(self._url, **options)
             self._count_connections_of(cluster)
             return cluster
-        # A blocking pool: past max_connections a call waits (up to the command timeout)
-        # for a free connection, instead of failing at once as redis-py's default pool
-        # does at 100 (seen with 64 concurrent graph runs).
-        pool = BlockingConnectionPool.from_url(
+        # A plain pool: redis-py's BlockingConnectionPool takes an asyncio.Condition and
+        # a timeout per command, about 15 % of the client's CPU per call (measured in
+        # benchmarks/results/redis_clients.md). Calls through ``eval``/``pipeline`` wait
+        # for one of ``max_connections`` at the gate instead; the pool's own limit is
+        # kept above it for the direct reads (outbox, listing), so they never fail on it.
+        pool = ConnectionPool.from_url(
             self._url,
-            max_connections=self.max_connections,
-            timeout=self.timeouts.command_s,
+            max_connections=2 * self.max_connections,
             redis_connect_func=self._count_connection,
             **options,
         )
@@ -203,9 +208,39 @@ class RedisConnection:
         for script in S.ALL_SCRIPTS:
             await client.script_load(script.body)
 
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold one of this loop's ``max_connections`` turns. Past them a call waits, at
+        most the command timeout, instead of failing at once as redis-py's pool does
+        (seen with 64 concurrent graph runs); the wait is only timed when it happens."""
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(self.max_connections)
+        if gate.locked():
+            try:
+                await asyncio.wait_for(gate.acquire(), self.timeouts.command_s)
+            except asyncio.TimeoutError:
+                raise StoreUnavailableError(
+                    f"redis at {self.where}: all {self.max_connections} connections stayed "
+                    f"busy for {self.timeouts.command_s:g}s"
+                ) from None
+        else:
+            await gate.acquire()
+        try:
+            yield
+        finally:
+            gate.release()
+
     async def eval(self, script: S.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one of the package's scripts (loading them if the server lost them)."""
         client = await self.client()
+        async with self._turn():
+            return await self._eval(client, script, keys, args)
+
+    async def _eval(
+        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         with self.errors():
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
@@ -217,6 +252,10 @@ class RedisConnection:
         """A non-transactional pipeline that ``build`` fills: one round trip on a single
         server. An error returned as one of its replies is raised."""
         client = await self.client()
+        async with self._turn():
+            return await self._pipeline(client, build)
+
+    async def _pipeline(self, client: Client, build: Callable[[Any], object]) -> list[Any]:
         with self.errors():
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)
