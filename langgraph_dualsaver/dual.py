@@ -132,6 +132,9 @@ class _RedisHealth:
     """Threads deleted while Redis was down, with the tombstone's position: their hot
     copies go (without a tombstone of their own) once Redis is back."""
     needs_reconcile: bool = True
+    connections_seen: int = -1
+    """The hot tier's ``connections_opened`` at the last reconcile. It lives here, with
+    the rest of the health, because ``with_allowlist`` copies share the connections."""
 
     def available(self) -> bool:
         return self.down_since is None or time.monotonic() >= self.retry_at
@@ -231,7 +234,6 @@ class DualSaver(AsyncFirstSaver):
         """Threads that reached an interrupt in write_behind: their next put flushes."""
         self._health = _RedisHealth()
         self._background: dict[asyncio.AbstractEventLoop, _Background] = {}
-        self._connections_seen = -1
         self._reconcile_locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Lock
         ] = weakref.WeakKeyDictionary()
@@ -700,7 +702,8 @@ class DualSaver(AsyncFirstSaver):
                 await self._reconcile()
 
     def _reconcile_due(self) -> bool:
-        return self._health.needs_reconcile or self.hot.connections_opened != self._connections_seen
+        health = self._health
+        return health.needs_reconcile or self.hot.connections_opened != health.connections_seen
 
     async def _reconcile(self) -> None:
         identity = await self.hot.aserver_identity()
@@ -724,7 +727,7 @@ class DualSaver(AsyncFirstSaver):
         self._health.degraded_threads.clear()
         self._health.deleted_threads.clear()
         self._health.needs_reconcile = False
-        self._connections_seen = self.hot.connections_opened
+        self._health.connections_seen = self.hot.connections_opened
         if self._health.down_since is not None:
             logger.warning("Redis is reachable again")
 
@@ -776,7 +779,9 @@ class DualSaver(AsyncFirstSaver):
         return self._sync(self.aaudit(thread_id))
 
     def with_allowlist(self, extra_allowlist: Any) -> DualSaver:
-        """Unlike the base implementation, the allowlist reaches both inner savers."""
+        """Unlike the base implementation, the allowlist reaches both inner savers. The
+        copy is the same chain decoding more types: it shares the connections, health,
+        counters and flushers (LangGraph makes one when it compiles a graph)."""
         clone = super().with_allowlist(extra_allowlist)
         if clone is self:
             return self
