@@ -7,10 +7,18 @@ import asyncio
 import copy
 import functools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -45,6 +53,8 @@ from langgraph_dualsaver.state_upgrades import (
 )
 
 __all__ = ["AsyncFirstSaver", "StrictSerializer", "SyncListing"]
+
+T = TypeVar("T")
 
 
 # -- strict decoding ----------------------------------------------------------------
@@ -184,8 +194,19 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         return None
 
-    def _sync(self, coro: Any) -> Any:
+    def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
         return run_sync(coro, self._home_loop())
+
+    if TYPE_CHECKING:
+        # Every saver's listing is an async generator, which ``list`` and the chain close.
+        def alist(
+            self,
+            config: RunnableConfig | None,
+            *,
+            filter: dict[str, Any] | None = None,
+            before: RunnableConfig | None = None,
+            limit: int | None = None,
+        ) -> AsyncGenerator[CheckpointTuple, None]: ...
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
         return next_version(current)
@@ -274,7 +295,7 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
 def _upgrading_get(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     async def aget_tuple(self: AsyncFirstSaver, config: RunnableConfig) -> CheckpointTuple | None:
-        found = await method(self, config)
+        found: CheckpointTuple | None = await method(self, config)
         if found is None or self.state_schema is None:
             return found
         return upgrade_tuple(found, self.state_schema)
@@ -285,8 +306,10 @@ def _upgrading_get(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def _upgrading_list(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
-    def alist(self: AsyncFirstSaver, *args: Any, **kwargs: Any) -> AsyncIterator[CheckpointTuple]:
-        items = method(self, *args, **kwargs)
+    def alist(
+        self: AsyncFirstSaver, *args: Any, **kwargs: Any
+    ) -> AsyncGenerator[CheckpointTuple, None]:
+        items: AsyncGenerator[CheckpointTuple, None] = method(self, *args, **kwargs)
         return items if self.state_schema is None else _upgraded(items, self.state_schema)
 
     alist._applies_state_schema = True  # type: ignore[attr-defined]
@@ -294,9 +317,9 @@ def _upgrading_list(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def _upgraded(
-    items: AsyncIterator[CheckpointTuple], schema: StateSchema
-) -> AsyncIterator[CheckpointTuple]:
-    async with aclosing(items):  # type: ignore[type-var]
+    items: AsyncGenerator[CheckpointTuple, None], schema: StateSchema
+) -> AsyncGenerator[CheckpointTuple, None]:
+    async with aclosing(items):
         async for item in items:
             yield upgrade_tuple(item, schema)
 
@@ -320,7 +343,7 @@ def _stamping_put(method: Callable[..., Any]) -> Callable[..., Any]:
             new_versions, owed = owed_versions(
                 thread_id, ns, checkpoint, new_versions, self._written_versions
             )
-        saved = await method(self, config, checkpoint, metadata, new_versions)
+        saved: RunnableConfig = await method(self, config, checkpoint, metadata, new_versions)
         for key in owed:
             self._written_versions.add(key)
         return saved
@@ -345,7 +368,9 @@ class SyncListing(Iterator[CheckpointTuple]):
     async listing on its event loop: nothing is left running.
     """
 
-    def __init__(self, saver: AsyncFirstSaver, items: AsyncIterator[CheckpointTuple]) -> None:
+    def __init__(
+        self, saver: AsyncFirstSaver, items: AsyncGenerator[CheckpointTuple, None]
+    ) -> None:
         self._saver = saver
         self._items = items
         self._loop: asyncio.AbstractEventLoop | None = None  # set once started

@@ -20,11 +20,11 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -307,7 +307,8 @@ class DualSaver(AsyncFirstSaver):
             servers = shared_servers()
             redis_url = redis_url or servers.redis_url
             postgres_url = postgres_url or servers.postgres_url
-        chosen = mode or os.environ.get("DUALSAVER_MODE", "write_behind")
+        # A value that is not a Mode is refused by __init__ (ConfigurationError).
+        chosen = mode or cast(Mode, os.environ.get("DUALSAVER_MODE", "write_behind"))
         options.setdefault("prefix", os.environ.get("DUALSAVER_PREFIX", "dualsaver"))
         options.setdefault("schema", os.environ.get("DUALSAVER_SCHEMA") or None)
         saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options)
@@ -560,7 +561,7 @@ class DualSaver(AsyncFirstSaver):
         filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncGenerator[CheckpointTuple, None]:
         """The union of both tiers, newest first, without duplicates (the hot copy wins:
         it can carry writes not yet flushed). Both tiers stream in pages, merged as
         they go: memory holds a page per tier, and the first item comes after one."""
@@ -583,7 +584,7 @@ class DualSaver(AsyncFirstSaver):
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
         limit: int | None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncGenerator[CheckpointTuple, None]:
         """Redis' part of ``alist``. If a connection was opened meanwhile (the server may
         have restarted from an old snapshot), it reconciles, then resumes after the last
         item yielded; if Redis fails, it ends, and the listing goes on from PostgreSQL."""
@@ -793,7 +794,7 @@ class DualSaver(AsyncFirstSaver):
 
 async def _merged(
     hot: AsyncIterator[CheckpointTuple], durable: AsyncIterator[CheckpointTuple]
-) -> AsyncIterator[CheckpointTuple]:
+) -> AsyncGenerator[CheckpointTuple, None]:
     """Two listings, each in list order, as one in list order; a checkpoint in both
     comes once, from ``hot``."""
     d = await anext(durable, None)

@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Collection,
@@ -415,21 +415,23 @@ async def _timed_call(
         _record(OPERATION_DURATION, seconds, _attributes(saver.hot.prefix, name, error))
 
 
-def _listing(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _listing(
+    original: Callable[..., AsyncGenerator[Any, None]],
+) -> Callable[..., AsyncGenerator[Any, None]]:
     @functools.wraps(original)
-    def call(self: DualSaver, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def call(self: DualSaver, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         return _timed_listing(original, self, args, kwargs, _caller_context())
 
     return call
 
 
 async def _timed_listing(
-    original: Callable[..., AsyncIterator[Any]],
+    original: Callable[..., AsyncGenerator[Any, None]],
     saver: DualSaver,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     parent: Context | None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """``alist``, timed while it works (not while the caller holds an item), its span
     made current only inside each step: a listing resumes in other contexts."""
     _REGISTRY.note(saver, asyncio.get_running_loop(), app=True)
@@ -625,7 +627,7 @@ class PrometheusEndpoint:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/metrics"
+        return f"http://{host!s}:{port}/metrics"
 
     def close(self) -> None:
         """Stop serving; with nothing else enabled, the saver's methods are put back."""
@@ -662,13 +664,14 @@ def serve_prometheus(port: int, host: str = "0.0.0.0") -> PrometheusEndpoint:
 
 
 def _prometheus_histogram(client: ModuleType, registry: Any, spec: Spec) -> PrometheusHistogram:
-    return client.Histogram(
+    histogram: PrometheusHistogram = client.Histogram(
         spec.prometheus_name,
         spec.description,
         [_label(name) for name in _label_names(spec)],
         registry=registry,
         buckets=BUCKETS_S,
     )
+    return histogram
 
 
 class _Collector:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -493,7 +493,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncGenerator[CheckpointTuple, None]:
         """Checkpoints newest first, with values and pending writes, read in keyset
         pages (``_paging``): memory holds one page, and the first item comes after one.
 
@@ -529,7 +529,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
     async def _list_pages(
         self, flags: dict[str, bool], args: list[Any], limit: int | None
-    ) -> AsyncIterator[list[asyncpg.Record]]:
+    ) -> AsyncGenerator[list[asyncpg.Record], None]:
         """The listing's rows, a page per query (sized by ``PageSizer``); each page
         continues after the last row of the one before (``list_sql``'s ``after``)."""
         after: list[str] = []
@@ -550,7 +550,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
     def _tuple(self, row: Mapping[str, Any]) -> CheckpointTuple:
         blobs: dict[tuple[str, str], tuple[str, bytes | None]] = {}
         if row["blob_channels"]:
-            columns = ("blob_channels", "blob_versions", "blob_types", "blob_data")
+            columns: tuple[str, ...] = ("blob_channels", "blob_versions", "blob_types", "blob_data")
             for channel, version, type_, data in zip(*(row[c] for c in columns), strict=True):
                 blobs[(channel, version)] = (type_, data)
         checkpoint = decode_checkpoint(row["checkpoint"], {})

@@ -15,10 +15,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -209,16 +209,16 @@ class RedisHotSaver(AsyncFirstSaver):
         assert isinstance(client, RedisCluster)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         counts = self._replica_counts
-        options = {"replicas": wait.replicas, "aof": wait.aof}
+        replicas, aof = wait.replicas, wait.aof
         with self.conn.errors():
             try:
                 return await cluster_replicas.write_and_wait(
-                    client, keys[0], command, wait_ms, counts, **options
+                    client, keys[0], command, wait_ms, counts, replicas=replicas, aof=aof
                 )
             except rex.NoScriptError:
                 await self.conn.load_scripts(client)
                 return await cluster_replicas.write_and_wait(
-                    client, keys[0], command, wait_ms, counts, **options
+                    client, keys[0], command, wait_ms, counts, replicas=replicas, aof=aof
                 )
 
     def _partial(self, thread_id: str) -> None:
@@ -263,16 +263,20 @@ class RedisHotSaver(AsyncFirstSaver):
     async def _check_eviction_policy(self, client: Client) -> None:
         try:
             if self.conn.cluster:
-                replies = await client.config_get(
-                    "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                replies = cast(  # one {name: value} per node, as redis-py's types do not say
+                    "dict[str, Any]",
+                    await client.config_get(
+                        "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                    ),
                 )
                 if not all(isinstance(r, dict) for r in replies.values()):
                     replies = {"the one master": replies}  # redis-py unwraps a single node's
                 policies = {K.text(v) for reply in replies.values() for v in reply.values()}
             else:
-                policies = {
-                    K.text(v) for v in (await client.config_get("maxmemory-policy")).values()
-                }
+                reply = cast(  # redis-py decodes CONFIG GET; a known parameter has a value
+                    "dict[str, str]", await client.config_get("maxmemory-policy")
+                )
+                policies = {K.text(v) for v in reply.values()}
         except rex.ResponseError as exc:
             log.warning(
                 "cannot read maxmemory-policy of redis at %s (%s); make sure it is "
@@ -509,7 +513,7 @@ class RedisHotSaver(AsyncFirstSaver):
         filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncGenerator[CheckpointTuple, None]:
         """Newest first; ``config=None`` (or no thread_id) lists every thread, and no
         ``checkpoint_ns`` every namespace. ``filter`` is JSONB ``@>`` on the metadata."""
         async with aclosing(listing.list_checkpoints(self, config, filter, before, limit)) as found:

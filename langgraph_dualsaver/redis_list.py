@@ -44,7 +44,7 @@ async def list_checkpoints(
     limit: int | None,
     *,
     after: ListKey | None = None,
-) -> AsyncIterator[CheckpointTuple]:
+) -> AsyncGenerator[CheckpointTuple, None]:
     """The checkpoints ``alist`` lists, in list order; with ``after``, only those
     listed after that one (how the chain resumes a listing)."""
     arguments = list_arguments(config, filter, before, limit, saver.limits)
