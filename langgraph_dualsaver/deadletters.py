@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -279,7 +279,9 @@ def _described(letter: DeadLetter) -> tuple[str, str | None]:
     return ("checkpoint" if isinstance(record, CheckpointRecord) else "writes"), record.thread_id
 
 
-def parse_letter(shard: int, dead_stream: str, letter_id: bytes | str, raw: Mapping) -> DeadLetter:
+def parse_letter(
+    shard: int, dead_stream: str, letter_id: bytes | str, raw: Mapping[bytes, bytes]
+) -> DeadLetter:
     """A dead letter from its stream fields, in this module's layout or the older one
     (``id``, ``reason``, then ``r`` or ``raw``)."""
     items = [(bytes(k), bytes(v)) for k, v in raw.items()]
@@ -331,11 +333,11 @@ _T = TypeVar("_T")
 
 def _mapped_errors(
     method: Callable[Concatenate[DeadLetters, _P], Awaitable[_T]],
-) -> Callable[Concatenate[DeadLetters, _P], Awaitable[_T]]:
+) -> Callable[Concatenate[DeadLetters, _P], Coroutine[Any, Any, _T]]:
     """Redis' errors as the package's (``RedisConnection.errors``)."""
 
     @functools.wraps(method)
-    async def wrapper(self: DeadLetters, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    async def wrapper(self: DeadLetters, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         with self.hot.conn.errors():
             return await method(self, *args, **kwargs)
 
@@ -468,8 +470,10 @@ class DeadLetters:
 
     def _replay_keys(self, letter: DeadLetter) -> tuple[list[str], list[str]]:
         thread = self._thread_keys(letter)
-        args = [letter.id, *([letter.thread_id] if thread else [])]
-        return [letter.dead_stream, letter.stream, *thread], args  # type: ignore[list-item]
+        args = [letter.id]
+        if thread and letter.thread_id is not None:  # thread keys imply a thread id
+            args.append(letter.thread_id)
+        return [letter.dead_stream, letter.stream, *thread], args
 
     @_mapped_errors
     async def purge(self, letters: Sequence[DeadLetter]) -> int:

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["FlushSettings", "Flusher"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,7 @@ class Flusher:
             self._own_pending = True
         return ripe
 
-    async def _guarded(self, applying: Awaitable[int]) -> int:
+    async def _guarded(self, applying: Awaitable[T]) -> T:
         """Apply entries now in this consumer's pending list; if that fails part way,
         the next pass reads that list first."""
         try:

@@ -24,10 +24,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.typing import KeyT, StreamIdT
 
 from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_scripts as S
@@ -307,7 +308,7 @@ class Outbox:
         one per stream on a cluster, where the streams live on several nodes."""
         client = await self.conn.client()
         if not isinstance(client, RedisCluster):
-            streams = dict.fromkeys(self.streams, start)
+            streams: dict[KeyT, StreamIdT] = dict.fromkeys(self.streams, start)
             reply = await client.xreadgroup(GROUP, self.consumer, streams, count=count)
             return [reply]
         async with client.pipeline(transaction=False) as pipe:
@@ -334,7 +335,10 @@ class Outbox:
                     continue
                 ids = [p["message_id"] for p in pending]
                 deliveries = {text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
-                items = await client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
+                items = cast(  # (id, fields) pairs: no JUSTID, no decode_responses
+                    "list[tuple[bytes, dict[bytes, bytes]]]",
+                    await client.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids),
+                )
                 for entry_id, fields in items or []:
                     if fields:
                         entry = decode_entry(stream, entry_id, fields, self.key)

@@ -106,8 +106,8 @@ async def gc_blobs(
     mappings).
     """
     freed: set[tuple[str, str]] = set()
-    for versions in freed_versions:
-        mapping = json.loads(versions) if isinstance(versions, str) else versions
+    for stored in freed_versions:
+        mapping = json.loads(stored) if isinstance(stored, str) else stored
         freed.update(mapping.items())
     if not freed:
         return

@@ -1112,7 +1112,7 @@ def batch_params(
                 ensure_ascii=False,
                 separators=(",", ":"),
             )
-            key = ("c", thread_id, ns, record.checkpoint_id)
+            key: tuple[Any, ...] = ("c", thread_id, ns, record.checkpoint_id)
             checkpoints.pop(key, None)  # keep arrival order for the last version
             checkpoints[key] = (
                 *key[1:],

@@ -77,7 +77,9 @@ async def delete_threads(
         for chunk in K.chunks(todo, _THREADS):
             planned = _tombstone_ids(saver, chunk, floor) if tombstone else {}
 
-            def build(pipe: Any, chunk: list[str] = chunk, planned: dict = planned) -> None:
+            def build(
+                pipe: Any, chunk: list[str] = chunk, planned: dict[str, str] = planned
+            ) -> None:
                 for thread_id in chunk:
                     entry_id = planned.get(thread_id, "")
                     tag = _tombstone_tag(saver, entry_id, thread_id) if tombstone else b""
@@ -331,7 +333,9 @@ async def delta_channel_history(
                 value = saver.serde.loads_typed((write.type, write.data))
                 collected[write.channel].append((write.task_id, write.channel, value))
         for channel, blob in found.items():
-            seeds[channel] = saver.serde.loads_typed(K.decode_blob(blob))
+            type_, data = K.decode_blob(blob)
+            assert data is not None, "the script skips empty blobs"
+            seeds[channel] = saver.serde.loads_typed((type_, data))
             remaining.discard(channel)
     result: dict[str, DeltaChannelHistory] = {}
     for channel in channels:

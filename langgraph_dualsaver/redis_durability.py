@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
@@ -124,7 +124,7 @@ def check_acks(
     return acks
 
 
-def _count(value: Any) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -191,7 +191,7 @@ async def check_server(conn: RedisConnection, wait: WriteWait) -> None:
             )
 
 
-async def _masters_info(conn: RedisConnection) -> list[tuple[str, dict]]:
+async def _masters_info(conn: RedisConnection) -> list[tuple[str, dict[str, Any]]]:
     """``INFO`` (server, persistence, replication, ...) of each master."""
     client = await conn.client()
     with conn.errors():

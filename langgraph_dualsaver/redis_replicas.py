@@ -97,6 +97,7 @@ async def write_and_wait(
     await client.initialize()
     try:
         master = client.get_node_from_key(key)
+        assert master is not None  # None only when a replica is asked for
         known = await counts.of(client, master)
         wanted = known if replicas is None else replicas
         if wanted > known:
