@@ -21,6 +21,7 @@ demo: $(STAMP)  ## Run the case_8842 reference app on embedded (or DUALSAVER_*_U
 
 test: $(STAMP)  ## Run every test: pure, real servers, notebooks, benchmark smoke test
 	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-pure: $(STAMP)  ## Run only the tests that need no server
@@ -46,8 +47,9 @@ bench: $(STAMP)  ## Profiles, then the full grid (under 10 minutes): benchmarks/
 bench-quick: $(STAMP)  ## Small benchmark grid (about a minute) into benchmarks/results/quick
 	$(BIN)/python benchmarks/run.py --grid quick
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and mypy --strict on the package (settings in pyproject.toml)
 	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+	$(BIN)/mypy
 
 clean:  ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
