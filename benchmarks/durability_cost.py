@@ -47,12 +47,8 @@ from benchmarks.workloads import (  # noqa: E402
     thread_config,
 )
 from langgraph_dualsaver.dual import DualSaver  # noqa: E402
-from langgraph_dualsaver.embedded import (  # noqa: E402
-    EmbeddedPostgres,
-    EmbeddedValkey,
-    remove_tree,
-    throwaway_dir,
-)
+from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey  # noqa: E402
+from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "durability_cost.md"
 INDEX = ROOT / "benchmarks" / "RESULTS.md"

@@ -26,13 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio as aioredis
 
-from langgraph_dualsaver.embedded import (
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    EmbeddedValkey,
-    remove_tree,
-    throwaway_dir,
-)
+from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedServerError, EmbeddedValkey
+from tests.servers import remove_tree, throwaway_dir
 
 __all__ = [
     "Servers",

@@ -67,8 +67,9 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis  # noqa:
 from redis.asyncio.retry import Retry  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 
-from langgraph_dualsaver.embedded import EmbeddedValkey, remove_tree, throwaway_dir  # noqa: E402
+from langgraph_dualsaver.embedded import EmbeddedValkey  # noqa: E402
 from langgraph_dualsaver.settings import Timeouts  # noqa: E402
+from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 
 SCRIPT = r"""
 -- KEYS: meta, cp, idx, blobs, writes, outbox, registry, and three more of the thread's.

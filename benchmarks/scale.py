@@ -47,8 +47,9 @@ from benchmarks.scale_plan import derive_plan  # noqa: E402
 from benchmarks.scale_report import render_markdown, render_plot  # noqa: E402
 from langgraph_dualsaver import keys as K  # noqa: E402
 from langgraph_dualsaver.dual import DualSaver  # noqa: E402
-from langgraph_dualsaver.embedded import EmbeddedPostgres, remove_tree, throwaway_dir  # noqa: E402
+from langgraph_dualsaver.embedded import EmbeddedPostgres  # noqa: E402
 from tests.cluster import valkey_cluster  # noqa: E402
+from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 
 MASTERS = 3
 SAMPLE_EVERY_S = 0.2

@@ -45,12 +45,8 @@ from langgraph_dualsaver.app import (  # noqa: E402
     thread_config,
 )
 from langgraph_dualsaver.app.services import BillingService, SupportServices  # noqa: E402
-from langgraph_dualsaver.embedded import (  # noqa: E402
-    EmbeddedPostgres,
-    EmbeddedValkey,
-    remove_tree,
-    throwaway_dir,
-)
+from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey  # noqa: E402
+from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 
 SETTINGS = ("off", "stamped", "upgrade")
 

@@ -102,11 +102,6 @@ class LoopLocal(Generic[R]):
         self._lock = threading.Lock()
 
     @property
-    def owned(self) -> bool:
-        """Whether the saver created (and so closes) the resource."""
-        return self._fixed is None
-
-    @property
     def home(self) -> asyncio.AbstractEventLoop | None:
         """The loop a caller-owned resource is bound to, once known."""
         return self._home if self._fixed is not None else None

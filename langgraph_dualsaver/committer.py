@@ -40,7 +40,6 @@ class GroupCommitter:
         self.outbox = outbox
         self.durable = durable
         self.max_batch = max_batch
-        self.committed = 0
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -59,7 +58,6 @@ class GroupCommitter:
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             committed = await self._write(batch)
-            self.committed += len(committed)
             for item in committed:
                 if not item.done.done():
                     item.done.set_result(None)

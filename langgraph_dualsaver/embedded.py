@@ -18,11 +18,9 @@ import fcntl
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -389,13 +387,6 @@ class EmbeddedPostgres(_Server):
         super().stop(timeout)
 
 
-def throwaway_dir(prefix: str) -> Path:
-    """A fresh directory for a test server, traversable by the postgres system user."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
 # -- servers shared between processes (from_env, the demo, the CLI) ------------------
 
 
@@ -476,7 +467,3 @@ def _running_or_start(
         server = EmbeddedPostgres(root / "postgres", durable=True)
     started.append(server.start())
     return {"pid": server.pid, "url": server.url}
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

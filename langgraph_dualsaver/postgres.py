@@ -231,7 +231,6 @@ class PostgresDurableSaver(AsyncFirstSaver):
             await asyncio.wait_for(pool.close(), self.timeouts.command_s)
         except (asyncio.TimeoutError, OSError, asyncpg.PostgresError) as exc:
             logger.warning("closing the PostgreSQL pool failed (%r); terminating it", exc)
-            self.counters["pool_terminated"] += 1
             pool.terminate()
 
     async def aclose(self) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import redis
 
-from langgraph_dualsaver.embedded import EmbeddedValkey, free_port, remove_tree, throwaway_dir
+from langgraph_dualsaver.embedded import EmbeddedValkey, free_port
+from tests.servers import remove_tree, throwaway_dir
 
 SLOTS = 16384
 READY_TIMEOUT_S = 30.0

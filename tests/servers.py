@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
 
-from langgraph_dualsaver.embedded import (
-    EmbeddedPostgres,
-    EmbeddedValkey,
-    remove_tree,
-    throwaway_dir,
-)
+from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey
+
+
+def throwaway_dir(prefix: str) -> Path:
+    """A fresh directory for a test server, traversable by the postgres system user."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import redis
 from typer.testing import CliRunner
 
 from langgraph_dualsaver.cli.app import app
-from langgraph_dualsaver.embedded import remove_tree, throwaway_dir
+from tests.servers import remove_tree, throwaway_dir
 from tests.test_cli import REPO
 
 START_TIMEOUT_S = 90.0

@@ -24,15 +24,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from langgraph_dualsaver.embedded import (
-    EmbeddedPostgres,
-    EmbeddedValkey,
-    remove_tree,
-    shared_servers,
-    throwaway_dir,
-)
+from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey, shared_servers
 from langgraph_dualsaver.errors import EmbeddedServerError
 from langgraph_dualsaver.pg_binaries import POSTGRES_SYSTEM_USER, wheel_install
+from tests.servers import remove_tree, throwaway_dir
 
 AS_ROOT = os.geteuid() == 0
 

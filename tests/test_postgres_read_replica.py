@@ -21,11 +21,17 @@ import asyncpg
 import pytest
 
 from langgraph_dualsaver.dual import DualSaver
-from langgraph_dualsaver.embedded import EmbeddedPostgres, free_port, remove_tree, throwaway_dir
+from langgraph_dualsaver.embedded import EmbeddedPostgres, free_port
 from langgraph_dualsaver.errors import ConfigurationError
 from langgraph_dualsaver.postgres import PostgresDurableSaver
 from tests.dual_helpers import checkpoint, config, eventually, ids_of, put_chain
-from tests.servers import fresh_database, postgres_server, with_database
+from tests.servers import (
+    fresh_database,
+    postgres_server,
+    remove_tree,
+    throwaway_dir,
+    with_database,
+)
 
 BASEBACKUP_TIMEOUT_S = 120
 

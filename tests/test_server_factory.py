@@ -19,9 +19,9 @@ from langgraph.types import Command
 
 from langgraph_dualsaver import DualSaver
 from langgraph_dualsaver.app import LARGE_DUPLICATE_CUSTOMER, build_graph, new_case, thread_config
-from langgraph_dualsaver.embedded import EmbeddedValkey, remove_tree, throwaway_dir
+from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.server import checkpointer
-from tests.servers import valkey_server
+from tests.servers import remove_tree, throwaway_dir, valkey_server
 
 APPROVE = {"approved": True, "reviewer": "ana@support", "note": "confirmed with the bank"}
 URL_VARS = ("DUALSAVER_REDIS_URL", "DUALSAVER_POSTGRES_URL")
