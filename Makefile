@@ -40,6 +40,7 @@ lab: $(STAMP)  ## Open Jupyter with the project's environment
 bench: $(STAMP)  ## Profiles, then the full grid (under 10 minutes): benchmarks/RESULTS.md, JSON and plots in benchmarks/results
 	$(BIN)/python benchmarks/profile_steps.py
 	$(BIN)/python benchmarks/run.py --grid full
+	$(BIN)/python benchmarks/put_writes_scaling.py > benchmarks/results/put_writes_scaling.txt
 	$(BIN)/python benchmarks/durability_cost.py --puts 2000 --invokes 480
 	$(BIN)/python benchmarks/upgrade_cost.py --out benchmarks/results/upgrade_cost.md
 	$(BIN)/python benchmarks/scale.py

@@ -384,8 +384,14 @@ def _reading(doc: dict[str, Any], aims: list[Aim]) -> list[str]:
         "- DualSaver write_through waits, on every put, for the Redis script and then for "
         "a PostgreSQL commit (one call of a function that takes the thread's lock, checks "
         "its tombstone and inserts); the outbox entry is dropped after, off the put's "
-        "path, and concurrent puts of one process share a commit. Two stores in a row "
-        "cannot beat one at concurrency 1; the group commit is its chance at 16 and 64.",
+        "path, and concurrent puts of one process share a commit. The two are not sent at "
+        "once on purpose: PostgreSQL orders every row by the outbox position Redis gives "
+        "the put (that is how a delete's tombstone knows what came before it), so the "
+        "commit needs the position first. A position taken from the clock instead would "
+        "let a put acknowledged after a delete be deleted with it on a machine whose clock "
+        "lags. The Redis script is one round trip (the hot path rows below), a small part "
+        "of a step: sending both at once could win at most that. Two stores in a row cannot "
+        "beat one at concurrency 1; the group commit is its chance at 16 and 64.",
         "- The chain's misses are mostly CPU, not round trips: on 2 cores shared with "
         "Valkey and PostgreSQL, every step pays both tiers' Python work (two records "
         "packed, a Lua script that also appends the outbox entry, the flusher's batch "
@@ -457,7 +463,34 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, Path], markdown: Path)
         lines += [f"![outbox under load]({rel['outbox']})", ""]
     lines += _reading(doc, aims)
     lines += _profiles(markdown)
+    lines += _further(markdown)
     return "\n".join(lines)
+
+
+FURTHER = (
+    ("put_writes_scaling.txt", "put_writes p50 with 4,000 writes on the checkpoint against 10",
+     "benchmarks/put_writes_scaling.py"),
+    ("redis_clients.md", "Redis clients side by side for the put's EVALSHA (why redis-py with a "
+     "plain pool; a one-off study, not run by make bench)", "benchmarks/redis_clients.py"),
+    ("durability_cost.md", "what replicas= and aof= cost a put and a graph step",
+     "benchmarks/durability_cost.py"),
+    ("upgrade_cost.md", "what a state-schema upgrade on read costs", "benchmarks/upgrade_cost.py"),
+    ("compression_choice.md", "zstd against lz4 on checkpoint values",
+     "benchmarks/compression_choice.py"),
+    ("scale.md", "1, 2 and 4 application processes on a Redis Cluster, and the capacity plan",
+     "benchmarks/scale.py"),
+)  # fmt: skip
+"""Measurements made by their own scripts (``make bench`` runs them after the grid)."""
+
+
+def _further(markdown: Path) -> list[str]:
+    results = markdown.parent / "results"
+    found = [
+        f"- [{what}]({os.path.relpath(results / name, markdown.parent)}) (`{script}`)"
+        for name, what, script in FURTHER
+        if (results / name).exists()
+    ]
+    return ["## More measurements", "", *found, ""] if found else []
 
 
 def _profiles(markdown: Path) -> list[str]:
