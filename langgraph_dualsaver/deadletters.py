@@ -481,11 +481,10 @@ class DeadLetters:
         script per letter); returns how many were still there."""
         if not letters:
             return 0
-        ttl_ms = int(self.hot.ttl.total_seconds() * 1000) if self.hot.ttl else 0
         async with (await self._client()).pipeline(transaction=False) as pipe:
             for letter in letters:
                 thread = self._thread_keys(letter)
-                args = [letter.id, *([letter.thread_id, ttl_ms] if thread else [])]
+                args = [letter.id, *([letter.thread_id, self.hot.ttl_ms] if thread else [])]
                 _eval(pipe, _PURGE, [letter.dead_stream, *thread], args)
             return sum(int(n) for n in await pipe.execute())
 

@@ -56,6 +56,7 @@ from langgraph_dualsaver.records import (
     BlobRecord,
     CheckpointRecord,
     WriteRecord,
+    WritesRecord,
     checkpoint_config,
     decode_checkpoint,
     decode_metadata,
@@ -78,6 +79,7 @@ __all__ = [
     "checkpoint_tuple",
     "chunks",
     "cluster_server_keys",
+    "copied_records",
     "cp_field",
     "dead_letter_key",
     "decode_blob",
@@ -442,6 +444,42 @@ def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
     return [WriteRecord(*entry) for entry in unpacker]
 
 
+def copied_records(
+    target: str,
+    checkpoints: Mapping[bytes, bytes],
+    blobs: Mapping[bytes, bytes],
+    write_members: Iterable[bytes],
+) -> list[CheckpointRecord | WritesRecord]:
+    """A thread's stored contents (its cp and blobs hashes, its writes' members) as
+    records of ``target``, oldest first. Each blob travels with the first checkpoint
+    that references it, each checkpoint's writes after it, so a reader of the queued
+    copy never finds a checkpoint before its blobs."""
+    writes: dict[bytes, list[WriteRecord]] = {}
+    for member in write_members:
+        field, write = split_write_member(member)
+        writes.setdefault(field, []).append(write)
+    sent: set[bytes] = set()
+    records: list[CheckpointRecord | WritesRecord] = []
+    for field in sorted(checkpoints, key=lambda f: split_cp_field(f)[::-1]):
+        ns, checkpoint_id = split_cp_field(field)
+        entry = decode_stored_checkpoint(checkpoints[field])
+        carried = []
+        for bf in entry.blob_fields:
+            if bf in blobs and bf not in sent:
+                sent.add(bf)
+                _, channel, version = split_blob_field(bf)
+                carried.append(BlobRecord(channel, version, *decode_blob(blobs[bf])))
+        records.append(
+            CheckpointRecord(
+                target, ns, checkpoint_id, entry.parent_id, entry.checkpoint, entry.metadata,
+                tuple(carried),
+            )
+        )  # fmt: skip
+        if field in writes:
+            records.append(WritesRecord(target, ns, checkpoint_id, tuple(writes[field])))
+    return records
+
+
 def text(value: bytes | str) -> str:
     """A Redis reply as ``str`` (UTF-8, as every key part and id is written)."""
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
@@ -453,6 +491,7 @@ def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 def chunks(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last one shorter), for pipelines and scripts."""
     batch: list[Any] = []
     for item in items:
         batch.append(item)

@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from redis import exceptions as redis_errors
@@ -255,9 +254,8 @@ class Outbox:
     @classmethod
     def of(cls, hot: RedisHotSaver, consumer: str, key: OutboxKey | None = None) -> Outbox:
         """The outbox of a hot tier (``RedisHotSaver(outbox=True)`` fills it)."""
-        ttl_ms = hot.ttl // timedelta(milliseconds=1) if hot.ttl is not None else 0
         return cls(
-            hot.conn, prefix=hot.prefix, shards=hot.shards, ttl_ms=ttl_ms,
+            hot.conn, prefix=hot.prefix, shards=hot.shards, ttl_ms=hot.ttl_ms,
             consumer=consumer, key=key,
         )  # fmt: skip
 

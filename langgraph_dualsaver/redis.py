@@ -156,7 +156,8 @@ class RedisHotSaver(AsyncFirstSaver):
         PostgreSQL has each write before it is acknowledged; off, ``write_wait`` is
         ignored too."""
         self._replica_counts = cluster_replicas.ReplicaCounts()
-        self._ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
+        self.ttl_ms = ttl // timedelta(milliseconds=1) if ttl is not None else 0
+        """``ttl`` in milliseconds, as the scripts take it (0: no expiry)."""
         self._run_id: str | None = None
         self.outbox_key: OutboxKey | None = None
         """Signs queued entries (``DualSaver`` sets it); without one they carry no tag."""
@@ -221,7 +222,8 @@ class RedisHotSaver(AsyncFirstSaver):
                     client, keys[0], command, wait_ms, counts, replicas=replicas, aof=aof
                 )
 
-    def _partial(self, thread_id: str) -> None:
+    def note_partial_read(self, thread_id: str) -> None:
+        """Count (``partial_reads``) and log a read that found half a thread."""
         self.partial_reads += 1
         log.warning(
             "thread %r in redis at %s is missing keys (evicted?); treated as absent",
@@ -293,14 +295,6 @@ class RedisHotSaver(AsyncFirstSaver):
                     "maxmemory-policy to noeviction (or volatile-lru / volatile-ttl, with care)"
                 )
 
-    async def acheck_server_identity(self) -> bool:
-        """Whether the hot data may be stale: the server's ``run_id`` is not the one
-        recorded under ``<prefix>:server`` (a restart, perhaps from an old snapshot;
-        or the record is missing). On Redis Cluster, the same per master: see
-        ``aserver_identity``. Every process sees the same answer. After making the hot
-        data safe, call ``arecord_server_identity``."""
-        return await self.aserver_identity() != "same"
-
     async def aserver_identity(self) -> Literal["same", "new", "changed"]:
         """``"same"``: the recorded server; ``"new"``: nothing recorded under this
         prefix yet; ``"changed"``: another run_id (the server restarted).
@@ -371,22 +365,13 @@ class RedisHotSaver(AsyncFirstSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved, _ = await self.aput_returning_entry(config, checkpoint, metadata, new_versions)
-        return saved
-
-    async def aput_returning_entry(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> tuple[RunnableConfig, str | None]:
-        """``aput``, also returning the outbox entry id (``None`` unless ``outbox``)."""
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        ids = await self._store(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
-        return saved_config(record), ids[0] if ids else None
+        await self.astore_records(
+            record.thread_id, [record], enqueue=self.outbox, acknowledge=True
+        )
+        return saved_config(record)
 
     async def aput_writes(
         self,
@@ -395,26 +380,17 @@ class RedisHotSaver(AsyncFirstSaver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self.aput_writes_returning_entry(config, writes, task_id, task_path)
-
-    async def aput_writes_returning_entry(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> str | None:
-        """``aput_writes``, also returning the outbox entry id (``None`` unless ``outbox``)."""
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
-        ids = await self._store(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
-        return ids[0] if ids else None
+        await self.astore_records(
+            record.thread_id, [record], enqueue=self.outbox, acknowledge=True
+        )
 
     async def aput_record(
         self, record: CheckpointRecord | WritesRecord, *, enqueue: bool
     ) -> str | None:
         """Store a record as it is: the chain's writes (``enqueue=True``: also queued,
         returns the outbox entry id) or a backfill from PostgreSQL (``enqueue=False``)."""
-        ids = await self._store(record.thread_id, [record], enqueue=enqueue)
+        ids = await self.astore_records(record.thread_id, [record], enqueue=enqueue)
         return ids[0] if ids else None
 
     async def abackfill(
@@ -426,9 +402,9 @@ class RedisHotSaver(AsyncFirstSaver):
         ``CheckpointTooLargeError`` and nothing is stored."""
         admin.check_limits(records, limits or self.limits)
         if records:
-            await self._store(records[0].thread_id, records, enqueue=False)
+            await self.astore_records(records[0].thread_id, records, enqueue=False)
 
-    async def _store(
+    async def astore_records(
         self,
         thread_id: str,
         records: Sequence[CheckpointRecord | WritesRecord],
@@ -437,12 +413,16 @@ class RedisHotSaver(AsyncFirstSaver):
         cap: int = 0,
         acknowledge: bool = False,
     ) -> list[str]:
+        """Store records of one thread as they are, in one script; with ``enqueue``, also
+        queue each (signed with ``outbox_key``) and return their entry ids. ``cap``: see
+        ``aenqueue``. A write to acknowledge (``enqueue`` or ``acknowledge``) waits as
+        ``write_wait`` says; a backfill does not."""
         records = [r for r in records if not (isinstance(r, WritesRecord) and not r.writes)]
         if not records:
             return []
         tk = self.thread_keys(thread_id)
         now = time.time()
-        args: list[Any] = [K.utf8(thread_id), self._ttl_ms, int(enqueue), cap, now, len(records)]
+        args: list[Any] = [K.utf8(thread_id), self.ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
             fields = record_fields(record, self.outbox_key) if enqueue else (b"", b"")
             args += S.store_item_args(record, *fields)
@@ -475,7 +455,7 @@ class RedisHotSaver(AsyncFirstSaver):
         entry id. With ``cap``, raise ``OutboxFullError`` (writing nothing) if the
         record's outbox stream already holds ``cap`` entries."""
         self.outbox_key = key
-        return (await self._store(record.thread_id, [record], enqueue=True, cap=cap))[0]
+        return (await self.astore_records(record.thread_id, [record], enqueue=True, cap=cap))[0]
 
     # -- reads --------------------------------------------------------------------
 
@@ -486,17 +466,19 @@ class RedisHotSaver(AsyncFirstSaver):
         else:
             args = [b"latest", *K.latest_range(ns)]
         tk = self.thread_keys(thread_id)
-        reply = await self.conn.eval(S.LOAD, tk.data, [*self._load_head(thread_id), *args]
-        )
-        found = self._tuples(thread_id, reply)
+        reply = await self.conn.eval(S.LOAD, tk.data, self.load_arguments(thread_id, *args))
+        found = self.loaded_tuples(thread_id, reply)
         return found[0] if found else None
 
-    def _load_head(self, thread_id: str) -> list[Any]:
-        return [K.utf8(thread_id), self._ttl_ms if self.refresh_on_read else 0]
+    def load_arguments(self, thread_id: str, *selection: Any) -> list[Any]:
+        """The LOAD script's ARGV for the thread: ``selection`` is ``b"latest", max,
+        min`` or ``b"fields", *cp fields``; with ``refresh_on_read`` it restarts the ttl."""
+        return [K.utf8(thread_id), self.ttl_ms if self.refresh_on_read else 0, *selection]
 
-    def _tuples(self, thread_id: str, reply: list[Any]) -> list[CheckpointTuple]:
+    def loaded_tuples(self, thread_id: str, reply: list[Any]) -> list[CheckpointTuple]:
+        """The checkpoints of a LOAD reply (none when the thread is absent or partial)."""
         if reply[0] == b"partial":
-            self._partial(thread_id)
+            self.note_partial_read(thread_id)
         if reply[0] != b"ok":
             return []
         _, items, flat = reply

@@ -23,10 +23,8 @@ from langgraph_dualsaver.errors import (
 )
 from langgraph_dualsaver.outbox import position, position_ms
 from langgraph_dualsaver.records import (
-    BlobRecord,
     CheckpointRecord,
     Limits,
-    WriteRecord,
     WritesRecord,
     checkpoint_ids,
     decode_metadata,
@@ -166,53 +164,13 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
     tk = saver.thread_keys(source)
     reply = await saver.conn.eval(S.DUMP, tk.data, [K.utf8(source)])
     if reply[0] == b"partial":
-        saver._partial(source)
+        saver.note_partial_read(source)
     if reply[0] != b"ok":
         return
     _, checkpoints, blobs, members = reply
-    records = copied_records(target, K.pairs(checkpoints), K.pairs(blobs), _by_field(members))
+    records = K.copied_records(target, K.pairs(checkpoints), K.pairs(blobs), members)
     for batch in K.chunks(records, _COPY_BATCH):
-        await saver._store(target, batch, enqueue=saver.outbox)
-
-
-def copied_records(
-    target: str,
-    checkpoints: Mapping[bytes, bytes],
-    blobs: Mapping[bytes, bytes],
-    writes: Mapping[bytes, Sequence[WriteRecord]],
-) -> list[CheckpointRecord | WritesRecord]:
-    """A thread's contents as records of ``target``, oldest first. Each blob travels
-    with the first checkpoint that references it, each checkpoint's writes after it,
-    so a reader of the queued copy never finds a checkpoint before its blobs."""
-    sent: set[bytes] = set()
-    records: list[CheckpointRecord | WritesRecord] = []
-    for field in sorted(checkpoints, key=lambda f: K.split_cp_field(f)[::-1]):
-        ns, checkpoint_id = K.split_cp_field(field)
-        entry = K.decode_stored_checkpoint(checkpoints[field])
-        carried = []
-        for bf in entry.blob_fields:
-            if bf in blobs and bf not in sent:
-                sent.add(bf)
-                _, channel, version = K.split_blob_field(bf)
-                carried.append(BlobRecord(channel, version, *K.decode_blob(blobs[bf])))
-        records.append(
-            CheckpointRecord(
-                target, ns, checkpoint_id, entry.parent_id, entry.checkpoint, entry.metadata,
-                tuple(carried),
-            )
-        )  # fmt: skip
-        if field in writes:
-            records.append(WritesRecord(target, ns, checkpoint_id, tuple(writes[field])))
-    return records
-
-
-def _by_field(members: Iterable[bytes]) -> dict[bytes, list[WriteRecord]]:
-    """Members of a writes ZSET, grouped by cp field."""
-    grouped: dict[bytes, list[WriteRecord]] = {}
-    for member in members:
-        field, write = K.split_write_member(member)
-        grouped.setdefault(field, []).append(write)
-    return grouped
+        await saver.astore_records(target, batch, enqueue=saver.outbox)
 
 
 def check_limits(records: Iterable[CheckpointRecord | WritesRecord], limits: Limits) -> None:
@@ -362,7 +320,7 @@ async def _chain(
         args = [K.utf8(thread_id), K.ns_prefix(ns), _CHAIN_STEPS, mode, K.utf8(start)]
         reply = await saver.conn.eval(S.CHAIN, tk.data, [*args, *map(K.utf8, remaining)])
         if reply[0] == b"partial":
-            saver._partial(thread_id)
+            saver.note_partial_read(thread_id)
         if reply[0] != b"ok":
             return
         _, steps, next_id = reply

@@ -236,13 +236,13 @@ async def _load_batch(
     def build(pipe: Any) -> None:
         for tid in threads:
             keys = saver.thread_keys(tid).data
-            S.LOAD.queue(pipe, keys, [*saver._load_head(tid), b"fields", *by_thread[tid]])
+            S.LOAD.queue(pipe, keys, saver.load_arguments(tid, b"fields", *by_thread[tid]))
 
     replies = await saver.conn.pipeline(build)
     decoded_bytes = sum(_decoded_bytes(reply) for reply in replies)
     loaded: dict[tuple[str, bytes], CheckpointTuple] = {}
     for tid, reply in zip(threads, replies, strict=True):
-        for item in saver._tuples(tid, reply):
+        for item in saver.loaded_tuples(tid, reply):
             conf = item.config["configurable"]
             loaded[(tid, K.cp_field(conf["checkpoint_ns"], conf["checkpoint_id"]))] = item
     return [loaded[key] for key in batch if key in loaded], decoded_bytes

@@ -77,9 +77,9 @@ async def test_a_restarted_server_is_used_again_and_gets_the_scripts_back(
         await saver.aput(THREAD, empty_checkpoint(), {}, {})
         server.stop()
         server.start()  # same port, empty (no persistence): no data, no scripts
-        assert await saver.acheck_server_identity() is True  # a new run_id: distrust
+        assert await saver.aserver_identity() == "new"  # an empty server: distrust
         assert await saver.aget_tuple(THREAD) is None
         await saver.aput(THREAD, empty_checkpoint(), {}, {})
         assert await saver.aget_tuple(THREAD) is not None
         await saver.arecord_server_identity()
-        assert await saver.acheck_server_identity() is False
+        assert await saver.aserver_identity() == "same"
