@@ -26,9 +26,12 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from langgraph.types import Command
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
 from rich.columns import Columns
 from rich.console import Console
 
@@ -41,7 +44,7 @@ from langgraph_dualsaver.app.services import (
     REQUEST_TEXT,
     SEED_CUSTOMER,
 )
-from langgraph_dualsaver.app.state import PolicyResult
+from langgraph_dualsaver.app.state import PolicyResult, WorkflowState
 from langgraph_dualsaver.app.tiers import where_it_lives
 from langgraph_dualsaver.app.views import (
     audit_table,
@@ -67,88 +70,137 @@ def check(condition: bool, claim: str, console: Console) -> None:
     console.print(f"[green]\u2714[/] {claim}")
 
 
+@dataclass(frozen=True)
+class Story:
+    """What every step of the story works on: one open saver, the graph compiled with
+    it, the run counters and the two threads (the seed case and its $650 variant)."""
+
+    saver: DualSaver
+    console: Console
+    graph: CompiledStateGraph[WorkflowState, None, WorkflowState, WorkflowState]
+    counters_path: Path
+    counters: RunCounters
+    seed_thread: str
+    review_thread: str
+
+    @property
+    def seed(self) -> RunnableConfig:
+        return thread_config(self.seed_thread)
+
+    @property
+    def review(self) -> RunnableConfig:
+        return thread_config(self.review_thread)
+
+    def check(self, condition: bool, claim: str) -> None:
+        check(condition, claim, self.console)
+
+
 async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None:
     """Steps 1 to 7 on one open saver; ``work_dir`` holds the run counters file."""
     counters_path = work_dir / "runs.json"
     counters = RunCounters(counters_path)
-    graph = build_graph(saver, counters=counters)
     seed_thread = new_thread_id()
-    review_thread = f"{seed_thread}-650"
-    seed, review = thread_config(seed_thread), thread_config(review_thread)
+    story = Story(
+        saver=saver,
+        console=console,
+        graph=build_graph(saver, counters=counters),
+        counters_path=counters_path,
+        counters=counters,
+        seed_thread=seed_thread,
+        review_thread=f"{seed_thread}-650",
+    )
+    await run_to_the_interrupt(story)
+    seed_end = await crash_and_resume(story)
+    await reviewer_answers(story)
+    await time_travel(story, seed_end)
+    await correct_the_decision(story)
+    await audit_trail(story)
+    await show_where_it_lives(story)
 
-    # 1 ------------------------------------------------------------------------------
+
+async def run_to_the_interrupt(story: Story) -> None:
+    """1. The $650 variant runs until policy_agent waits for a human."""
+    console, graph = story.console, story.graph
     console.rule("[bold]1. The $650 variant runs to the human-review interrupt")
-    console.print(f"customer {LARGE_DUPLICATE_CUSTOMER}, thread [bold]{review_thread}[/]")
-    await graph.ainvoke(new_case(LARGE_DUPLICATE_CUSTOMER), review)
-    waiting = await graph.aget_state(review)
+    console.print(f"customer {LARGE_DUPLICATE_CUSTOMER}, thread [bold]{story.review_thread}[/]")
+    await graph.ainvoke(new_case(LARGE_DUPLICATE_CUSTOMER), story.review)
+    waiting = await graph.aget_state(story.review)
     console.print(state_table(waiting, "read back from the saver"))
     console.print(interrupt_panel(waiting))
-    rows = await saver.durable.athread_info(review_thread)
-    check(waiting.next == ("policy_agent",), "interrupted: policy_agent waits for a human", console)
-    check(
+    rows = await story.saver.durable.athread_info(story.review_thread)
+    story.check(waiting.next == ("policy_agent",), "interrupted: policy_agent waits for a human")
+    story.check(
         rows["checkpoints"] >= 3,
         f"PostgreSQL already holds the paused run ({rows['checkpoints']} checkpoints, "
         f"{rows['writes']} writes): an interrupt forces the outbox through",
-        console,
     )
 
-    # 2 ------------------------------------------------------------------------------
+
+async def crash_and_resume(story: Story) -> StateSnapshot:
+    """2. A child process runs the seed case and is killed after billing and account;
+    this process resumes it, and they do not run again. Returns the finished state."""
+    console, graph, seed, seed_thread = story.console, story.graph, story.seed, story.seed_thread
     console.rule("[bold]2. Crash and resume: SIGKILL a process mid-run")
     console.print(f"customer {SEED_CUSTOMER} (the seed case), thread [bold]{seed_thread}[/]")
 
-    env = {**os.environ, "DUALSAVER_MODE": saver.mode}
-    acknowledged = both_stores_hold(graph, saver, seed, "policy_agent")
-    killed = await kill_mid_run(seed_thread, SEED_CUSTOMER, counters_path, acknowledged, env=env)
-    check(
+    env = {**os.environ, "DUALSAVER_MODE": story.saver.mode}
+    acknowledged = both_stores_hold(graph, story.saver, seed, "policy_agent")
+    killed = await kill_mid_run(
+        seed_thread, SEED_CUSTOMER, story.counters_path, acknowledged, env=env
+    )
+    story.check(
         killed.returncode == -9,
         f"killed child pid {killed.pid} with SIGKILL before {killed.held_node} "
         f"(exit code {killed.returncode})",
-        console,
     )
     crashed = await graph.aget_state(seed)
     console.print(state_table(crashed, "what the stores hold after the crash"))
-    after_crash = counters.get(seed_thread)
+    after_crash = story.counters.get(seed_thread)
     console.print(counters_table(after_crash, "node runs, counted outside the graph state"))
-    check(
+    story.check(
         after_crash == {"intake": 1, "billing_agent": 1, "account_agent": 1},
         "the killed child ran intake, billing_agent and account_agent; policy_agent never started",
-        console,
     )
     console.print(f"resuming in this process (pid {os.getpid()}): graph.ainvoke(None, config)")
     await graph.ainvoke(None, seed)
-    resumed = counters.get(seed_thread)
+    resumed = story.counters.get(seed_thread)
     console.print(counters_table(resumed, "node runs after the resume"))
-    check(
+    story.check(
         resumed == {**after_crash, "policy_agent": 1, "response_agent": 1},
         "resumed: intake, billing_agent and account_agent ran once in all "
         "(not again after the crash); only policy_agent and response_agent ran here",
-        console,
     )
-    original_end = await graph.aget_state(seed)
-    console.print(state_table(original_end, "the seed case, finished"))
-    check(
-        original_end.values["policy"]["approved"] is True,
+    seed_end = await graph.aget_state(seed)
+    console.print(state_table(seed_end, "the seed case, finished"))
+    story.check(
+        seed_end.values["policy"]["approved"] is True,
         "the $49.99 duplicate was refunded without a human (under the $500 limit)",
-        console,
     )
+    return seed_end
 
-    # 3 ------------------------------------------------------------------------------
+
+async def reviewer_answers(story: Story) -> None:
+    """3. The human reviewer's answer resumes the $650 variant."""
+    console, graph = story.console, story.graph
     console.rule("[bold]3. Human in the loop: the reviewer answers")
     decision = {"approved": True, "reviewer": "ana@support", "note": "bank confirms it"}
     console.print(f"graph.ainvoke(Command(resume={decision!r}), config)")
-    await graph.ainvoke(Command(resume=decision), review)
-    reviewed = await graph.aget_state(review)
-    console.print(state_table(reviewed, f"thread {review_thread}"))
-    check(
+    await graph.ainvoke(Command(resume=decision), story.review)
+    reviewed = await graph.aget_state(story.review)
+    console.print(state_table(reviewed, f"thread {story.review_thread}"))
+    story.check(
         reviewed.next == () and reviewed.values["policy"]["requires_human_review"] is True,
         "resumed with the reviewer's decision: $650.00 refund approved by ana@support",
-        console,
     )
 
-    # 4 ------------------------------------------------------------------------------
+
+async def time_travel(story: Story, seed_end: StateSnapshot) -> None:
+    """4. The seed case's history, and a fork from the checkpoint after billing that
+    leaves the original branch (``seed_end``) intact."""
+    console, graph, seed = story.console, story.graph, story.seed
     console.rule("[bold]4. Time travel: the history, and a fork after billing")
     history = [s async for s in graph.aget_state_history(seed)]
-    console.print(history_table(history, f"get_state_history, thread {seed_thread}"))
+    console.print(history_table(history, f"get_state_history, thread {story.seed_thread}"))
     after_billing = next(s for s in history if s.next == ("policy_agent",))
     changed = {**after_billing.values["billing"], "duplicate_amount": 650.00}
     console.print(
@@ -160,18 +212,21 @@ async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None
     )
     await graph.ainvoke(None, fork_config)
     fork = await graph.aget_state(seed)
-    intact = await graph.aget_state(original_end.config)
+    intact = await graph.aget_state(seed_end.config)
     console.print(
         Columns([state_table(intact, "original branch"), state_table(fork, "forked branch")])
     )
-    check(fork.next == ("policy_agent",), "the fork went to human review instead", console)
-    check(
-        intact.values == original_end.values,
+    story.check(fork.next == ("policy_agent",), "the fork went to human review instead")
+    story.check(
+        intact.values == seed_end.values,
         "the original branch is intact (same checkpoint, same values)",
-        console,
     )
 
-    # 5 ------------------------------------------------------------------------------
+
+async def correct_the_decision(story: Story) -> None:
+    """5. ``update_state(..., as_node="policy_agent")`` replaces the decision, and the
+    run continues from it."""
+    console, graph, seed = story.console, story.graph, story.seed
     console.rule('[bold]5. update_state(..., as_node="policy_agent") corrects the decision')
     correction = PolicyResult(
         approved=False,
@@ -180,39 +235,41 @@ async def tell_story(saver: DualSaver, console: Console, work_dir: Path) -> None
     )
     corrected = await graph.aupdate_state(seed, {"policy": correction}, as_node="policy_agent")
     pending = await graph.aget_state(corrected)
-    check(
+    story.check(
         pending.next == ("response_agent",),
         "recorded as policy_agent's output: next is response_agent",
-        console,
     )
     await graph.ainvoke(None, corrected)
     final = await graph.aget_state(seed)
     console.print(state_table(final, "the corrected branch, finished"))
-    check(final.values["policy"] == correction, "the run continued from the correction", console)
+    story.check(final.values["policy"] == correction, "the run continued from the correction")
     console.print(history_table([s async for s in graph.aget_state_history(seed)], "all branches"))
 
-    # 6 ------------------------------------------------------------------------------
-    console.rule("[bold]6. The audit trail, from PostgreSQL")
-    entries = await saver.aaudit(seed_thread)
-    console.print(audit_table(entries))
+
+async def audit_trail(story: Story) -> None:
+    """6. The audit trail from PostgreSQL names each section's writer."""
+    story.console.rule("[bold]6. The audit trail, from PostgreSQL")
+    entries = await story.saver.aaudit(story.seed_thread)
+    story.console.print(audit_table(entries))
     writers = {e.node for e in entries if e.channel in ("billing", "account", "policy")}
-    check(
+    story.check(
         {"billing_agent", "account_agent", "policy_agent"} <= writers,
         "each section's writer is on record: billing_agent, account_agent, policy_agent",
-        console,
     )
 
-    # 7 ------------------------------------------------------------------------------
+
+async def show_where_it_lives(story: Story) -> None:
+    """7. Valkey keys, PostgreSQL rows and the outbox; the outbox ends empty."""
+    console, saver = story.console, story.saver
     console.rule("[bold]7. Where each thing lives")
-    console.print(await where_it_lives(saver, seed_thread))
+    console.print(await where_it_lives(saver, story.seed_thread))
     moved = await saver.aflush()
     stats = await saver.astats()
-    check(
+    story.check(
         stats.outbox_length == 0,
         f"saver.aflush() moved {moved} more entries; outbox lag now {stats.outbox_length}",
-        console,
     )
-    console.print(f"threads kept for inspection: {seed_thread}, {review_thread}")
+    console.print(f"threads kept for inspection: {story.seed_thread}, {story.review_thread}")
 
 
 def main(argv: list[str] | None = None) -> int:
