@@ -51,6 +51,7 @@ from langgraph_dualsaver.outbox import (
     position_ms,
 )
 from langgraph_dualsaver.records import CheckpointRecord, pack_record, unpack_record
+from langgraph_dualsaver.redis_scripts import PENDING_LUA
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.outbox import Entry
@@ -94,7 +95,7 @@ return 1
 # KEYS: dead, outbox, and the thread's meta, cp, idx, blobs, writes when the letter holds
 # a record. ARGV: the letter's id, and then the thread_id.
 # Returns the new outbox entry id, or false when the dead letter is gone.
-_REPLAY = r"""
+_REPLAY = PENDING_LUA + r"""
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return false end
 local f = found[1][2]
@@ -119,7 +120,7 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 -- again, it is pending again (the current layout never stopped counting it).
 if old_format and #KEYS == 7 and redis.call('HGET', KEYS[3], 'thread_id') == ARGV[2] then
   redis.call('HINCRBY', KEYS[3], 'pending', 1)
-  for i = 3, 7 do redis.call('PERSIST', KEYS[i]) end
+  expire_thread(3, 0)
 end
 return new_id
 """
@@ -127,7 +128,7 @@ return new_id
 # KEYS: dead, and the thread's meta, cp, idx, blobs, writes when the letter holds a
 # record. ARGV: the letter's id, then the thread_id and the ttl in ms (0: none).
 # Returns 1 when this call deleted the letter, 0 when it was gone.
-_PURGE = r"""
+_PURGE = PENDING_LUA + r"""
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -136,15 +137,7 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 -- and at zero give the thread's keys their ttl, as the flusher's ACK does.
 local f = found[1][2]
 if f[3] == 'stream' and #KEYS == 6 and redis.call('HGET', KEYS[2], 'thread_id') == ARGV[2] then
-  local pending = redis.call('HINCRBY', KEYS[2], 'pending', -1)
-  if pending <= 0 then
-    if pending < 0 then redis.call('HSET', KEYS[2], 'pending', '0') end
-    local ttl_ms = tonumber(ARGV[3])
-    for i = 2, 6 do
-      if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[i], ttl_ms)
-      else redis.call('PERSIST', KEYS[i]) end
-    end
-  end
+  release(2, 1, tonumber(ARGV[3]))
 end
 return 1
 """

@@ -40,6 +40,7 @@ __all__ = [
     "EVICT",
     "FORGET",
     "LOAD",
+    "PENDING_LUA",
     "REMOVE",
     "STORE",
     "Script",
@@ -63,7 +64,7 @@ class Script:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-_IDS = r"""
+PENDING_LUA = r"""
 -- Whether stream id a >= stream id b ('<ms>-<seq>'; both fit a double exactly).
 local function id_ge(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -79,21 +80,37 @@ local function ours(meta_key, thread_id, id)
   local m = redis.call('HMGET', meta_key, 'thread_id', 'since')
   return m[1] == thread_id and m[2] and id_ge(id, m[2])
 end
-"""
 
-_PRELUDE = _IDS + r"""
+-- One expiry for a thread's five keys, KEYS[first] (its meta) and the four after it:
+-- ttl_ms, or none when ttl_ms <= 0.
+local function expire_thread(first, ttl_ms)
+  for i = first, first + 4 do
+    if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[i], ttl_ms)
+    else redis.call('PERSIST', KEYS[i]) end
+  end
+end
+
+-- n of the thread's records stopped being pending (durable, or given up): lower the
+-- count in its meta, KEYS[first]; at zero its five keys get ttl_ms together.
+-- Returns the count left.
+local function release(first, n, ttl_ms)
+  local pending = redis.call('HINCRBY', KEYS[first], 'pending', -n)
+  if pending > 0 then return pending end
+  if pending < 0 then redis.call('HSET', KEYS[first], 'pending', '0') end
+  expire_thread(first, ttl_ms)
+  return 0
+end
+"""
+"""Lua functions on outbox ids and a thread's pending count, for every script that
+queues or releases records (the dead letters' too)."""
+
+_PRELUDE = PENDING_LUA + r"""
 local META, CP, IDX, BLOBS, WRITES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local EMPTY_BLOB = '\146\165empty\192'
 
 -- One expiry for all of the thread's keys: none while anything is pending.
 local function set_expiry(ttl_ms, pending)
-  for i = 1, 5 do
-    if pending > 0 or ttl_ms <= 0 then
-      redis.call('PERSIST', KEYS[i])
-    else
-      redis.call('PEXPIRE', KEYS[i], ttl_ms)
-    end
-  end
+  expire_thread(1, pending > 0 and 0 or ttl_ms)
 end
 
 -- meta as {thread_id, pending, c, b, w}, or nil when the thread is absent.
@@ -442,13 +459,7 @@ if ARGV[4] ~= '' then redis.call('XACK', KEYS[6], ARGV[4], ARGV[2]) end
 if redis.call('XDEL', KEYS[6], ARGV[2]) == 0 or not ours(META, ARGV[1], ARGV[2]) then
   return -1
 end
-local pending = redis.call('HINCRBY', META, 'pending', -1)
-if pending <= 0 then
-  if pending < 0 then redis.call('HSET', META, 'pending', '0') end
-  set_expiry(tonumber(ARGV[3]), 0)
-  return 0
-end
-return pending
+return release(1, 1, tonumber(ARGV[3]))
 """,
 )
 
@@ -507,7 +518,7 @@ return 0
 
 ACK = Script(
     "ack",
-    _IDS
+    PENDING_LUA
     + r"""
 -- The flusher's acknowledgement for one shard, atomic: for each thread, XACK + XDEL its
 -- entries and lower its pending count by the entries this call removed that belong to
@@ -528,16 +539,7 @@ for t = 0, tonumber(ARGV[3]) - 1 do
     end
   end
   a = a + 2 + n
-  if removed > 0 then
-    local pending = redis.call('HINCRBY', KEYS[first], 'pending', -removed)
-    if pending <= 0 then
-      if pending < 0 then redis.call('HSET', KEYS[first], 'pending', '0') end
-      for i = first, first + 4 do
-        if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[i], ttl_ms)
-        else redis.call('PERSIST', KEYS[i]) end
-      end
-    end
-  end
+  if removed > 0 then release(first, removed, ttl_ms) end
 end
 return 1
 """,
