@@ -288,7 +288,7 @@ class RedisHotSaver(AsyncFirstSaver):
             )
             return
         for policy in sorted(policies):
-            if policy.startswith("allkeys-"):
+            if durability.evicts_unexpiring_keys(policy):
                 raise UnsafeRedisConfigError(
                     f"redis at {self.conn.where} has maxmemory-policy {policy}, which can evict "
                     "checkpoints and outbox entries that are not durable yet; set "

@@ -32,7 +32,14 @@ from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
 from langgraph_dualsaver.redis_connection import Client, RedisConnection
 
-__all__ = ["WriteWait", "check_acks", "check_server", "wait_commands", "write_and_wait"]
+__all__ = [
+    "WriteWait",
+    "check_acks",
+    "check_server",
+    "evicts_unexpiring_keys",
+    "wait_commands",
+    "write_and_wait",
+]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +166,12 @@ async def write_and_wait(
             check_acks(acks, replicas, wait.aof, conn.where, timeout_ms)
             return stored
     raise AssertionError("unreachable")
+
+
+def evicts_unexpiring_keys(maxmemory_policy: str) -> bool:
+    """Whether the policy evicts keys that have no expiry (``allkeys-*``): outbox entries
+    and pending threads, whose records PostgreSQL does not have yet."""
+    return maxmemory_policy.startswith("allkeys-")
 
 
 async def check_server(conn: RedisConnection, wait: WriteWait) -> None:

@@ -204,10 +204,12 @@ def warnings_for(
     dead_letters: int = 0,
 ) -> list[str]:
     """Settings and states that weaken what the README promises, each with what to do."""
+    from langgraph_dualsaver.redis_durability import evicts_unexpiring_keys
+
     found = []
     if redis is not None:
         policy = redis.maxmemory_policy
-        if policy and policy.startswith("allkeys-"):
+        if policy and evicts_unexpiring_keys(policy):
             found.append(
                 f"Redis maxmemory-policy is {policy}: it can evict outbox entries and "
                 "checkpoints not yet in PostgreSQL; set it to noeviction "
