@@ -697,6 +697,27 @@ class PostgresDurableSaver(AsyncFirstSaver):
     def thread_info(self, thread_id: str) -> dict[str, int]:
         return self._sync(self.athread_info(thread_id))
 
+    async def asample_values(self, per_table: int = 1000) -> list[tuple[str, int, bytes]]:
+        """Up to ``per_table`` random values of the blobs and of the writes, each as
+        ``(type, stored size, first 18 bytes)``, for statistics (``dualsaver status``'s
+        compression ratio). ``TABLESAMPLE SYSTEM`` reads a few pages, not the tables."""
+        found: list[tuple[str, int, bytes]] = []
+        async with self._connection() as conn:
+            for table in sql.VALUE_TABLES:
+                estimate = await conn.fetchval(sql.ESTIMATED_ROWS, table)
+                share = 100.0 * per_table / estimate if estimate > per_table else 100.0
+                percent = max(share, 0.0001)
+                while True:  # pages are sampled, not rows: too few pages can miss them all
+                    records = await conn.fetch(sql.sample_values_sql(table), percent, per_table)
+                    if percent >= 100.0 or len(records) * 2 >= per_table:
+                        break
+                    percent = min(percent * 4, 100.0)
+                found += [(r["type"], r["stored"], bytes(r["head"])) for r in records]
+        return found
+
+    def sample_values(self, per_table: int = 1000) -> list[tuple[str, int, bytes]]:
+        return self._sync(self.asample_values(per_table))
+
 
 # -- pure helpers -----------------------------------------------------------------------
 

@@ -1050,6 +1050,28 @@ SELECT (SELECT count(*) FROM dualsaver_checkpoints WHERE thread_id = $1) AS chec
        (SELECT count(*) FROM dualsaver_writes WHERE thread_id = $1) AS writes
 """
 
+# Rows of a table (its partitions' included), as the planner last estimated them.
+ESTIMATED_ROWS = """
+SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::float8
+FROM pg_class c
+WHERE c.oid = to_regclass($1)
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))
+"""
+VALUE_TABLES = ("dualsaver_blobs", "dualsaver_writes")
+
+
+def sample_values_sql(table: str) -> str:
+    """Random values of ``table`` (one of ``VALUE_TABLES``): type, stored size and the
+    first 18 bytes (a zstd frame header at most), from ``$1`` percent of its pages."""
+    if table not in VALUE_TABLES:
+        raise ValueError(f"not a value table: {table!r}")
+    return f"""
+SELECT type, octet_length(blob) AS stored, substring(blob FROM 1 FOR 18) AS head
+FROM {table} TABLESAMPLE SYSTEM ($1)
+WHERE blob IS NOT NULL AND type <> 'empty'
+LIMIT $2
+"""
+
 
 # -- parameters -----------------------------------------------------------------------
 

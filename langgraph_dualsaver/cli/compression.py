@@ -1,9 +1,10 @@
 """``dualsaver status``'s compression line: stored bytes against the bytes the values
 had before compression, from a random sample of PostgreSQL's values and writes.
 
-Cheap: ``TABLESAMPLE SYSTEM`` reads a few random pages, not the tables, and of each
-value only its size and first 18 bytes (a zstd frame header says how large the value
-was) leave the server; nothing is decompressed. Redis holds the same bytes per value.
+Cheap: ``PostgresDurableSaver.asample_values`` reads a few random pages, not the tables,
+and of each value only its size and first 18 bytes (a zstd frame header says how large
+the value was) leave the server; nothing is decompressed. Redis holds the same bytes per
+value.
 """
 
 from __future__ import annotations
@@ -20,38 +21,13 @@ __all__ = ["SAMPLE_ROWS", "compression_sample", "describe"]
 SAMPLE_ROWS = 1000
 """Values sampled per table."""
 
-_ESTIMATE = """
-SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::float8
-FROM pg_class c
-WHERE c.oid = to_regclass($1)
-   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))
-"""
-# The table name is one of ours (a constant), never user input.
-_SAMPLE = """
-SELECT type, octet_length(blob) AS stored, substring(blob FROM 1 FOR 18) AS head
-FROM {table} TABLESAMPLE SYSTEM ($1)
-WHERE blob IS NOT NULL AND type <> 'empty'
-LIMIT $2
-"""
-
 
 async def compression_sample(
     durable: PostgresDurableSaver, rows: int = SAMPLE_ROWS
 ) -> dict[str, Any]:
     """Up to ``rows`` values of each table: how many, how many compressed, and the
     stored and uncompressed bytes of those whose size is known."""
-    found: list[tuple[str, int, bytes]] = []
-    async with durable._connection() as conn:
-        for table in ("dualsaver_blobs", "dualsaver_writes"):
-            estimate = await conn.fetchval(_ESTIMATE, table)
-            percent = 100.0 if estimate <= rows else max(100.0 * rows / estimate, 0.0001)
-            while True:  # pages are sampled, not rows: too few pages can miss them all
-                records = await conn.fetch(_SAMPLE.format(table=table), percent, rows)
-                if percent >= 100.0 or len(records) * 2 >= rows:
-                    break
-                percent = min(percent * 4, 100.0)
-            found += [(r["type"], r["stored"], bytes(r["head"])) for r in records]
-    return summarize(found)
+    return summarize(await durable.asample_values(rows))
 
 
 def summarize(values: list[tuple[str, int, bytes]]) -> dict[str, Any]:
