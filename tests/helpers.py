@@ -33,6 +33,11 @@ def config(
     return {"configurable": configurable}
 
 
+def run_config(thread_id: str) -> RunnableConfig:
+    """The config of a graph run as an application passes it: the thread only."""
+    return {"configurable": {"thread_id": thread_id}}
+
+
 def checkpoint(value: Any, version: Any) -> Checkpoint:
     """A checkpoint whose one channel ``x`` holds ``value`` at ``version``."""
     return checkpoint_of({"x": value}, {"x": version})

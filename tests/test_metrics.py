@@ -33,7 +33,7 @@ from langgraph_dualsaver import metrics
 from langgraph_dualsaver.cli.app import app
 from langgraph_dualsaver.dual import DualSaver
 from langgraph_dualsaver.flusher import Flusher
-from tests.helpers import config
+from tests.helpers import run_config
 from tests.test_cli import REPO, Store, closed_port, invoke
 
 DEADLINE_S = 30.0
@@ -130,8 +130,8 @@ async def test_a_graph_run_is_timed_counted_and_traced_under_the_runs_span(
         await saver.asetup()
         graph = counting_graph(saver)
         with otel.tracer.start_as_current_span("the run"):
-            assert (await graph.ainvoke({"count": 0}, config("t-1")))["count"] == 2
-        assert (await graph.aget_state(config("t-1"))).values["count"] == 2  # from Redis
+            assert (await graph.ainvoke({"count": 0}, run_config("t-1")))["count"] == 2
+        assert (await graph.aget_state(run_config("t-1"))).values["count"] == 2  # from Redis
         queued = await saver.alag()
         assert queued > 0
         before = await collect(otel.reader)
@@ -172,8 +172,8 @@ def test_the_sync_api_traces_its_calls_under_the_callers_span(
         saver.setup()
         graph = counting_graph(saver)
         with otel.tracer.start_as_current_span("the run"):
-            assert graph.invoke({"count": 0}, config("t-sync"))["count"] == 2
-            assert len(list(saver.list(config("t-sync")))) >= 3
+            assert graph.invoke({"count": 0}, run_config("t-sync"))["count"] == 2
+            assert len(list(saver.list(run_config("t-sync")))) >= 3
 
     spans = otel.spans.get_finished_spans()
     (run,) = [s for s in spans if s.name == "the run"]
@@ -313,7 +313,7 @@ async def test_a_flush_worker_serves_its_outbox_lag_and_flushes_to_prometheus(
                     "LOCK TABLE dualsaver_checkpoints, dualsaver_blobs, dualsaver_writes "
                     "IN EXCLUSIVE MODE"
                 )
-                await counting_graph(saver).ainvoke({"count": 0}, config("t-worker"))
+                await counting_graph(saver).ainvoke({"count": 0}, run_config("t-worker"))
                 queued = await saver.alag()
                 await worker.scrape_until(
                     lambda found: sample(found, "dualsaver_outbox_length", **prefix) == queued,

@@ -12,7 +12,7 @@ from langgraph.types import Command
 
 from langgraph_dualsaver.audit import SUMMARY_WIDTH, node_of, summarize
 from langgraph_dualsaver.postgres import PostgresDurableSaver
-from tests.helpers import config
+from tests.helpers import run_config
 from tests.test_graphs import pipeline, review_graph
 
 
@@ -56,8 +56,8 @@ async def saver(pg_dsn: str) -> AsyncIterator[PostgresDurableSaver]:
 
 async def test_audit_says_which_node_wrote_what_at_which_step(saver) -> None:
     graph = pipeline(saver)
-    await graph.ainvoke({"steps": [], "value": 1}, config("t"))
-    await graph.aupdate_state(config("t"), {"value": 9}, as_node="d")
+    await graph.ainvoke({"steps": [], "value": 1}, run_config("t"))
+    await graph.aupdate_state(run_config("t"), {"value": 9}, as_node="d")
 
     trail = await saver.aaudit("t")
 
@@ -80,8 +80,8 @@ async def test_audit_says_which_node_wrote_what_at_which_step(saver) -> None:
 
 async def test_audit_keeps_interrupts_and_resumes(saver) -> None:
     graph = review_graph(saver)
-    await graph.ainvoke({"steps": [], "value": 1}, config("r"))
-    await graph.ainvoke(Command(resume="approved"), config("r"))
+    await graph.ainvoke({"steps": [], "value": 1}, run_config("r"))
+    await graph.ainvoke(Command(resume="approved"), run_config("r"))
 
     trail = [(e.step, e.node, e.channel) for e in await saver.aaudit("r")]
     at_review = [entry for entry in trail if entry[0] == 2]
@@ -92,7 +92,7 @@ async def test_audit_keeps_interrupts_and_resumes(saver) -> None:
 
 
 async def test_an_undecodable_write_is_shown_by_size_and_counted(saver, pg_dsn) -> None:
-    await pipeline(saver).ainvoke({"steps": [], "value": 1}, config("t"))
+    await pipeline(saver).ainvoke({"steps": [], "value": 1}, run_config("t"))
 
     class Blind(JsonPlusSerializer):
         def loads_typed(self, data: tuple[str, bytes]) -> Any:
@@ -107,9 +107,9 @@ async def test_an_undecodable_write_is_shown_by_size_and_counted(saver, pg_dsn) 
 
 async def test_threads_newest_first_with_counts_and_filter(saver) -> None:
     graph = pipeline(saver)
-    await graph.ainvoke({"steps": [], "value": 1}, config("older"))
-    await graph.ainvoke({"steps": [], "value": 1}, config("newer"))
-    await graph.aupdate_state(config("newer"), {"value": 0}, as_node="d")
+    await graph.ainvoke({"steps": [], "value": 1}, run_config("older"))
+    await graph.ainvoke({"steps": [], "value": 1}, run_config("newer"))
+    await graph.aupdate_state(run_config("newer"), {"value": 0}, as_node="d")
 
     threads = await saver.athreads()
 
@@ -117,7 +117,7 @@ async def test_threads_newest_first_with_counts_and_filter(saver) -> None:
         ("newer", 4, 6),
         ("older", 3, 5),
     ]
-    latest = await saver.aget_tuple(config("newer"))
+    latest = await saver.aget_tuple(run_config("newer"))
     assert threads[0].checkpoint_id == latest.checkpoint["id"]
     assert [t.thread_id for t in await saver.athreads(limit=1)] == ["newer"]
     assert [t.thread_id for t in await saver.athreads(filter={"source": "update"})] == ["newer"]
