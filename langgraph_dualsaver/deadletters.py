@@ -95,7 +95,9 @@ return 1
 # KEYS: dead, outbox, and the thread's meta, cp, idx, blobs, writes when the letter holds
 # a record. ARGV: the letter's id, and then the thread_id.
 # Returns the new outbox entry id, or false when the dead letter is gone.
-_REPLAY = PENDING_LUA + r"""
+_REPLAY = (
+    PENDING_LUA
+    + r"""
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return false end
 local f = found[1][2]
@@ -124,11 +126,14 @@ if old_format and #KEYS == 7 and redis.call('HGET', KEYS[3], 'thread_id') == ARG
 end
 return new_id
 """
+)
 
 # KEYS: dead, and the thread's meta, cp, idx, blobs, writes when the letter holds a
 # record. ARGV: the letter's id, then the thread_id and the ttl in ms (0: none).
 # Returns 1 when this call deleted the letter, 0 when it was gone.
-_PURGE = PENDING_LUA + r"""
+_PURGE = (
+    PENDING_LUA
+    + r"""
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -141,6 +146,7 @@ if f[3] == 'stream' and #KEYS == 6 and redis.call('HGET', KEYS[2], 'thread_id') 
 end
 return 1
 """
+)
 
 
 def _eval(pipe: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -29,16 +29,23 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.typing import KeyT, StreamIdT
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.keys import text
+from langgraph_dualsaver.keys import (
+    ThreadKeys,
+    dead_letter_key,
+    outbox_key,
+    shard_of,
+    text,
+    thread_keys,
+    utf8,
+)
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
     pack_record,
     unpack_record,
 )
+from langgraph_dualsaver.redis_scripts import ACK, DISCARD
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.redis import RedisHotSaver
@@ -248,7 +255,7 @@ class Outbox:
         self.ttl_ms = ttl_ms
         self.consumer = consumer
         self.key = key
-        self.streams = [K.outbox_key(prefix, shard) for shard in range(shards)]
+        self.streams = [outbox_key(prefix, shard) for shard in range(shards)]
         """Every shard's outbox stream, in shard order."""
 
     @classmethod
@@ -265,7 +272,7 @@ class Outbox:
             if stream not in self.streams:
                 raise ConfigurationError(f"{stream!r} is not an outbox stream of this saver")
             stream = self.streams.index(stream)
-        return K.dead_letter_key(self.prefix, stream)
+        return dead_letter_key(self.prefix, stream)
 
     # -- consuming ------------------------------------------------------------------
 
@@ -354,7 +361,7 @@ class Outbox:
         for entry in entries:
             if entry.thread_id is None:
                 continue
-            shard = K.shard_of(entry.thread_id, self.shards)
+            shard = shard_of(entry.thread_id, self.shards)
             by_shard.setdefault(shard, {}).setdefault(entry.thread_id, []).append(entry.id)
         if not by_shard:
             return
@@ -365,8 +372,8 @@ class Outbox:
                 args: list[Any] = [GROUP, self.ttl_ms, len(threads)]
                 for thread_id, ids in threads.items():
                     keys += self._thread_keys(thread_id).data
-                    args += [K.utf8(thread_id), len(ids), *ids]
-                S.ACK.queue(pipe, keys, args)
+                    args += [utf8(thread_id), len(ids), *ids]
+                ACK.queue(pipe, keys, args)
 
         await self.conn.pipeline(build)
 
@@ -379,8 +386,8 @@ class Outbox:
 
         def build(pipe: Any) -> None:
             for thread_id, entry_id in entries:
-                args = [K.utf8(thread_id), entry_id, self.ttl_ms, GROUP]
-                S.DISCARD.queue(pipe, self._thread_keys(thread_id).all, args)
+                args = [utf8(thread_id), entry_id, self.ttl_ms, GROUP]
+                DISCARD.queue(pipe, self._thread_keys(thread_id).all, args)
 
         await self.conn.pipeline(build)
 
@@ -453,5 +460,5 @@ class Outbox:
             )
         )
 
-    def _thread_keys(self, thread_id: str) -> K.ThreadKeys:
-        return K.thread_keys(self.prefix, self.shards, thread_id)
+    def _thread_keys(self, thread_id: str) -> ThreadKeys:
+        return thread_keys(self.prefix, self.shards, thread_id)

@@ -32,12 +32,10 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
-from langgraph_dualsaver import keys as K
 from langgraph_dualsaver import redis_admin as admin
 from langgraph_dualsaver import redis_durability as durability
 from langgraph_dualsaver import redis_list as listing
 from langgraph_dualsaver import redis_replicas as cluster_replicas
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
@@ -45,6 +43,24 @@ from langgraph_dualsaver.errors import (
     DualSaverError,
     StoreUnavailableError,
     UnsafeRedisConfigError,
+)
+from langgraph_dualsaver.keys import (
+    DEFAULT_PREFIX,
+    DEFAULT_SHARDS,
+    ThreadKeys,
+    checkpoint_tuple,
+    cluster_server_keys,
+    cp_field,
+    latest_range,
+    pairs,
+    registry_key,
+    server_key,
+    shard_of,
+    shard_registry_key,
+    text,
+    thread_keys,
+    utf8,
+    validate_prefix,
 )
 from langgraph_dualsaver.outbox import OutboxKey, entry_id_at, record_fields
 from langgraph_dualsaver.records import (
@@ -58,6 +74,7 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redis_connection import Client, RedisConnection
+from langgraph_dualsaver.redis_scripts import DROP, LOAD, STORE, Script, store_item_args
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 
@@ -114,10 +131,10 @@ class RedisHotSaver(AsyncFirstSaver):
         client: Client | None = None,
         *,
         url: str | None = None,
-        prefix: str = K.DEFAULT_PREFIX,
+        prefix: str = DEFAULT_PREFIX,
         ttl: timedelta | None = None,
         refresh_on_read: bool = False,
-        shards: int = K.DEFAULT_SHARDS,
+        shards: int = DEFAULT_SHARDS,
         outbox: bool = False,
         cluster: bool = False,
         max_connections: int = 100,
@@ -134,7 +151,7 @@ class RedisHotSaver(AsyncFirstSaver):
         )
         self.write_wait = durability.WriteWait(replicas, aof)
         """What a put waits for before it counts (``DualSaver`` may set it)."""
-        self.prefix = K.validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix)
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigurationError(f"shards must be a positive int, got {shards!r}")
         if ttl is not None and (not isinstance(ttl, timedelta) or ttl < timedelta(milliseconds=1)):
@@ -194,7 +211,7 @@ class RedisHotSaver(AsyncFirstSaver):
         await self.conn.aclose()
 
     async def _eval_replicated(
-        self, script: S.Script, keys: Sequence[str], args: Sequence[Any], *, queued: bool
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, queued: bool
     ) -> Any:
         """``conn.eval`` for a write to acknowledge, then on the same connection wait as
         ``write_wait`` says (``redis_durability``). On Redis Cluster, a queued write
@@ -233,16 +250,16 @@ class RedisHotSaver(AsyncFirstSaver):
 
     # -- layout -------------------------------------------------------------------
 
-    def thread_keys(self, thread_id: str) -> K.ThreadKeys:
-        return K.thread_keys(self.prefix, self.shards, thread_id)
+    def thread_keys(self, thread_id: str) -> ThreadKeys:
+        return thread_keys(self.prefix, self.shards, thread_id)
 
     def shard_of(self, thread_id: str) -> int:
-        return K.shard_of(thread_id, self.shards)
+        return shard_of(thread_id, self.shards)
 
     def registry_keys(self) -> list[str]:
         """Every shard's registry of threads, then the single one of earlier versions."""
-        shards = [K.shard_registry_key(self.prefix, shard) for shard in range(self.shards)]
-        return [*shards, K.registry_key(self.prefix)]
+        shards = [shard_registry_key(self.prefix, shard) for shard in range(self.shards)]
+        return [*shards, registry_key(self.prefix)]
 
     # -- setup --------------------------------------------------------------------
 
@@ -257,7 +274,7 @@ class RedisHotSaver(AsyncFirstSaver):
                     f"redis at {self.conn.where} is version {version_text}; "
                     "RedisHotSaver needs Redis >= 6.2 or Valkey >= 7.2"
                 )
-            self._run_id = K.text(info.get("run_id", ""))
+            self._run_id = text(info.get("run_id", ""))
             await self._check_eviction_policy(client)
             await durability.check_server(self.conn, self.write_wait)
             await self.conn.load_scripts(client)
@@ -273,12 +290,12 @@ class RedisHotSaver(AsyncFirstSaver):
                 )
                 if not all(isinstance(r, dict) for r in replies.values()):
                     replies = {"the one master": replies}  # redis-py unwraps a single node's
-                policies = {K.text(v) for reply in replies.values() for v in reply.values()}
+                policies = {text(v) for reply in replies.values() for v in reply.values()}
             else:
                 reply = cast(  # redis-py decodes CONFIG GET; a known parameter has a value
                     "dict[str, str]", await client.config_get("maxmemory-policy")
                 )
-                policies = {K.text(v) for v in reply.values()}
+                policies = {text(v) for v in reply.values()}
         except rex.ResponseError as exc:
             log.warning(
                 "cannot read maxmemory-policy of redis at %s (%s); make sure it is "
@@ -312,11 +329,11 @@ class RedisHotSaver(AsyncFirstSaver):
         client = await self.aclient()
         with self.conn.errors():
             info = await client.info("server")
-            recorded = await client.get(K.server_key(self.prefix))
-        self._run_id = K.text(info.get("run_id", ""))
+            recorded = await client.get(server_key(self.prefix))
+        self._run_id = text(info.get("run_id", ""))
         if recorded is None:
             return "new"
-        return "same" if K.text(recorded) == self._run_id else "changed"
+        return "same" if text(recorded) == self._run_id else "changed"
 
     async def arecord_server_identity(self) -> None:
         """Record the current server as the one the hot data is good on. On Redis
@@ -328,7 +345,7 @@ class RedisHotSaver(AsyncFirstSaver):
         client = await self.aclient()
         with self.conn.errors():
             info = await client.info("server")
-            await client.set(K.server_key(self.prefix), K.text(info.get("run_id", "")))
+            await client.set(server_key(self.prefix), text(info.get("run_id", "")))
 
     async def _cluster_identity(self) -> Literal["same", "new", "changed"]:
         seen = await self._cluster_identity_round(record=False)
@@ -341,7 +358,7 @@ class RedisHotSaver(AsyncFirstSaver):
         """Each slot's ``(recorded run_id, run_id of the master serving it)``, read in one
         script on that master (so both come from the same node). With ``record``, first
         set the record where that master is the one seen last time (or none was seen)."""
-        keys = K.cluster_server_keys(self.prefix, self.shards)
+        keys = cluster_server_keys(self.prefix, self.shards)
 
         def build(pipe: Any) -> None:
             for key in keys:
@@ -350,7 +367,7 @@ class RedisHotSaver(AsyncFirstSaver):
 
         replies = await self.conn.pipeline(build)
         seen = {
-            key: (None if recorded is None else K.text(recorded), K.text(run_id))
+            key: (None if recorded is None else text(recorded), text(run_id))
             for key, (recorded, run_id) in zip(keys, replies, strict=True)
         }
         self._seen_run_ids = {key: run_id for key, (_, run_id) in seen.items()}
@@ -368,9 +385,7 @@ class RedisHotSaver(AsyncFirstSaver):
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        await self.astore_records(
-            record.thread_id, [record], enqueue=self.outbox, acknowledge=True
-        )
+        await self.astore_records(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
         return saved_config(record)
 
     async def aput_writes(
@@ -381,9 +396,7 @@ class RedisHotSaver(AsyncFirstSaver):
         task_path: str = "",
     ) -> None:
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
-        await self.astore_records(
-            record.thread_id, [record], enqueue=self.outbox, acknowledge=True
-        )
+        await self.astore_records(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
 
     async def aput_record(
         self, record: CheckpointRecord | WritesRecord, *, enqueue: bool
@@ -422,14 +435,14 @@ class RedisHotSaver(AsyncFirstSaver):
             return []
         tk = self.thread_keys(thread_id)
         now = time.time()
-        args: list[Any] = [K.utf8(thread_id), self.ttl_ms, int(enqueue), cap, now, len(records)]
+        args: list[Any] = [utf8(thread_id), self.ttl_ms, int(enqueue), cap, now, len(records)]
         for record in records:
             fields = record_fields(record, self.outbox_key) if enqueue else (b"", b"")
-            args += S.store_item_args(record, *fields)
+            args += store_item_args(record, *fields)
         if enqueue or acknowledge:  # a put (or the chain's queued write): it may wait
-            ids = await self._eval_replicated(S.STORE, tk.all, args, queued=enqueue)
+            ids = await self._eval_replicated(STORE, tk.all, args, queued=enqueue)
         else:  # a backfill of what PostgreSQL holds
-            ids = await self.conn.eval(S.STORE, tk.all, args)
+            ids = await self.conn.eval(STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
         return self._entry_ids(ids, len(records) if enqueue else 0)
@@ -442,7 +455,7 @@ class RedisHotSaver(AsyncFirstSaver):
             and len(reply) == queued
             and all(isinstance(i, bytes) and _STREAM_ID.fullmatch(i) for i in reply)
         ):
-            return [K.text(i) for i in reply]
+            return [text(i) for i in reply]
         raise StoreUnavailableError(
             f"redis at {self.conn.where} answered a write with {reply!r:.200} instead of "
             f"{queued} outbox entry id(s); the write is not taken as done"
@@ -462,18 +475,18 @@ class RedisHotSaver(AsyncFirstSaver):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
         if checkpoint_id is not None:
-            args = [b"fields", K.cp_field(ns, checkpoint_id)]
+            args = [b"fields", cp_field(ns, checkpoint_id)]
         else:
-            args = [b"latest", *K.latest_range(ns)]
+            args = [b"latest", *latest_range(ns)]
         tk = self.thread_keys(thread_id)
-        reply = await self.conn.eval(S.LOAD, tk.data, self.load_arguments(thread_id, *args))
+        reply = await self.conn.eval(LOAD, tk.data, self.load_arguments(thread_id, *args))
         found = self.loaded_tuples(thread_id, reply)
         return found[0] if found else None
 
     def load_arguments(self, thread_id: str, *selection: Any) -> list[Any]:
         """The LOAD script's ARGV for the thread: ``selection`` is ``b"latest", max,
         min`` or ``b"fields", *cp fields``; with ``refresh_on_read`` it restarts the ttl."""
-        return [K.utf8(thread_id), self.ttl_ms if self.refresh_on_read else 0, *selection]
+        return [utf8(thread_id), self.ttl_ms if self.refresh_on_read else 0, *selection]
 
     def loaded_tuples(self, thread_id: str, reply: list[Any]) -> list[CheckpointTuple]:
         """The checkpoints of a LOAD reply (none when the thread is absent or partial)."""
@@ -482,9 +495,9 @@ class RedisHotSaver(AsyncFirstSaver):
         if reply[0] != b"ok":
             return []
         _, items, flat = reply
-        blobs = K.pairs(flat)
+        blobs = pairs(flat)
         return [
-            K.checkpoint_tuple(self.serde, thread_id, field, stored, writes, blobs)
+            checkpoint_tuple(self.serde, thread_id, field, stored, writes, blobs)
             for field, stored, writes in items
         ]
 
@@ -542,11 +555,11 @@ class RedisHotSaver(AsyncFirstSaver):
         ``born_by``: its hot copy goes, queued entries and all, unless it began after
         that position. No tombstone (PostgreSQL has one)."""
         keys = self.thread_keys(thread_id).data
-        args = [K.utf8(thread_id), entry_id_at(born_by)]
-        if await self.conn.eval(S.DROP, keys, args):
+        args = [utf8(thread_id), entry_id_at(born_by)]
+        if await self.conn.eval(DROP, keys, args):
             with self.conn.errors():
                 registry = self.thread_keys(thread_id).registry
-                await (await self.aclient()).zrem(registry, K.utf8(thread_id))
+                await (await self.aclient()).zrem(registry, utf8(thread_id))
 
     async def aevict_thread(self, thread_id: str) -> None:
         """Drop the thread's hot copy only (no tombstone: it stays in PostgreSQL)."""

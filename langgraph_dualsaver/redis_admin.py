@@ -15,11 +15,23 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     StoreUnavailableError,
+)
+from langgraph_dualsaver.keys import (
+    StoredCheckpoint,
+    chunks,
+    copied_records,
+    cp_field,
+    decode_blob,
+    decode_stored_checkpoint,
+    decode_write_members,
+    ns_prefix,
+    pairs,
+    split_cp_field,
+    text,
+    utf8,
 )
 from langgraph_dualsaver.outbox import position, position_ms
 from langgraph_dualsaver.records import (
@@ -34,6 +46,7 @@ from langgraph_dualsaver.records import (
     validate_id,
 )
 from langgraph_dualsaver.redis_list import registered_threads
+from langgraph_dualsaver.redis_scripts import CHAIN, DELETE, DUMP, EVICT, REMOVE
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.redis import RedisHotSaver
@@ -72,7 +85,7 @@ async def delete_threads(
         if not todo:
             break
         retry: list[str] = []
-        for chunk in K.chunks(todo, _THREADS):
+        for chunk in chunks(todo, _THREADS):
             planned = _tombstone_ids(saver, chunk, floor) if tombstone else {}
 
             def build(
@@ -81,8 +94,8 @@ async def delete_threads(
                 for thread_id in chunk:
                     entry_id = planned.get(thread_id, "")
                     tag = _tombstone_tag(saver, entry_id, thread_id) if tombstone else b""
-                    args = [K.utf8(thread_id), int(tombstone), entry_id, tag]
-                    S.DELETE.queue(pipe, saver.thread_keys(thread_id).all, args)
+                    args = [utf8(thread_id), int(tombstone), entry_id, tag]
+                    DELETE.queue(pipe, saver.thread_keys(thread_id).all, args)
 
             replies = await saver.conn.pipeline(build)
             for thread_id, reply in zip(chunk, replies, strict=True):
@@ -91,7 +104,7 @@ async def delete_threads(
                     floor[stream] = max(floor.get(stream, 0), position_ms(position(reply[1]))) + 1
                     retry.append(thread_id)
                 else:
-                    done[thread_id] = K.text(reply) if reply else None
+                    done[thread_id] = text(reply) if reply else None
         todo = retry
     if todo:
         raise StoreUnavailableError(f"could not queue tombstones for {len(todo)} threads")
@@ -121,19 +134,19 @@ def _tombstone_tag(saver: RedisHotSaver, entry_id: str, thread_id: str) -> bytes
 async def evict_threads(saver: RedisHotSaver, thread_ids: Sequence[str]) -> None:
     """Drop threads' hot copies, without tombstones. A thread with records still
     queued for PostgreSQL is kept (and stays registered)."""
-    for chunk in K.chunks(thread_ids, _THREADS):
+    for chunk in chunks(thread_ids, _THREADS):
 
         def build(pipe: Any, chunk: list[str] = chunk) -> None:
             for thread_id in chunk:
                 keys = saver.thread_keys(thread_id).data
-                S.EVICT.queue(pipe, keys, [K.utf8(thread_id)])
+                EVICT.queue(pipe, keys, [utf8(thread_id)])
 
         dropped = await saver.conn.pipeline(build)
         gone = [t for t, n in zip(chunk, dropped, strict=True) if n]
 
         def unregister(pipe: Any, gone: list[str] = gone) -> None:
             for thread_id in gone:
-                pipe.zrem(saver.thread_keys(thread_id).registry, K.utf8(thread_id))
+                pipe.zrem(saver.thread_keys(thread_id).registry, utf8(thread_id))
 
         if gone:
             await saver.conn.pipeline(unregister)
@@ -145,7 +158,7 @@ async def delete_for_runs(saver: RedisHotSaver, run_ids: Sequence[str]) -> None:
     runs = set(run_ids_argument(run_ids))
     if not runs:
         return
-    for chunk in K.chunks(await registered_threads(saver), _THREADS):
+    for chunk in chunks(await registered_threads(saver), _THREADS):
         doomed: dict[str, list[bytes]] = {}
         for tid, entries in zip(chunk, await _stored_of(saver, chunk), strict=True):
             fields = [
@@ -162,14 +175,14 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
     validate_id("thread_id", source, saver.limits)
     validate_id("thread_id", target, saver.limits)
     tk = saver.thread_keys(source)
-    reply = await saver.conn.eval(S.DUMP, tk.data, [K.utf8(source)])
+    reply = await saver.conn.eval(DUMP, tk.data, [utf8(source)])
     if reply[0] == b"partial":
         saver.note_partial_read(source)
     if reply[0] != b"ok":
         return
     _, checkpoints, blobs, members = reply
-    records = K.copied_records(target, K.pairs(checkpoints), K.pairs(blobs), members)
-    for batch in K.chunks(records, _COPY_BATCH):
+    records = copied_records(target, pairs(checkpoints), pairs(blobs), members)
+    for batch in chunks(records, _COPY_BATCH):
         await saver.astore_records(target, batch, enqueue=saver.outbox)
 
 
@@ -219,7 +232,7 @@ async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) 
     if strategy == "delete":
         await delete_threads(saver, threads, tombstone=saver.outbox)
         return
-    for chunk in K.chunks(threads, _THREADS):
+    for chunk in chunks(threads, _THREADS):
         doomed: dict[str, list[bytes]] = {}
         for tid, entries in zip(chunk, await _stored_of(saver, chunk), strict=True):
             keep = await _kept(saver, tid, entries)
@@ -232,32 +245,32 @@ async def prune(saver: RedisHotSaver, thread_ids: Sequence[str], strategy: str) 
 async def _kept(
     saver: RedisHotSaver,
     thread_id: str,
-    entries: Mapping[bytes, K.StoredCheckpoint],
+    entries: Mapping[bytes, StoredCheckpoint],
 ) -> set[bytes]:
     heads: dict[str, str] = {}
     for field in entries:
-        ns, checkpoint_id = K.split_cp_field(field)
+        ns, checkpoint_id = split_cp_field(field)
         if checkpoint_id > heads.get(ns, ""):
             heads[ns] = checkpoint_id
     keep: set[bytes] = set()
     for ns, head in heads.items():
-        field = K.cp_field(ns, head)
+        field = cp_field(ns, head)
         keep.add(field)
         metadata = decode_metadata(entries[field].metadata)
         delta = metadata.get("counters_since_delta_snapshot")
         if isinstance(delta, dict) and delta:
             async for step_id, _, _ in _chain(saver, thread_id, ns, head, delta):
-                keep.add(K.cp_field(ns, step_id))
+                keep.add(cp_field(ns, step_id))
     return keep
 
 
 async def _stored_of(
     saver: RedisHotSaver, threads: Sequence[str]
-) -> list[dict[bytes, K.StoredCheckpoint]]:
+) -> list[dict[bytes, StoredCheckpoint]]:
     replies = await saver.conn.pipeline(
         lambda p: [p.hgetall(saver.thread_keys(t).cp) for t in threads]
     )
-    return [{f: K.decode_stored_checkpoint(v) for f, v in r.items()} for r in replies]
+    return [{f: decode_stored_checkpoint(v) for f, v in r.items()} for r in replies]
 
 
 async def _remove(saver: RedisHotSaver, doomed: Mapping[str, list[bytes]]) -> None:
@@ -266,7 +279,7 @@ async def _remove(saver: RedisHotSaver, doomed: Mapping[str, list[bytes]]) -> No
 
     def build(pipe: Any) -> None:
         for tid, fields in doomed.items():
-            S.REMOVE.queue(pipe, saver.thread_keys(tid).data, [K.utf8(tid), *fields])
+            REMOVE.queue(pipe, saver.thread_keys(tid).data, [utf8(tid), *fields])
 
     await saver.conn.pipeline(build)
 
@@ -285,13 +298,13 @@ async def delta_channel_history(
     seeds: dict[str, Any] = {}
     remaining = set(channels)
     async for step_id, members, found in _chain(saver, thread_id, ns, checkpoint_id, channels):
-        step_writes = K.decode_write_members(K.cp_field(ns, step_id), members)
+        step_writes = decode_write_members(cp_field(ns, step_id), members)
         for write in reversed(resolve_writes(step_writes)):
             if write.channel in remaining:
                 value = saver.serde.loads_typed((write.type, write.data))
                 collected[write.channel].append((write.task_id, write.channel, value))
         for channel, blob in found.items():
-            type_, data = K.decode_blob(blob)
+            type_, data = decode_blob(blob)
             assert data is not None, "the script skips empty blobs"
             seeds[channel] = saver.serde.loads_typed((type_, data))
             remaining.discard(channel)
@@ -317,15 +330,15 @@ async def _chain(
     tk = saver.thread_keys(thread_id)
     mode, start = (b"target", checkpoint_id) if checkpoint_id else (b"latest", "")
     while True:
-        args = [K.utf8(thread_id), K.ns_prefix(ns), _CHAIN_STEPS, mode, K.utf8(start)]
-        reply = await saver.conn.eval(S.CHAIN, tk.data, [*args, *map(K.utf8, remaining)])
+        args = [utf8(thread_id), ns_prefix(ns), _CHAIN_STEPS, mode, utf8(start)]
+        reply = await saver.conn.eval(CHAIN, tk.data, [*args, *map(utf8, remaining)])
         if reply[0] == b"partial":
             saver.note_partial_read(thread_id)
         if reply[0] != b"ok":
             return
         _, steps, next_id = reply
         for step_id, members, flat in steps:
-            found = {k.decode("utf-8", "surrogatepass"): v for k, v in K.pairs(flat).items()}
+            found = {k.decode("utf-8", "surrogatepass"): v for k, v in pairs(flat).items()}
             yield step_id.decode("utf-8", "surrogatepass"), members, found
             remaining = [c for c in remaining if c not in found]
         if not next_id or not remaining:

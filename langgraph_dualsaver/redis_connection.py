@@ -24,11 +24,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._loops import LoopLocal
 from langgraph_dualsaver.auth_errors import REDIS_AUTH_ERRORS, redis_auth_error
 from langgraph_dualsaver.errors import ConfigurationError, DualSaverError, StoreUnavailableError
 from langgraph_dualsaver.redact import redact, unparsable
+from langgraph_dualsaver.redis_scripts import ALL_SCRIPTS, Script
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["Client", "RedisConnection"]
@@ -205,7 +205,7 @@ class RedisConnection:
 
     async def load_scripts(self, client: Client | None = None) -> None:
         client = client or await self.client()
-        for script in S.ALL_SCRIPTS:
+        for script in ALL_SCRIPTS:
             await client.script_load(script.body)
 
     @asynccontextmanager
@@ -232,14 +232,14 @@ class RedisConnection:
         finally:
             gate.release()
 
-    async def eval(self, script: S.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one of the package's scripts (loading them if the server lost them)."""
         client = await self.client()
         async with self._turn():
             return await self._eval(client, script, keys, args)
 
     async def _eval(
-        self, client: Client, script: S.Script, keys: Sequence[str], args: Sequence[Any]
+        self, client: Client, script: Script, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
         with self.errors():
             try:

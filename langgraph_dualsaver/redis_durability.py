@@ -28,9 +28,9 @@ from typing import Any, TypeGuard
 from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
 from langgraph_dualsaver.redis_connection import Client, RedisConnection
+from langgraph_dualsaver.redis_scripts import Script
 
 __all__ = [
     "WriteWait",
@@ -137,7 +137,7 @@ def _count(value: object) -> TypeGuard[int]:
 
 async def write_and_wait(
     conn: RedisConnection,
-    script: S.Script,
+    script: Script,
     keys: Sequence[str],
     args: Sequence[Any],
     wait: WriteWait,

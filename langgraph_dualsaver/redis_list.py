@@ -19,10 +19,19 @@ from typing import TYPE_CHECKING, Any, cast
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver._paging import ListKey, PageSizer, comes_after, take
+from langgraph_dualsaver.keys import (
+    REGISTRY_GRACE_S,
+    chunks,
+    cp_field,
+    decode_stored_checkpoint,
+    latest_range,
+    split_cp_field,
+    stored_metadata_matches,
+    utf8,
+)
 from langgraph_dualsaver.records import list_arguments
+from langgraph_dualsaver.redis_scripts import FORGET, LOAD
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.redis import RedisHotSaver
@@ -101,11 +110,11 @@ class _Bounds:
 
     def upper(self, thread_id: str, ns: str) -> bytes:
         """The ``ZRANGE ... BYLEX REV`` upper bound for one namespace of one thread."""
-        upper, _ = K.latest_range(ns, self.before_id)
+        upper, _ = latest_range(ns, self.before_id)
         after = self.after
         if after is not None and (self.before_id is None or after[0] < self.before_id):
             inclusive = (thread_id, ns) > after[1:]  # the same id, listed later
-            upper = (b"[" if inclusive else b"(") + K.cp_field(ns, after[0])
+            upper = (b"[" if inclusive else b"(") + cp_field(ns, after[0])
         return upper
 
 
@@ -120,7 +129,7 @@ async def _candidates(
     """``(thread_id, cp field)`` of the checkpoints to list, in list order."""
     if thread_id is not None and ns is not None and only_id is None:
         idx = saver.thread_keys(thread_id).idx
-        upper, lower = bounds.upper(thread_id, ns), K.latest_range(ns)[1]
+        upper, lower = bounds.upper(thread_id, ns), latest_range(ns)[1]
         while True:
             client = await saver.conn.client()
             with saver.conn.errors():
@@ -135,7 +144,7 @@ async def _candidates(
             upper = b"(" + fields[-1]
     threads = [thread_id] if thread_id is not None else await registered_threads(saver)
     found: list[tuple[str, str, str, bytes]] = []
-    for chunk in K.chunks(threads, BATCH):
+    for chunk in chunks(threads, BATCH):
 
         def ranges(p: Any, c: list[str] = chunk) -> list[Any]:
             return [p.zrange(saver.thread_keys(t).idx, 0, -1) for t in c]
@@ -143,7 +152,7 @@ async def _candidates(
         replies = await saver.conn.pipeline(ranges)
         for tid, fields in zip(chunk, replies, strict=True):
             for field in fields:
-                field_ns, field_id = K.split_cp_field(field)
+                field_ns, field_id = split_cp_field(field)
                 if (
                     (ns is None or field_ns == ns)
                     and (only_id is None or field_id == only_id)
@@ -160,7 +169,7 @@ async def registered_threads(saver: RedisHotSaver) -> list[str]:
     """Every registered thread. Members whose thread is gone (expired) are forgotten
     here, lazily, and only once their last write is ``REGISTRY_GRACE_S`` old."""
     members = await registry_members(saver)
-    stale = [(t, s) for t, s in members if s < time.time() - K.REGISTRY_GRACE_S]
+    stale = [(t, s) for t, s in members if s < time.time() - REGISTRY_GRACE_S]
     gone = await _forget_expired(saver, stale)
     return [t for t, _ in members if t not in gone]
 
@@ -193,7 +202,7 @@ async def _move_legacy_members(
 
 async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) -> set[str]:
     gone: set[str] = set()
-    for chunk in K.chunks(stale, BATCH):
+    for chunk in chunks(stale, BATCH):
 
         def exist(p: Any, c: list[tuple[str, float]] = chunk) -> list[Any]:
             return [p.exists(saver.thread_keys(t).meta) for t, _ in c]
@@ -202,8 +211,8 @@ async def _forget_expired(saver: RedisHotSaver, stale: list[tuple[str, float]]) 
         for (tid, score), alive in zip(chunk, exists, strict=True):
             if not alive:
                 gone.add(tid)
-                args = [K.utf8(tid), repr(score)]
-                await saver.conn.eval(S.FORGET, [saver.thread_keys(tid).registry], args)
+                args = [utf8(tid), repr(score)]
+                await saver.conn.eval(FORGET, [saver.thread_keys(tid).registry], args)
     return gone
 
 
@@ -226,7 +235,7 @@ async def _load_batch(
             by_thread[tid] = [
                 f
                 for f, v in zip(by_thread[tid], values, strict=True)
-                if v is not None and K.stored_metadata_matches(v, filter)
+                if v is not None and stored_metadata_matches(v, filter)
             ]
         by_thread = {t: f for t, f in by_thread.items() if f}
     if not by_thread:
@@ -236,7 +245,7 @@ async def _load_batch(
     def build(pipe: Any) -> None:
         for tid in threads:
             keys = saver.thread_keys(tid).data
-            S.LOAD.queue(pipe, keys, saver.load_arguments(tid, b"fields", *by_thread[tid]))
+            LOAD.queue(pipe, keys, saver.load_arguments(tid, b"fields", *by_thread[tid]))
 
     replies = await saver.conn.pipeline(build)
     decoded_bytes = sum(_decoded_bytes(reply) for reply in replies)
@@ -244,7 +253,7 @@ async def _load_batch(
     for tid, reply in zip(threads, replies, strict=True):
         for item in saver.loaded_tuples(tid, reply):
             conf = item.config["configurable"]
-            loaded[(tid, K.cp_field(conf["checkpoint_ns"], conf["checkpoint_id"]))] = item
+            loaded[(tid, cp_field(conf["checkpoint_ns"], conf["checkpoint_id"]))] = item
     return [loaded[key] for key in batch if key in loaded], decoded_bytes
 
 
@@ -257,7 +266,7 @@ def _decoded_bytes(reply: Any) -> int:
     sizes = dict(zip(flat[::2], map(len, flat[1::2]), strict=True))
     total = _nested_bytes(items)
     for item in items:
-        fields = K.decode_stored_checkpoint(item[1]).blob_fields
+        fields = decode_stored_checkpoint(item[1]).blob_fields
         total += sum(sizes.get(field, 0) for field in fields)
     return total
 

@@ -26,7 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.keys import (
+    blob_field,
+    cp_field,
+    encode_blob,
+    encode_stored_checkpoint,
+    encode_write,
+)
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
 
 __all__ = [
@@ -104,7 +110,9 @@ end
 """Lua functions on outbox ids and a thread's pending count, for every script that
 queues or releases records (the dead letters' too)."""
 
-_PRELUDE = PENDING_LUA + r"""
+_PRELUDE = (
+    PENDING_LUA
+    + r"""
 local META, CP, IDX, BLOBS, WRITES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local EMPTY_BLOB = '\146\165empty\192'
 
@@ -202,6 +210,7 @@ local function intact(m)
   return true
 end
 """
+)
 
 
 def _script(name: str, body: str) -> Script:
@@ -556,20 +565,20 @@ def store_item_args(
 ) -> list[bytes | int]:
     """A record as one item of STORE's arguments; ``payload`` is its outbox entry (or b"")
     and ``tag`` the entry's authentication tag."""
-    cp = K.cp_field(record.checkpoint_ns, record.checkpoint_id)
+    cp = cp_field(record.checkpoint_ns, record.checkpoint_id)
     if isinstance(record, CheckpointRecord):
         args: list[bytes | int] = [
             b"c",
             cp,
-            K.encode_stored_checkpoint(record),
+            encode_stored_checkpoint(record),
             len(record.blobs),
         ]
         for blob in record.blobs:
             args += [
-                K.blob_field(record.checkpoint_ns, blob.channel, blob.version),
-                K.encode_blob(blob),
+                blob_field(record.checkpoint_ns, blob.channel, blob.version),
+                encode_blob(blob),
             ]
     else:
-        args = [b"w", cp, len(record.writes), *(K.encode_write(w) for w in record.writes)]
+        args = [b"w", cp, len(record.writes), *(encode_write(w) for w in record.writes)]
     args += [payload, tag]
     return args
