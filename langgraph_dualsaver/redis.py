@@ -239,8 +239,15 @@ class RedisHotSaver(AsyncFirstSaver):
                     client, keys[0], command, wait_ms, counts, replicas=replicas, aof=aof
                 )
 
-    def note_partial_read(self, thread_id: str) -> None:
-        """Count (``partial_reads``) and log a read that found half a thread."""
+    def found_whole(self, thread_id: str, reply: list[Any]) -> bool:
+        """Whether a reading script (LOAD, CHAIN, DUMP) found the thread whole. Half a
+        thread (``partial``: a key was evicted) reads as absent, counted in
+        ``partial_reads`` and logged."""
+        if reply[0] == b"partial":
+            self._note_partial_read(thread_id)
+        return bool(reply[0] == b"ok")
+
+    def _note_partial_read(self, thread_id: str) -> None:
         self.partial_reads += 1
         log.warning(
             "thread %r in redis at %s is missing keys (evicted?); treated as absent",
@@ -490,9 +497,7 @@ class RedisHotSaver(AsyncFirstSaver):
 
     def loaded_tuples(self, thread_id: str, reply: list[Any]) -> list[CheckpointTuple]:
         """The checkpoints of a LOAD reply (none when the thread is absent or partial)."""
-        if reply[0] == b"partial":
-            self.note_partial_read(thread_id)
-        if reply[0] != b"ok":
+        if not self.found_whole(thread_id, reply):
             return []
         _, items, flat = reply
         blobs = pairs(flat)

@@ -176,9 +176,7 @@ async def copy_thread(saver: RedisHotSaver, source: str, target: str) -> None:
     validate_id("thread_id", target, saver.limits)
     tk = saver.thread_keys(source)
     reply = await saver.conn.eval(DUMP, tk.data, [utf8(source)])
-    if reply[0] == b"partial":
-        saver.note_partial_read(source)
-    if reply[0] != b"ok":
+    if not saver.found_whole(source, reply):
         return
     _, checkpoints, blobs, members = reply
     records = copied_records(target, pairs(checkpoints), pairs(blobs), members)
@@ -332,9 +330,7 @@ async def _chain(
     while True:
         args = [utf8(thread_id), ns_prefix(ns), _CHAIN_STEPS, mode, utf8(start)]
         reply = await saver.conn.eval(CHAIN, tk.data, [*args, *map(utf8, remaining)])
-        if reply[0] == b"partial":
-            saver.note_partial_read(thread_id)
-        if reply[0] != b"ok":
+        if not saver.found_whole(thread_id, reply):
             return
         _, steps, next_id = reply
         for step_id, members, flat in steps:

@@ -209,6 +209,16 @@ local function intact(m)
   if m[5] and redis.call('EXISTS', WRITES) == 0 then return false end
   return true
 end
+
+-- For a reading script: the thread's meta, its writes in the current layout; or nil
+-- and what the script then returns, 'absent' or 'partial' (a key was evicted).
+local function open_to_read(thread_id)
+  local m = read_meta(thread_id)
+  if not m then return nil, 'absent' end
+  if not intact(m) then return nil, 'partial' end
+  upgrade_writes()
+  return m
+end
 """
 )
 
@@ -294,10 +304,8 @@ LOAD = _script(
 --   'fields': cp fields
 -- Returns {'absent'} | {'partial'} | {'ok', items, blobs}: item = {field, stored,
 -- its writes' members}; blobs = flat {blob_field, blob, ...}, each blob once.
-local m = read_meta(ARGV[1])
-if not m then return {'absent'} end
-if not intact(m) then return {'partial'} end
-upgrade_writes()
+local m, missing = open_to_read(ARGV[1])
+if not m then return {missing} end
 local latest = ARGV[3] == 'latest'
 local fields
 if latest then
@@ -341,10 +349,8 @@ CHAIN = _script(
 -- Per ancestor: {checkpoint_id, its writes' members, {channel, blob, ...}} with the
 -- non-empty blobs of channels still unresolved, which then stop walking.
 -- Returns {'absent'} | {'partial'} | {'ok', steps, next checkpoint_id or nil}.
-local m = read_meta(ARGV[1])
-if not m then return {'absent'} end
-if not intact(m) then return {'partial'} end
-upgrade_writes()
+local m, missing = open_to_read(ARGV[1])
+if not m then return {missing} end
 local P, max_steps, mode, cur = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local remaining, left = {}, 0
 for k = 6, #ARGV do
@@ -503,10 +509,8 @@ DUMP = _script(
     r"""
 -- ARGV: thread_id. The whole thread, for copy_thread:
 -- {'absent'} | {'partial'} | {'ok', cp pairs, blob pairs, writes' members}.
-local m = read_meta(ARGV[1])
-if not m then return {'absent'} end
-if not intact(m) then return {'partial'} end
-upgrade_writes()
+local m, missing = open_to_read(ARGV[1])
+if not m then return {missing} end
 return {'ok', redis.call('HGETALL', CP), redis.call('HGETALL', BLOBS),
   redis.call('ZRANGE', WRITES, 0, -1)}
 """,

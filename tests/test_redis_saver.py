@@ -132,6 +132,13 @@ async def test_a_thread_missing_a_key_reads_as_absent_never_as_half(
     assert listed == ["whole"]
     assert saver.partial_reads >= (0 if lost == "meta" else 1)
 
+    counted = saver.partial_reads  # the copy and the delta-channel walk read it too
+    await saver.acopy_thread("half", "copy-of-half")
+    assert await saver.aget_tuple(config("copy-of-half")) is None
+    history = await saver.aget_delta_channel_history(config=first, channels=["x"])
+    assert history == {"x": {"writes": []}}
+    assert saver.partial_reads == counted + (0 if lost == "meta" else 2)
+
     # Writing the thread again starts it afresh: no leftover comes back.
     again = await put(saver, "half", {"x": 9}, {"x": "9"}, {"x": "9"})
     found = await saver.aget_tuple(config("half"))
