@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -41,7 +40,6 @@ from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
-    StoreUnavailableError,
     UnsafeRedisConfigError,
 )
 from langgraph_dualsaver.keys import (
@@ -74,7 +72,14 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redis_connection import Client, RedisConnection
-from langgraph_dualsaver.redis_scripts import DROP, LOAD, STORE, Script, store_item_args
+from langgraph_dualsaver.redis_scripts import (
+    DROP,
+    LOAD,
+    STORE,
+    Script,
+    store_item_args,
+    stored_entry_ids,
+)
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 
@@ -89,7 +94,6 @@ class OutboxFullError(DualSaverError):
 
 
 _DEFAULT_TIMEOUTS = Timeouts()
-_STREAM_ID = re.compile(rb"\d+-\d+")
 
 _SLOT_IDENTITY = r"""
 -- KEYS[1]: a slot's server record. ARGV[1]: '' to read it; a run_id (or '*': any) to
@@ -452,21 +456,7 @@ class RedisHotSaver(AsyncFirstSaver):
             ids = await self.conn.eval(STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
-        return self._entry_ids(ids, len(records) if enqueue else 0)
-
-    def _entry_ids(self, reply: Any, queued: int) -> list[str]:
-        """STORE's reply, which must be one outbox entry id per queued record (none when
-        nothing was queued): any other reply proves no write, so it is not taken for one."""
-        if (
-            isinstance(reply, list)
-            and len(reply) == queued
-            and all(isinstance(i, bytes) and _STREAM_ID.fullmatch(i) for i in reply)
-        ):
-            return [text(i) for i in reply]
-        raise StoreUnavailableError(
-            f"redis at {self.conn.where} answered a write with {reply!r:.200} instead of "
-            f"{queued} outbox entry id(s); the write is not taken as done"
-        )
+        return stored_entry_ids(ids, len(records) if enqueue else 0, self.conn.where)
 
     async def aenqueue(
         self, record: CheckpointRecord | WritesRecord, key: OutboxKey, *, cap: int = 0

@@ -22,16 +22,19 @@ writes, concatenated) is rewritten as the ZSET by the first script that touches 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from langgraph_dualsaver.errors import StoreUnavailableError
 from langgraph_dualsaver.keys import (
     blob_field,
     cp_field,
     encode_blob,
     encode_stored_checkpoint,
     encode_write,
+    text,
 )
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
 
@@ -51,6 +54,7 @@ __all__ = [
     "STORE",
     "Script",
     "store_item_args",
+    "stored_entry_ids",
 ]
 
 
@@ -586,3 +590,22 @@ def store_item_args(
         args = [b"w", cp, len(record.writes), *(encode_write(w) for w in record.writes)]
     args += [payload, tag]
     return args
+
+
+_STREAM_ID = re.compile(rb"\d+-\d+")
+
+
+def stored_entry_ids(reply: Any, queued: int, where: str) -> list[str]:
+    """STORE's reply, which must be one outbox entry id per queued record (none when
+    nothing was queued): any other reply proves no write, so it is not taken for one
+    (``StoreUnavailableError`` naming the server, ``where``)."""
+    if (
+        isinstance(reply, list)
+        and len(reply) == queued
+        and all(isinstance(i, bytes) and _STREAM_ID.fullmatch(i) for i in reply)
+    ):
+        return [text(i) for i in reply]
+    raise StoreUnavailableError(
+        f"redis at {where} answered a write with {reply!r:.200} instead of "
+        f"{queued} outbox entry id(s); the write is not taken as done"
+    )

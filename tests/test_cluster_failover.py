@@ -29,6 +29,7 @@ from langgraph_dualsaver.dual import MODES, DualSaver, Mode
 from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
 from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.redis_scripts import stored_entry_ids
 from tests.cluster import Shard, replicated_cluster, replication_cut, wait_promoted
 from tests.helpers import checkpoint, config, durable_ids, eventually, put_chain
 
@@ -283,9 +284,8 @@ async def test_a_client_broken_under_a_call_is_unavailable_and_our_own_bugs_stay
 
 
 def test_a_write_reply_that_is_not_one_entry_id_per_record_is_not_taken_for_a_write() -> None:
-    saver = RedisHotSaver(url="redis+cluster://127.0.0.1:1", outbox=True)
-    assert saver._entry_ids([b"1733-0"], 1) == ["1733-0"]
-    assert saver._entry_ids([], 0) == []
+    assert stored_entry_ids([b"1733-0"], 1, "here") == ["1733-0"]
+    assert stored_entry_ids([], 0, "here") == []
     for reply in ([], [b"1733-0", b"1733-1"], None, 1, [b"OK"], [rex.ConnectionError()]):
-        with pytest.raises(StoreUnavailableError):
-            saver._entry_ids(reply, 1)
+        with pytest.raises(StoreUnavailableError, match="redis at here answered a write"):
+            stored_entry_ids(reply, 1, "here")
