@@ -34,12 +34,11 @@ replays or purges dead letters.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, cast
 
 from langgraph_dualsaver.errors import ConfigurationError, InvalidInputError
 from langgraph_dualsaver.keys import text
@@ -56,6 +55,7 @@ from langgraph_dualsaver.redis_scripts import PENDING_LUA
 if TYPE_CHECKING:
     from langgraph_dualsaver.outbox import Entry
     from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.redis_connection import RedisConnection
 
 __all__ = [
     "CAP_WARNING_SHARE",
@@ -171,7 +171,7 @@ def _entry_fields(entry: Entry) -> list[bytes | str]:
 
 
 async def move(
-    client: Any,
+    conn: RedisConnection,
     entries: Sequence[Entry],
     *,
     group: str,
@@ -188,12 +188,14 @@ async def move(
         raise ConfigurationError(f"the dead-letter cap must be at least 1, got {cap}")
     if not entries:
         return []
-    async with client.pipeline(transaction=False) as pipe:
+
+    def build(pipe: Any) -> None:
         for entry in entries:
             keys = [entry.stream, dead_letter(entry.stream)]
             args = [group, entry.id, cap, reason[:REASON_CHARS], *_entry_fields(entry)]
             _eval(pipe, _MOVE, keys, args)
-        outcomes = await pipe.execute()
+
+    outcomes = await conn.pipeline(build)
     for entry, outcome in zip(entries, outcomes, strict=True):
         if int(outcome) == 0:
             logger.error(
@@ -326,23 +328,6 @@ def _newest_first(letter: DeadLetter) -> tuple[int, int]:
     return (-position(letter.id), letter.shard)
 
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def _mapped_errors(
-    method: Callable[Concatenate[DeadLetters, _P], Awaitable[_T]],
-) -> Callable[Concatenate[DeadLetters, _P], Coroutine[Any, Any, _T]]:
-    """Redis' errors as the package's (``RedisConnection.errors``)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: DeadLetters, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        with self.hot.conn.errors():
-            return await method(self, *args, **kwargs)
-
-    return wrapper
-
-
 class DeadLetters:
     """The dead letters of one hot tier, across its shards.
 
@@ -361,46 +346,34 @@ class DeadLetters:
         """Shard number -> its dead-letter stream."""
         return {shard: self.outbox.dead_letter_stream(shard) for shard in range(self.hot.shards)}
 
-    async def _client(self) -> Any:
-        return await self.hot.aclient()
-
-    @_mapped_errors
     async def counts(self) -> dict[int, int]:
         """Dead letters per shard."""
-        async with (await self._client()).pipeline(transaction=False) as pipe:
-            for stream in self.streams.values():
-                pipe.xlen(stream)
-            lengths = await pipe.execute()
-        return dict(zip(self.streams, (int(n) for n in lengths), strict=True))
+        streams = self.streams
+        lengths = await self.hot.conn.pipeline(lambda p: [p.xlen(s) for s in streams.values()])
+        return dict(zip(streams, (int(n) for n in lengths), strict=True))
 
-    @_mapped_errors
     async def marks(self) -> dict[int, str]:
         """Each non-empty shard's newest dead letter id: where a sweep stops."""
-        async with (await self._client()).pipeline(transaction=False) as pipe:
-            for stream in self.streams.values():
-                pipe.xrevrange(stream, count=1)
-            newest = await pipe.execute()
-        return {
-            shard: text(items[0][0])
-            for shard, items in zip(self.streams, newest, strict=True)
-            if items
-        }
+        streams = self.streams
+        newest = await self.hot.conn.pipeline(
+            lambda p: [p.xrevrange(s, count=1) for s in streams.values()]
+        )
+        found = zip(streams, newest, strict=True)
+        return {shard: text(items[0][0]) for shard, items in found if items}
 
-    @_mapped_errors
     async def newest(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, newest first; at most ``limit`` (all with ``None``)."""
-        async with (await self._client()).pipeline(transaction=False) as pipe:
-            for stream in self.streams.values():
-                pipe.xrevrange(stream, count=limit)
-            replies = await pipe.execute()
+        streams = self.streams
+        replies = await self.hot.conn.pipeline(
+            lambda p: [p.xrevrange(s, count=limit) for s in streams.values()]
+        )
         letters = [
             parse_letter(shard, stream, letter_id, raw)
-            for (shard, stream), items in zip(self.streams.items(), replies, strict=True)
+            for (shard, stream), items in zip(streams.items(), replies, strict=True)
             for letter_id, raw in items
         ]
         return sorted(letters, key=_newest_first)[:limit]
 
-    @_mapped_errors
     async def find(self, ref: str, shard: int | None = None) -> list[DeadLetter]:
         """The dead letters ``ref`` names: ``<shard>:<id>`` names one; a bare stream id
         names one per shard that has it (letters made together in several shards share
@@ -411,10 +384,9 @@ class DeadLetters:
             if shard not in streams:
                 raise InvalidInputError(f"there is no shard {shard} (0..{len(streams) - 1})")
             streams = {shard: streams[shard]}
-        async with (await self._client()).pipeline(transaction=False) as pipe:
-            for stream in streams.values():
-                pipe.xrange(stream, letter_id, letter_id)
-            replies = await pipe.execute()
+        replies = await self.hot.conn.pipeline(
+            lambda p: [p.xrange(s, letter_id, letter_id) for s in streams.values()]
+        )
         return [
             parse_letter(n, stream, found_id, raw)
             for (n, stream), items in zip(streams.items(), replies, strict=True)
@@ -437,7 +409,6 @@ class DeadLetters:
             return f"it names outbox stream {letter.stream!r}, which is not its shard's"
         return None
 
-    @_mapped_errors
     async def replay(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         """Put each letter's entry back on its outbox and delete the letter, atomically
         per letter. Returns the new outbox entry ids (``None``: the letter was gone).
@@ -451,11 +422,13 @@ class DeadLetters:
     async def _replay(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         if not letters:
             return []
-        async with (await self._client()).pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             for letter in letters:
                 keys, args = self._replay_keys(letter)
                 _eval(pipe, _REPLAY, keys, args)
-            new_ids = await pipe.execute()
+
+        new_ids = await self.hot.conn.pipeline(build)
         return [text(new_id) if new_id else None for new_id in new_ids]
 
     def _thread_keys(self, letter: DeadLetter) -> list[str]:
@@ -474,20 +447,20 @@ class DeadLetters:
             args.append(letter.thread_id)
         return [letter.dead_stream, letter.stream, *thread], args
 
-    @_mapped_errors
     async def purge(self, letters: Sequence[DeadLetter]) -> int:
         """Delete these dead letters, each with its record's pending count (one atomic
         script per letter); returns how many were still there."""
         if not letters:
             return 0
-        async with (await self._client()).pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             for letter in letters:
                 thread = self._thread_keys(letter)
                 args = [letter.id, *([letter.thread_id, self.hot.ttl_ms] if thread else [])]
                 _eval(pipe, _PURGE, [letter.dead_stream, *thread], args)
-            return sum(int(n) for n in await pipe.execute())
 
-    @_mapped_errors
+        return sum(int(n) for n in await self.hot.conn.pipeline(build))
+
     async def purge_all(self, marks: Mapping[int, str]) -> int:
         """Purge every dead letter up to each shard's mark; returns how many."""
         purged = 0
@@ -495,7 +468,6 @@ class DeadLetters:
             purged += await self.purge(page)
         return purged
 
-    @_mapped_errors
     async def replay_all(
         self, marks: Mapping[int, str]
     ) -> tuple[list[tuple[DeadLetter, str]], list[tuple[DeadLetter, str]]]:
@@ -515,10 +487,17 @@ class DeadLetters:
 
     async def _pages(self, marks: Mapping[int, str]) -> AsyncIterator[list[DeadLetter]]:
         """Each shard's dead letters up to its mark, oldest first, a page at a time."""
-        client = await self._client()
+        client = await self.hot.aclient()
         for shard, newest in marks.items():
             stream, start = self.streams[shard], "-"
-            while items := await client.xrange(stream, start, newest, count=_PAGE):
+            while True:
+                with self.hot.conn.errors():
+                    items = cast(  # (id, fields) pairs: no decode_responses
+                        "list[tuple[bytes, dict[bytes, bytes]]]",
+                        await client.xrange(stream, start, newest, count=_PAGE),
+                    )
+                if not items:
+                    break
                 yield [parse_letter(shard, stream, letter_id, raw) for letter_id, raw in items]
                 start = "(" + text(items[-1][0])
 

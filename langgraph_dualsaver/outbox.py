@@ -415,15 +415,14 @@ class Outbox:
         """
         from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, move
 
-        with self.conn.errors():
-            return await move(
-                await self.conn.client(),
-                entries,
-                group=GROUP,
-                dead_letter=self.dead_letter_stream,
-                reason=reason,
-                cap=DEAD_LETTER_CAP if cap is None else cap,
-            )
+        return await move(
+            self.conn,
+            entries,
+            group=GROUP,
+            dead_letter=self.dead_letter_stream,
+            reason=reason,
+            cap=DEAD_LETTER_CAP if cap is None else cap,
+        )
 
     # -- measuring ------------------------------------------------------------------
 
