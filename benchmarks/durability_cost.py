@@ -46,7 +46,7 @@ from benchmarks.workloads import (  # noqa: E402
     small_state,
     thread_config,
 )
-from langgraph_dualsaver.dual import DualSaver  # noqa: E402
+from langgraph_dualsaver.chain.saver import DualSaver  # noqa: E402
 from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey  # noqa: E402
 from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 

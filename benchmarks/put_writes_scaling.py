@@ -32,7 +32,7 @@ from langchain_core.runnables import RunnableConfig  # noqa: E402
 from langgraph.checkpoint.base import empty_checkpoint  # noqa: E402
 
 from langgraph_dualsaver.embedded import EmbeddedValkey  # noqa: E402
-from langgraph_dualsaver.redis import RedisHotSaver  # noqa: E402
+from langgraph_dualsaver.hot.saver import RedisHotSaver  # noqa: E402
 from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 
 AIM_RATIO = 1.2

@@ -210,7 +210,7 @@ async def _official_redis(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSave
 
 @contextlib.asynccontextmanager
 async def _ours_postgres(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
-    cls = _import("langgraph_dualsaver.postgres", "PostgresDurableSaver")
+    cls = _import("langgraph_dualsaver.durable.saver", "PostgresDurableSaver")
     async with cls.from_conn_string(handle.pg_dsn) as saver:
         await saver.asetup()
         yield saver
@@ -218,7 +218,7 @@ async def _ours_postgres(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver
 
 @contextlib.asynccontextmanager
 async def _ours_redis(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
-    cls = _import("langgraph_dualsaver.redis", "RedisHotSaver")
+    cls = _import("langgraph_dualsaver.hot.saver", "RedisHotSaver")
     assert handle.servers is not None
     async with cls.from_conn_string(handle.servers.redis_url, prefix=handle.prefix) as saver:
         await saver.asetup()
@@ -228,7 +228,7 @@ async def _ours_redis(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
 def _dual(mode: str) -> Callable[[OpenSaver], Any]:
     @contextlib.asynccontextmanager
     async def opener(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
-        cls = _import("langgraph_dualsaver.dual", "DualSaver")
+        cls = _import("langgraph_dualsaver.chain.saver", "DualSaver")
         assert handle.servers is not None
         async with cls.from_conn_string(
             handle.servers.redis_url, handle.pg_dsn, mode=mode, prefix=handle.prefix
@@ -243,7 +243,7 @@ def _dual(mode: str) -> Callable[[OpenSaver], Any]:
 async def _dual_with_worker(handle: OpenSaver) -> AsyncIterator[BaseCheckpointSaver]:
     """write_behind as deployed for throughput: the application process only writes to
     Redis, and a ``dualsaver flush --follow`` worker process moves the outbox."""
-    cls = _import("langgraph_dualsaver.dual", "DualSaver")
+    cls = _import("langgraph_dualsaver.chain.saver", "DualSaver")
     assert handle.servers is not None
     async with cls.from_conn_string(
         handle.servers.redis_url,

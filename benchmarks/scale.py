@@ -45,9 +45,9 @@ from benchmarks import scale_probe as probe  # noqa: E402
 from benchmarks.env import create_database, describe_machine, drop_database  # noqa: E402
 from benchmarks.scale_plan import derive_plan  # noqa: E402
 from benchmarks.scale_report import render_markdown, render_plot  # noqa: E402
-from langgraph_dualsaver import keys as K  # noqa: E402
-from langgraph_dualsaver.dual import DualSaver  # noqa: E402
+from langgraph_dualsaver.chain.saver import DualSaver  # noqa: E402
 from langgraph_dualsaver.embedded import EmbeddedPostgres  # noqa: E402
+from langgraph_dualsaver.hot import keys as K  # noqa: E402
 from tests.cluster import valkey_cluster  # noqa: E402
 from tests.servers import remove_tree, throwaway_dir  # noqa: E402
 

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.workloads import case_graph, new_thread, thread_config  # noqa: E402
-from langgraph_dualsaver.dual import DualSaver  # noqa: E402
+from langgraph_dualsaver.chain.saver import DualSaver  # noqa: E402
 
 NO_BACKPRESSURE = 10**9
 

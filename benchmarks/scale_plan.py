@@ -13,7 +13,7 @@ import math
 import statistics
 from typing import Any
 
-from langgraph_dualsaver.postgres_layout import MAX_PARTITIONS
+from langgraph_dualsaver.durable.layout import MAX_PARTITIONS
 
 __all__ = ["ASSUMPTIONS", "CHECKPOINTS_PER_DAY", "PEAK_FACTOR", "derive_plan"]
 

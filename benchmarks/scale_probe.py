@@ -18,7 +18,7 @@ import psutil
 import redis
 from redis.cluster import RedisCluster
 
-from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.hot import keys as K
 
 __all__ = [
     "TABLES",

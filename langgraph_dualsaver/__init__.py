@@ -9,8 +9,10 @@ graph = builder.compile(checkpointer=DualSaver.from_env())
 """
 
 from langgraph_dualsaver._base import StrictSerializer
+from langgraph_dualsaver.chain.flusher import FlushSettings
+from langgraph_dualsaver.chain.saver import DualSaver, DualStats
 from langgraph_dualsaver.compression import Compression, StoredValueError, StoredValueTooLargeError
-from langgraph_dualsaver.dual import DualSaver, DualStats
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     ConfigurationError,
@@ -26,10 +28,8 @@ from langgraph_dualsaver.errors import (
     UnsafeRedisConfigError,
     UnsafeValueError,
 )
-from langgraph_dualsaver.flusher import FlushSettings
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import Limits
-from langgraph_dualsaver.redis import RedisHotSaver
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 

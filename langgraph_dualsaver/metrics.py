@@ -49,8 +49,8 @@ from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from langgraph_dualsaver.chain.outbox import Outbox
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.outbox import Outbox
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from prometheus_client import Histogram as PrometheusHistogram
     from prometheus_client.metrics_core import Metric
 
-    from langgraph_dualsaver.dual import DualSaver
-    from langgraph_dualsaver.flusher import Flusher
+    from langgraph_dualsaver.chain.flusher import Flusher
+    from langgraph_dualsaver.chain.saver import DualSaver
 
 __all__ = [
     "SPECS",
@@ -514,8 +514,8 @@ def _install() -> None:
     """Wrap the saver's operations and the flusher's pass, once."""
     if _STATE.originals:
         return
-    from langgraph_dualsaver.dual import DualSaver
-    from langgraph_dualsaver.flusher import Flusher
+    from langgraph_dualsaver.chain.flusher import Flusher
+    from langgraph_dualsaver.chain.saver import DualSaver
 
     wrappers: list[tuple[type, str, Any]] = [
         (DualSaver, name, _operation(name, DualSaver.__dict__[name])) for name in _OPERATIONS

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.redact import redact
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ import asyncpg
 import httpx
 import redis.asyncio as aredis
 
-from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.embedded import free_port
+from langgraph_dualsaver.hot import keys as K
 from langgraph_dualsaver.records import decode_metadata
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,19 +17,19 @@ async def open_saver(
 ) -> AsyncIterator[BaseCheckpointSaver]:
     """An open, set-up saver of ``kind``; closed on exit."""
     if kind == "postgres":
-        from langgraph_dualsaver.postgres import PostgresDurableSaver
+        from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
         async with PostgresDurableSaver.from_conn_string(pg_dsn, **options) as saver:
             await saver.asetup()
             yield saver
     elif kind == "redis":
-        from langgraph_dualsaver.redis import RedisHotSaver
+        from langgraph_dualsaver.hot.saver import RedisHotSaver
 
         async with RedisHotSaver.from_conn_string(redis_url, prefix=prefix, **options) as saver:
             await saver.asetup()
             yield saver
     elif kind.startswith("dual_"):
-        from langgraph_dualsaver.dual import DualSaver
+        from langgraph_dualsaver.chain.saver import DualSaver
 
         mode = kind.removeprefix("dual_")
         async with DualSaver.from_conn_string(

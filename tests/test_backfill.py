@@ -18,9 +18,9 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.compression import user_serde
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.hot import keys as K
 from langgraph_dualsaver.records import Limits, WriteRecord, resolve_writes
 from tests.helpers import config, put_chain
 
@@ -231,7 +231,7 @@ async def test_a_checkpoint_beyond_the_limits_is_returned_but_not_backfilled(
         redis_url, pg_dsn, prefix=redis_prefix, background_flush=False, limits=limits
     ) as strict:
         before = await strict.astats()
-        with caplog.at_level(logging.WARNING, logger="langgraph_dualsaver.dual"):
+        with caplog.at_level(logging.WARNING, logger="langgraph_dualsaver.chain.saver"):
             found = await strict.aget_tuple(config(thread_id))
         after = await strict.astats()
 

@@ -158,7 +158,7 @@ def test_report_shows_failures_loudly(tmp_path: Path) -> None:
             "redis": {
                 "label": "RedisHotSaver",
                 "available": False,
-                "error": "langgraph_dualsaver.redis.RedisHotSaver is not importable",
+                "error": "langgraph_dualsaver.hot.saver.RedisHotSaver is not importable",
             },
         },
         "results": [],
@@ -174,7 +174,7 @@ def test_report_shows_failures_loudly(tmp_path: Path) -> None:
     report = render_markdown(doc, {}, tmp_path / "RESULTS.md")
     assert "1 saver(s) not measured, 1 error(s)" in report
     assert (
-        "**redis not measured**: langgraph_dualsaver.redis.RedisHotSaver is not importable"
+        "**redis not measured**: langgraph_dualsaver.hot.saver.RedisHotSaver is not importable"
         in report
     )
     assert "**ERROR** in `history` for `memory`: RuntimeError: boom" in report

@@ -32,8 +32,8 @@ from langgraph_dualsaver.app import (
     new_thread_id,
     thread_config,
 )
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.cli.app import app
-from langgraph_dualsaver.dual import DualSaver
 from tests.servers import fresh_database, fresh_prefix
 
 REPO = Path(__file__).resolve().parents[1]

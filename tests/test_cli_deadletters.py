@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
+from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP
 from tests.helpers import durable_ids, put_chain
 from tests.test_cli import Store, data, invoke
 

@@ -12,7 +12,6 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.types import Send
 
-from langgraph_dualsaver.audit import AuditEntry
 from langgraph_dualsaver.cli.probe import PostgresFacts, RedisFacts, redact, warnings_for
 from langgraph_dualsaver.cli.views import (
     HistoryRow,
@@ -25,6 +24,7 @@ from langgraph_dualsaver.cli.views import (
     state_values,
     to_jsonable,
 )
+from langgraph_dualsaver.durable.audit import AuditEntry
 
 pytestmark = pytest.mark.pure
 

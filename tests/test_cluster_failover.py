@@ -25,11 +25,11 @@ from langchain_core.runnables import RunnableConfig
 from redis import exceptions as rex
 from redis.asyncio.connection import Connection
 
-from langgraph_dualsaver.dual import MODES, DualSaver, Mode
+from langgraph_dualsaver.chain.saver import MODES, DualSaver, Mode
 from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.redis import RedisHotSaver
-from langgraph_dualsaver.redis_scripts import stored_entry_ids
+from langgraph_dualsaver.hot.saver import RedisHotSaver
+from langgraph_dualsaver.hot.scripts import stored_entry_ids
 from tests.cluster import Shard, replicated_cluster, replication_cut, wait_promoted
 from tests.helpers import checkpoint, config, durable_ids, eventually, put_chain
 

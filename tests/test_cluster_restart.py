@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 from langchain_core.runnables import RunnableConfig
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.embedded import EmbeddedValkey
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from tests.cluster import (
     replica_of,
     replication_cut,

@@ -34,7 +34,6 @@ from langgraph_dualsaver import (
     StoredValueTooLargeError,
     StrictSerializer,
 )
-from langgraph_dualsaver import keys as K
 from langgraph_dualsaver.cli.compression import compression_sample, describe, summarize
 from langgraph_dualsaver.compression import (
     CompressingSerializer,
@@ -42,6 +41,7 @@ from langgraph_dualsaver.compression import (
     user_serde,
     with_compression,
 )
+from langgraph_dualsaver.hot import keys as K
 from tests.dual_helpers import config
 from tests.factories import SAVER_KINDS
 from tests.test_cli import Store, data, invoke

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
 from tests.conformance import assert_full_conformance
 
 VARIANTS = {

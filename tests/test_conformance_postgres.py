@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from tests.conformance import assert_full_conformance
 
 

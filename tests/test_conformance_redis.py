@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from tests.cluster import valkey_cluster
 from tests.conformance import assert_full_conformance
 

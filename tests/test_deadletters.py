@@ -16,13 +16,13 @@ from datetime import timedelta
 import pytest
 from redis.asyncio import Redis
 
-from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, DeadLetters, near_cap
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP, DeadLetters, near_cap
+from langgraph_dualsaver.chain.flusher import Flusher
+from langgraph_dualsaver.chain.outbox import Entry, Outbox
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.errors import InvalidInputError, StoreUnavailableError
-from langgraph_dualsaver.flusher import Flusher
-from langgraph_dualsaver.outbox import Entry, Outbox
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import pack_record
-from langgraph_dualsaver.redis import RedisHotSaver
 from tests.cluster import valkey_cluster
 from tests.helpers import durable_ids, put_chain
 

@@ -23,11 +23,11 @@ from typing import Annotated, TypedDict
 import pytest
 from langgraph.graph import END, START, StateGraph
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey
 from langgraph_dualsaver.errors import DurableWriteError
-from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from tests.helpers import config, durable_ids, ids_of, put_chain
 from tests.servers import postgres_server, valkey_server
 

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.errors import UnsafeRedisConfigError
-from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from tests.helpers import (
     checkpoint,
     config,

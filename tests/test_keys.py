@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from redis.crc import key_slot
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver import redis_scripts as S
 from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.hot import keys as K
+from langgraph_dualsaver.hot import scripts as S
 from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     BlobRecord,

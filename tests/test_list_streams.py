@@ -22,7 +22,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.base.id import uuid6
 
 import langgraph_dualsaver
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
 from tests.factories import SAVER_KINDS, open_saver
 from tests.helpers import checkpoint, config, eventually, ids_of, put_chain
 from tests.servers import valkey_server

@@ -30,9 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from langgraph_dualsaver import metrics
+from langgraph_dualsaver.chain.flusher import Flusher
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.cli.app import app
-from langgraph_dualsaver.dual import DualSaver
-from langgraph_dualsaver.flusher import Flusher
 from tests.helpers import run_config
 from tests.test_cli import REPO, Store, closed_port, invoke
 

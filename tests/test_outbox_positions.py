@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from langgraph_dualsaver.outbox import clock_position, entry_id_at, position, position_ms
+from langgraph_dualsaver.chain.outbox import clock_position, entry_id_at, position, position_ms
 
 pytestmark = pytest.mark.pure
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from langgraph_dualsaver.dual import DualSaver
-from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.outbox import Entry
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.chain.outbox import Entry
+from langgraph_dualsaver.chain.saver import DualSaver
 from tests.helpers import checkpoint, config
 
 THREADS = ["a", "b"]

@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from langgraph_dualsaver import DualSaver, Limits, PostgresDurableSaver, RedisHotSaver
-from langgraph_dualsaver.flusher import Flusher, FlushSettings, _by_bytes
-from langgraph_dualsaver.outbox import Entry
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings, _by_bytes
+from langgraph_dualsaver.chain.outbox import Entry
 from langgraph_dualsaver.settings import Timeouts
 from tests.helpers import checkpoint, config, durable_ids, eventually, ids_of, put_chain
 
@@ -262,7 +262,7 @@ async def test_the_outbox_key_is_shared_through_postgres_and_rotates(
 async def test_entries_queued_by_a_version_without_authentication_are_flushed_on_upgrade(
     redis_url: str, pg_dsn: str, redis_prefix: str
 ) -> None:
-    from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
     thread = f"legacy-{uuid.uuid4()}"
     async with RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix, outbox=True) as old:

@@ -10,8 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command
 
-from langgraph_dualsaver.audit import SUMMARY_WIDTH, node_of, summarize
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable.audit import SUMMARY_WIDTH, node_of, summarize
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from tests.helpers import run_config
 from tests.test_graphs import pipeline, review_graph
 

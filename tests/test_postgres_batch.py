@@ -14,8 +14,8 @@ from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR
 
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.errors import DualSaverError, InvalidInputError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import (
     DEFAULT_LIMITS,
     CheckpointRecord,

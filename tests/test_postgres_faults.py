@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import EmbeddedPostgres, free_port
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.settings import Timeouts
 from tests.servers import postgres_server, with_database
 

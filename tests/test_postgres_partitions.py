@@ -20,11 +20,11 @@ from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR
 
-from langgraph_dualsaver import postgres_sql as sql
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.layout import MAX_PARTITIONS, layout_problem
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
-from langgraph_dualsaver.postgres_layout import MAX_PARTITIONS, layout_problem
 from langgraph_dualsaver.records import (
     DEFAULT_LIMITS,
     CheckpointRecord,

@@ -12,8 +12,8 @@ from subprocess import PIPE
 
 import asyncpg
 
-from langgraph_dualsaver import postgres_sql as sql
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

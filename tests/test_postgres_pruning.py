@@ -11,7 +11,7 @@ which can prune only at executor start-up. A statement fails if scans ran on mor
 than one partition of one table. Inserts route each row to its thread's partition and
 scan nothing, so they pass by construction.
 
-Nothing is forgotten: every SQL constant of ``postgres_sql`` is either seen in the log
+Nothing is forgotten: every SQL constant of ``durable.sql`` is either seen in the log
 or listed in ``NOT_THREAD_QUERIES`` with the reason; a new statement fails
 ``test_every_statement_is_accounted_for`` until it is one or the other. And the
 detector is shown to detect: ``THREADS`` (every thread's latest) must be seen scanning
@@ -35,8 +35,8 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
-from langgraph_dualsaver import postgres_sql as sql
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.records import checkpoint_record, writes_record
 from tests.dual_helpers import config
 from tests.servers import fresh_database
@@ -74,7 +74,7 @@ def _norm(text: str) -> str:
 
 
 def sql_constants() -> dict[str, str]:
-    """Every SQL statement constant ``postgres_sql`` exports, by name."""
+    """Every SQL statement constant ``durable.sql`` exports, by name."""
     return {name: value for name in sql.__all__ if isinstance(value := getattr(sql, name), str)}
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import EmbeddedPostgres, free_port
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
 from tests.dual_helpers import checkpoint, config, eventually, ids_of, put_chain
 from tests.servers import (
     fresh_database,

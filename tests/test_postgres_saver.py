@@ -16,9 +16,9 @@ from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from langgraph_dualsaver import postgres_sql as sql
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.errors import EventLoopError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.records import DEFAULT_LIMITS, checkpoint_record
 from tests.helpers import config, fetch
 

@@ -14,13 +14,13 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from typer.testing import CliRunner
 
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.cli.app import app
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import free_port
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.redact import redact
-from langgraph_dualsaver.redis import RedisHotSaver
 from tests.servers import valkey_server
 
 SECRET = "Sup3r-s3cret"

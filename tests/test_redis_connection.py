@@ -9,8 +9,8 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from langgraph_dualsaver.errors import StoreUnavailableError
-from langgraph_dualsaver.redis import RedisHotSaver
-from langgraph_dualsaver.redis_connection import RedisConnection
+from langgraph_dualsaver.hot.connection import RedisConnection
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.settings import Timeouts
 from tests.helpers import config
 

@@ -13,7 +13,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.errors import StoreUnavailableError
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.settings import Timeouts
 from tests.servers import valkey_server
 

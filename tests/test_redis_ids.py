@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import Limits
-from langgraph_dualsaver.redis import RedisHotSaver
 
 CANARY = "canary"  # matched by "*", "?"-free patterns like "[a-z]*", and so on
 

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import EmbeddedValkey
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
-from langgraph_dualsaver.redis import RedisHotSaver
-from langgraph_dualsaver.redis_durability import WriteWait, check_acks
+from langgraph_dualsaver.hot.saver import RedisHotSaver
+from langgraph_dualsaver.hot.write_wait import WriteWait, check_acks
 from langgraph_dualsaver.settings import Timeouts
 from tests.cluster import replica_of, valkey_cluster, wait_caught_up
 from tests.dual_helpers import checkpoint, config, durable_ids

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 SCRIPT = Path(__file__).parent / "scripts" / "redis_graph.py"
 ROOT = Path(__file__).parent.parent

@@ -16,7 +16,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 
 class CountingConnection(Connection):

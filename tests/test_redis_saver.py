@@ -15,15 +15,16 @@ import pytest
 from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from redis.asyncio import Redis
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver import redis_admin
+from langgraph_dualsaver.chain.outbox import Outbox
+from langgraph_dualsaver.durable.saver import records_tuple
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     DualSaverError,
     UnsafeRedisConfigError,
 )
-from langgraph_dualsaver.outbox import Outbox
-from langgraph_dualsaver.postgres import records_tuple
+from langgraph_dualsaver.hot import admin as redis_admin
+from langgraph_dualsaver.hot import keys as K
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import (
     Limits,
     WritesRecord,
@@ -31,7 +32,6 @@ from langgraph_dualsaver.records import (
     unpack_record,
     writes_record,
 )
-from langgraph_dualsaver.redis import RedisHotSaver
 from tests.helpers import DELTA_ITEMS, config, delta_thread
 from tests.servers import valkey_server
 

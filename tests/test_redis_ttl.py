@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from langgraph_dualsaver.outbox import Outbox
+from langgraph_dualsaver.chain.outbox import Outbox
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import unpack_record
-from langgraph_dualsaver.redis import RedisHotSaver
 
 SHORT = timedelta(milliseconds=400)
 

@@ -1,4 +1,4 @@
-"""Pending writes in the hot tier: one ZSET member per write (``keys`` module docstring).
+"""Pending writes in the hot tier: one ZSET member per write (``hot.keys`` module docstring).
 
 The write rules hold per (task_id, idx), storing a write costs the same whatever its
 checkpoint already holds, a checkpoint with thousands of writes still loads in one round
@@ -16,9 +16,9 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 from redis.asyncio import ConnectionPool, Redis
 
-from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.hot import keys as K
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import WriteRecord, resolve_writes
-from langgraph_dualsaver.redis import RedisHotSaver
 from tests.helpers import config
 from tests.test_redis_roundtrips import CountingConnection, Trips
 

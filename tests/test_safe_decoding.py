@@ -29,7 +29,7 @@ from langgraph.checkpoint.serde.jsonplus import (
 )
 
 from langgraph_dualsaver import DualSaver, RedisHotSaver, StrictSerializer, UnsafeValueError
-from langgraph_dualsaver import keys as K
+from langgraph_dualsaver.hot import keys as K
 from tests.factories import SAVER_KINDS, open_saver
 from tests.helpers import checkpoint, config
 

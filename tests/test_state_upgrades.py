@@ -32,13 +32,13 @@ from langgraph_dualsaver.app import (
     thread_config,
 )
 from langgraph_dualsaver.cli.app import app as cli_app
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     MissingUpgradeError,
     SchemaTooNewError,
     UpgradeFailedError,
 )
-from langgraph_dualsaver.postgres import PostgresDurableSaver
 from langgraph_dualsaver.state_upgrades import (
     SCHEMA_VERSION_KEY,
     UPGRADED_FROM_KEY,

@@ -20,11 +20,11 @@ import redis
 from langgraph.checkpoint.base import CheckpointTuple
 from typer.testing import CliRunner
 
-from langgraph_dualsaver import postgres_sql as sql
+from langgraph_dualsaver.chain.saver import DualSaver, Mode
 from langgraph_dualsaver.cli.app import app as cli
-from langgraph_dualsaver.dual import DualSaver, Mode
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.saver import OWNER_PREFIX, PostgresDurableSaver
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.postgres import OWNER_PREFIX, PostgresDurableSaver
 from tests.conformance import assert_full_conformance
 from tests.helpers import checkpoint, config, eventually, fetch, ids_of, put_chain
 from tests.servers import fresh_prefix

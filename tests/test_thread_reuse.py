@@ -17,9 +17,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from langgraph_dualsaver.dual import MODES, DualSaver
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.chain.saver import MODES, DualSaver
 from langgraph_dualsaver.embedded import EmbeddedValkey
-from langgraph_dualsaver.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.settings import Timeouts
 from tests.helpers import config, durable_ids, ids_of, put_chain
 from tests.servers import valkey_server

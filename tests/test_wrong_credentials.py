@@ -13,12 +13,12 @@ from redis import exceptions as rex
 from typer.testing import CliRunner, Result
 
 from langgraph_dualsaver.auth_errors import redis_auth_error
+from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.cli.app import app
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import EmbeddedPostgres, EmbeddedValkey
 from langgraph_dualsaver.errors import StoreAuthenticationError
-from langgraph_dualsaver.postgres import PostgresDurableSaver
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from tests.servers import postgres_server, valkey_server
 
 PASSWORD = "right-Pa55"

@@ -29,7 +29,7 @@ from langgraph_dualsaver.app.agents import NodeHook
 from langgraph_dualsaver.app.state import WorkflowState
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
 __all__ = ["KilledRun", "both_stores_hold", "hold_before", "kill_mid_run", "main"]
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     """The child: run one case on ``DualSaver.from_env()`` and hold before ``--hold``."""
     from langgraph_dualsaver.app.counters import RunCounters
     from langgraph_dualsaver.app.graph import build_graph, new_case, thread_config
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--thread", required=True)

@@ -18,7 +18,7 @@ from langgraph_dualsaver.app.services import SEED_CUSTOMER
 from langgraph_dualsaver.app.tiers import wait_until_cold
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver, DualStats
+    from langgraph_dualsaver.chain.saver import DualSaver, DualStats
 
 __all__ = [
     "BurstTrace",

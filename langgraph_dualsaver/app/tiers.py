@@ -11,7 +11,7 @@ from rich.console import Group
 from langgraph_dualsaver.app.views import tiers_table
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
 __all__ = ["hot_keys_left", "wait_until_cold", "where_it_lives"]
 

@@ -9,8 +9,8 @@ import typer
 
 from langgraph_dualsaver.cli import deadletters, inspect, migrate, ops
 from langgraph_dualsaver.cli.session import DEFAULT_TIMEOUT_S, Target, env_mode
+from langgraph_dualsaver.durable.sql import schema_name
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.postgres_sql import schema_name
 
 __all__ = ["app"]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph_dualsaver.compression import compressed_type, uncompressed_size
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.postgres import PostgresDurableSaver
+    from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
 __all__ = ["SAMPLE_ROWS", "compression_sample", "describe"]
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from langgraph_dualsaver.redis_list import registry_members
+from langgraph_dualsaver.hot.listing import registry_members
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import CheckpointTuple
 
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
 __all__ = ["ThreadRow", "hot_thread_ids", "list_threads", "thread_presence"]
 

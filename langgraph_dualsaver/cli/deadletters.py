@@ -16,6 +16,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP, DeadLetter, DeadLetters, near_cap
 from langgraph_dualsaver.cli import render
 from langgraph_dualsaver.cli.session import (
     CliError,
@@ -25,10 +26,9 @@ from langgraph_dualsaver.cli.session import (
     run,
     target_of,
 )
-from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, DeadLetter, DeadLetters, near_cap
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
 __all__ = ["app", "cap_warnings"]
 

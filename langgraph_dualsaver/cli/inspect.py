@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import CheckpointTuple
 
+    from langgraph_dualsaver.chain.saver import DualSaver
     from langgraph_dualsaver.cli.views import HistoryRow
-    from langgraph_dualsaver.dual import DualSaver
 
 __all__ = ["audit", "diff", "history", "not_found", "show", "threads"]
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
+from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.cli import render
 from langgraph_dualsaver.cli.compression import compression_sample
 from langgraph_dualsaver.cli.compression import describe as describe_compression
@@ -36,12 +37,11 @@ from langgraph_dualsaver.cli.session import (
     target_of,
     thread_arg,
 )
-from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.errors import DualSaverError
 from langgraph_dualsaver.redact import redact
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
     from langgraph_dualsaver.metrics import PrometheusEndpoint
 
 __all__ = ["delete", "flush", "prune", "setup", "status", "up"]
@@ -193,7 +193,7 @@ def status(ctx: typer.Context, as_json: Json = False) -> None:
 
 
 async def _status(target: Target) -> dict[str, Any]:
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
     redis_url, postgres_url = resolve_urls(target)
     redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts, target.schema)

@@ -148,8 +148,8 @@ async def postgres_facts(
     """
     import asyncpg
 
-    from langgraph_dualsaver import postgres_sql
-    from langgraph_dualsaver.postgres import PostgresDurableSaver
+    from langgraph_dualsaver.durable import sql as postgres_sql
+    from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
     timeouts = timeouts or Timeouts()
     settings = None if schema is None else PostgresDurableSaver.schema_settings(schema)
@@ -204,7 +204,7 @@ def warnings_for(
     dead_letters: int = 0,
 ) -> list[str]:
     """Settings and states that weaken what the README promises, each with what to do."""
-    from langgraph_dualsaver.redis_durability import evicts_unexpiring_keys
+    from langgraph_dualsaver.hot.write_wait import evicts_unexpiring_keys
 
     found = []
     if redis is not None:

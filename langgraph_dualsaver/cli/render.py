@@ -18,13 +18,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from langgraph_dualsaver.audit import summarize
 from langgraph_dualsaver.cli.views import to_jsonable
+from langgraph_dualsaver.durable.audit import summarize
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.audit import AuditEntry
     from langgraph_dualsaver.cli.data import ThreadRow
     from langgraph_dualsaver.cli.views import ChannelChange, HistoryRow, TreeLine
+    from langgraph_dualsaver.durable.audit import AuditEntry
 
 __all__ = [
     "TREE_LEGEND",

@@ -32,7 +32,7 @@ from langgraph_dualsaver.errors import DualSaverError
 from langgraph_dualsaver.settings import Timeouts
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.dual import DualSaver, Mode
+    from langgraph_dualsaver.chain.saver import DualSaver, Mode
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -152,7 +152,7 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
     if problems:
         raise CliError("\n".join(problems))
     assert isinstance(redis, RedisFacts) and isinstance(postgres, PostgresFacts)
-    from langgraph_dualsaver.dual import DualSaver
+    from langgraph_dualsaver.chain.saver import DualSaver
 
     async with DualSaver.from_conn_string(
         redis_url,

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from langgraph_dualsaver.audit import summarize
+from langgraph_dualsaver.durable.audit import summarize
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import Checkpoint, CheckpointTuple
 
-    from langgraph_dualsaver.audit import AuditEntry
+    from langgraph_dualsaver.durable.audit import AuditEntry
 
 __all__ = [
     "ChannelChange",

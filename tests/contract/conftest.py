@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from langgraph_dualsaver import keys as K
-from langgraph_dualsaver.dual import DualSaver
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.chain.saver import DualSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
+from langgraph_dualsaver.hot import keys as K
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.records import Limits
-from langgraph_dualsaver.redis import RedisHotSaver
 from tests.factories import SAVER_KINDS, open_saver
 from tests.helpers import checkpoint, config
 from tests.refusing_serde import RefusingSerde

@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 
-from langgraph_dualsaver.dual import DualSaver
-from langgraph_dualsaver.flusher import Flusher
+from langgraph_dualsaver.chain.flusher import Flusher
+from langgraph_dualsaver.chain.saver import DualSaver
 
 redis_url, postgres_url, kill_point = sys.argv[1:4]
 prefix = sys.argv[4] if len(sys.argv) > 4 else "dualsaver"

@@ -6,7 +6,7 @@ usage: dual_read.py REDIS_URL POSTGRES_URL PREFIX THREAD_ID
 import json
 import sys
 
-from langgraph_dualsaver.dual import DualSaver
+from langgraph_dualsaver.chain.saver import DualSaver
 
 redis_url, postgres_url, prefix, thread = sys.argv[1:5]
 with DualSaver.from_conn_string(redis_url, postgres_url, prefix=prefix) as saver:

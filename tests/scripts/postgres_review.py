@@ -18,7 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
 dsn, thread_id, run_log, mode = sys.argv[1:5]
 config = {"configurable": {"thread_id": thread_id}}

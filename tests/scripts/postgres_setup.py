@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from langgraph_dualsaver.postgres import PostgresDurableSaver
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
 dsn, barrier, name, peers = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 

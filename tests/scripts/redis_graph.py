@@ -24,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
-from langgraph_dualsaver.redis import RedisHotSaver
+from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 redis_url, prefix, thread_id, mode, workdir = sys.argv[1:6]
 work = Path(workdir)

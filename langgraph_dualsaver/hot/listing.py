@@ -20,7 +20,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
 
 from langgraph_dualsaver._paging import ListKey, PageSizer, comes_after, take
-from langgraph_dualsaver.keys import (
+from langgraph_dualsaver.hot.keys import (
     REGISTRY_GRACE_S,
     chunks,
     cp_field,
@@ -30,11 +30,11 @@ from langgraph_dualsaver.keys import (
     stored_metadata_matches,
     utf8,
 )
+from langgraph_dualsaver.hot.scripts import FORGET, LOAD
 from langgraph_dualsaver.records import list_arguments
-from langgraph_dualsaver.redis_scripts import FORGET, LOAD
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 __all__ = ["BATCH", "list_checkpoints", "registered_threads", "registry_members"]
 

@@ -39,17 +39,20 @@ from langgraph.checkpoint.serde.types import INTERRUPT
 
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._paging import ListKey, comes_after, list_key
-from langgraph_dualsaver.committer import GroupCommitter
+from langgraph_dualsaver.chain.committer import GroupCommitter
+from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
+from langgraph_dualsaver.chain.outbox import OutboxKey, clock_position, position
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
+from langgraph_dualsaver.durable.saver import PostgresDurableSaver, records_tuple
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DurableWriteError,
     InvalidInputError,
     StoreUnavailableError,
 )
-from langgraph_dualsaver.flusher import Flusher, FlushSettings
-from langgraph_dualsaver.outbox import OutboxKey, clock_position, position
-from langgraph_dualsaver.postgres import PostgresDurableSaver, records_tuple
+from langgraph_dualsaver.hot.listing import list_checkpoints
+from langgraph_dualsaver.hot.saver import OutboxFullError, RedisHotSaver
+from langgraph_dualsaver.hot.write_wait import WriteWait
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -63,9 +66,6 @@ from langgraph_dualsaver.records import (
     validate_id,
     writes_record,
 )
-from langgraph_dualsaver.redis import OutboxFullError, RedisHotSaver
-from langgraph_dualsaver.redis_durability import WriteWait
-from langgraph_dualsaver.redis_list import list_checkpoints
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from langgraph_dualsaver import postgres_sql as sql
+from langgraph_dualsaver.durable import sql as sql
 from langgraph_dualsaver.errors import ConfigurationError
 
 __all__ = ["MAX_PARTITIONS", "TableLayout", "create_partitioned", "layout_problem",

@@ -40,22 +40,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
-from langgraph_dualsaver.errors import ConfigurationError, InvalidInputError
-from langgraph_dualsaver.keys import text
-from langgraph_dualsaver.outbox import (
+from langgraph_dualsaver.chain.outbox import (
     RECORD_FIELD,
     TOMBSTONE_FIELD,
     Outbox,
     position,
     position_ms,
 )
+from langgraph_dualsaver.errors import ConfigurationError, InvalidInputError
+from langgraph_dualsaver.hot.keys import text
+from langgraph_dualsaver.hot.scripts import PENDING_LUA
 from langgraph_dualsaver.records import CheckpointRecord, pack_record, unpack_record
-from langgraph_dualsaver.redis_scripts import PENDING_LUA
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.outbox import Entry
-    from langgraph_dualsaver.redis import RedisHotSaver
-    from langgraph_dualsaver.redis_connection import RedisConnection
+    from langgraph_dualsaver.chain.outbox import Entry
+    from langgraph_dualsaver.hot.connection import RedisConnection
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 __all__ = [
     "CAP_WARNING_SHARE",

@@ -15,7 +15,7 @@ The replicas' own AOFs are not waited for (``WAITAOF 1 N``): a replica fsyncs at
 (measured: 1.0 s median), against well under a millisecond for the master's own.
 
 On a single server the wait is opt-in. On Redis Cluster the chain's queued writes wait
-for every replica of their master unless ``replicas`` says otherwise (``redis_replicas``).
+for every replica of their master unless ``replicas`` says otherwise (``hot.cluster_wait``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
 from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
-from langgraph_dualsaver.redis_connection import Client, RedisConnection
-from langgraph_dualsaver.redis_scripts import Script
+from langgraph_dualsaver.hot.connection import Client, RedisConnection
+from langgraph_dualsaver.hot.scripts import Script
 
 __all__ = [
     "WriteWait",

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP
+from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP
+from langgraph_dualsaver.chain.outbox import RECORD_FIELD, Entry, Outbox, OutboxKey
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
-from langgraph_dualsaver.outbox import RECORD_FIELD, Entry, Outbox, OutboxKey
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.postgres import PostgresDurableSaver
-    from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.durable.saver import PostgresDurableSaver
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 __all__ = ["FlushSettings", "Flusher"]
 

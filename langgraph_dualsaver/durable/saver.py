@@ -33,15 +33,15 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from langgraph_dualsaver import postgres_delta as delta
-from langgraph_dualsaver import postgres_layout as layout
-from langgraph_dualsaver import postgres_sql as sql
 from langgraph_dualsaver._base import AsyncFirstSaver
 from langgraph_dualsaver._loops import LoopLocal
 from langgraph_dualsaver._paging import PageSizer
-from langgraph_dualsaver.audit import AuditEntry, ThreadSummary, audit_entry
 from langgraph_dualsaver.auth_errors import POSTGRES_AUTH_ERRORS, postgres_auth_error
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
+from langgraph_dualsaver.durable import history as delta
+from langgraph_dualsaver.durable import layout as layout
+from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.audit import AuditEntry, ThreadSummary, audit_entry
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -128,7 +128,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
             stay where the connection's ``search_path`` puts them (``public``). A
             caller's pool must be created with ``server_settings=schema_settings(...)``.
         partitions: hash-partition every thread table by ``thread_id`` into this many
-            partitions when ``setup()`` creates the tables (``postgres_layout``); refused
+            partitions when ``setup()`` creates the tables (``durable.layout``); refused
             by ``setup()`` on tables created otherwise.
         read_url: a read replica's URL: ``list``, ``audit`` and ``threads``, which
             tolerate lag, read there (from the primary while it is unreachable); the
@@ -321,7 +321,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         """Create or migrate the tables (and the schema, if one is set). Idempotent, and
         safe from several processes at once: the run holds the schema's session advisory
         lock, so the others wait, then find nothing left to do. With ``partitions``, a
-        new database gets hash-partitioned thread tables (``postgres_layout.prepare``)."""
+        new database gets hash-partitioned thread tables (``durable.layout.prepare``)."""
         lock_key = sql.setup_lock_key(self.schema)
         async with self._connection() as conn:
             await conn.execute(sql.ADVISORY_LOCK_SETUP, lock_key, timeout=SETUP_TIMEOUT_S)

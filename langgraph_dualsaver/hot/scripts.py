@@ -1,17 +1,17 @@
 """The hot tier's Lua scripts, one named constant each, loaded once by ``asetup()``.
 
-Every thread script takes the thread's keys in ``keys.ThreadKeys`` order
+Every thread script takes the thread's keys in ``hot.keys.ThreadKeys`` order
 (``KEYS[1..5]`` = meta, cp, idx, blobs, writes; ``KEYS[6]`` = the shard's outbox;
 ``KEYS[7]`` = the shard's registry) and
 the thread_id as ``ARGV[1]``, which must match the one stored in meta (the keys are
 named by its digest). They use only what plain Redis >= 6.2 and Valkey >= 7.2 ship:
-``cmsgpack`` reads stored checkpoints (``keys.encode_stored_checkpoint``).
+``cmsgpack`` reads stored checkpoints (``hot.keys.encode_stored_checkpoint``).
 
 Consistency: every write sets the same expiry on all five keys in the same script, so
 they expire together; meta's ``c``/``b``/``w`` flags say which keys must exist, so a
 reader that finds one evicted reports the thread ``partial`` instead of half of it.
 
-Pending writes: one ZSET member per ``(checkpoint, task_id, idx)`` (``keys`` module
+Pending writes: one ZSET member per ``(checkpoint, task_id, idx)`` (``hot.keys`` module
 docstring), so storing a write is O(log n) whatever the checkpoint already holds, and
 one checkpoint's writes are one ``ZRANGE BYLEX``. The scripts derive each member's key
 from the encoded write itself (``cmsgpack`` cannot read msgpack ``bin``, so ``skip``
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph_dualsaver.errors import StoreUnavailableError
-from langgraph_dualsaver.keys import (
+from langgraph_dualsaver.hot.keys import (
     blob_field,
     cp_field,
     encode_blob,

@@ -4,7 +4,7 @@ Replication is asynchronous: a master can answer a write and die before its repl
 it, and the replica promoted in its place then serves on without the write, or its
 outbox entry. So the hot tier's queued writes run here: the script on the master that
 serves the thread's slot and, on the same connection, ``WAIT`` for every replica of that
-master (or as many as ``replicas=`` says, and the AOF with ``aof=``: ``redis_durability``).
+master (or as many as ``replicas=`` says, and the AOF with ``aof=``: ``hot.write_wait``).
 The write counts only once they all have it. There is one attempt and no
 redirect is followed: a connection error, a redirect, a cluster in transition or a
 replica short of it raises (and the client is told to read the cluster's slots again),
@@ -26,7 +26,7 @@ from redis import exceptions as rex
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
 from langgraph_dualsaver.errors import StoreUnavailableError
-from langgraph_dualsaver.redis_durability import check_acks, wait_commands
+from langgraph_dualsaver.hot.write_wait import check_acks, wait_commands
 
 __all__ = ["ReplicaCounts", "write_and_wait"]
 

@@ -27,8 +27,8 @@ from redis.connection import parse_url
 from langgraph_dualsaver._loops import LoopLocal
 from langgraph_dualsaver.auth_errors import REDIS_AUTH_ERRORS, redis_auth_error
 from langgraph_dualsaver.errors import ConfigurationError, DualSaverError, StoreUnavailableError
+from langgraph_dualsaver.hot.scripts import ALL_SCRIPTS, Script
 from langgraph_dualsaver.redact import redact, unparsable
-from langgraph_dualsaver.redis_scripts import ALL_SCRIPTS, Script
 from langgraph_dualsaver.settings import Timeouts
 
 __all__ = ["Client", "RedisConnection"]

@@ -14,12 +14,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from langgraph_dualsaver.chain.outbox import Outbox, position
 from langgraph_dualsaver.errors import DualSaverError, DurableWriteError, StoreUnavailableError
-from langgraph_dualsaver.outbox import Outbox, position
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.postgres import PostgresDurableSaver
+    from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 
 __all__ = ["GroupCommitter"]
 

@@ -30,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.typing import KeyT, StreamIdT
 
 from langgraph_dualsaver.errors import ConfigurationError
-from langgraph_dualsaver.keys import (
+from langgraph_dualsaver.hot.keys import (
     ThreadKeys,
     dead_letter_key,
     outbox_key,
@@ -39,17 +39,17 @@ from langgraph_dualsaver.keys import (
     thread_keys,
     utf8,
 )
+from langgraph_dualsaver.hot.scripts import ACK, DISCARD
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     WritesRecord,
     pack_record,
     unpack_record,
 )
-from langgraph_dualsaver.redis_scripts import ACK, DISCARD
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.redis import RedisHotSaver
-    from langgraph_dualsaver.redis_connection import RedisConnection
+    from langgraph_dualsaver.hot.connection import RedisConnection
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 __all__ = [
     "GROUP",
@@ -232,7 +232,7 @@ class Outbox:
 
     Args:
         conn: the hot tier's connection (its error mapping is this queue's too).
-        prefix, shards: the hot tier's key layout (``keys``).
+        prefix, shards: the hot tier's key layout (``hot.keys``).
         ttl_ms: the threads' expiry, given once nothing of theirs is queued (0: none).
         consumer: this consumer's name in the group.
         key: the key entries must be authenticated with; ``None`` trusts every entry
@@ -407,13 +407,13 @@ class Outbox:
         self, entries: Sequence[Entry], reason: str, *, cap: int | None = None
     ) -> list[bool]:
         """Move entries to their shard's dead-letter stream with all their fields, each
-        in one atomic script (see ``deadletters``).
+        in one atomic script (see ``chain.deadletters``).
 
         Returns, per entry, whether this call removed it from the outbox. An entry whose
         dead-letter stream already holds ``cap`` letters (``DEAD_LETTER_CAP`` if
         ``None``) stays queued and pending, and an error is logged.
         """
-        from langgraph_dualsaver.deadletters import DEAD_LETTER_CAP, move
+        from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP, move
 
         return await move(
             self.conn,

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite
 
+from langgraph_dualsaver.chain.outbox import position, position_ms
 from langgraph_dualsaver.errors import (
     CheckpointTooLargeError,
     StoreUnavailableError,
 )
-from langgraph_dualsaver.keys import (
+from langgraph_dualsaver.hot.keys import (
     StoredCheckpoint,
     chunks,
     copied_records,
@@ -33,7 +34,8 @@ from langgraph_dualsaver.keys import (
     text,
     utf8,
 )
-from langgraph_dualsaver.outbox import position, position_ms
+from langgraph_dualsaver.hot.listing import registered_threads
+from langgraph_dualsaver.hot.scripts import CHAIN, DELETE, DUMP, EVICT, REMOVE
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -45,11 +47,9 @@ from langgraph_dualsaver.records import (
     run_ids_argument,
     validate_id,
 )
-from langgraph_dualsaver.redis_list import registered_threads
-from langgraph_dualsaver.redis_scripts import CHAIN, DELETE, DUMP, EVICT, REMOVE
 
 if TYPE_CHECKING:
-    from langgraph_dualsaver.redis import RedisHotSaver
+    from langgraph_dualsaver.hot.saver import RedisHotSaver
 
 __all__ = [
     "check_limits",

@@ -4,7 +4,7 @@ A ``DeltaChannel`` stores only its writes between snapshots; its value at a
 checkpoint is the nearest ancestor's stored value (the seed, usually a
 ``_DeltaSnapshot``) plus the writes on the path from there. Both the history read and
 ``prune(strategy="keep_latest")`` walk that parent chain in SQL (a recursive CTE, see
-``postgres_sql._CHAIN``), not one ``get_tuple`` per ancestor.
+``durable.sql._CHAIN``), not one ``get_tuple`` per ancestor.
 
 Functions here take an open ``asyncpg`` connection; the saver owns connections,
 transactions and error mapping.
@@ -20,7 +20,7 @@ import asyncpg
 from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from langgraph_dualsaver import postgres_sql as sql
+from langgraph_dualsaver.durable import sql as sql
 
 __all__ = ["delete_threads", "gc_blobs", "history", "keep_latest"]
 

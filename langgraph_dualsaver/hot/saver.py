@@ -1,9 +1,9 @@
 """``RedisHotSaver``: the hot tier, on plain Redis >= 6.2 or Valkey >= 7.2.
 
 One round trip each for ``put``, ``put_writes`` and ``get_tuple`` of the latest
-checkpoint (Lua scripts in ``redis_scripts``); the key layout is in ``keys``, the
-records in ``records``; listing is in ``redis_list``; deletes, copies, pruning and the
-delta-channel walk are in ``redis_admin``. A thread's keys share one expiry, sliding
+checkpoint (Lua scripts in ``hot.scripts``); the key layout is in ``hot.keys``, the
+records in ``records``; listing is in ``hot.listing``; deletes, copies, pruning and the
+delta-channel walk are in ``hot.admin``. A thread's keys share one expiry, sliding
 on write and, with ``refresh_on_read``, on read. With ``outbox=True`` every write is
 also queued on the shard's outbox stream for the chain's flusher, and the thread keeps
 no expiry until the flusher's acknowledgement (``Outbox.ack``) counts its records durable.
@@ -31,18 +31,20 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis import exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
-from langgraph_dualsaver import redis_admin as admin
-from langgraph_dualsaver import redis_durability as durability
-from langgraph_dualsaver import redis_list as listing
-from langgraph_dualsaver import redis_replicas as cluster_replicas
 from langgraph_dualsaver._base import AsyncFirstSaver
+from langgraph_dualsaver.chain.outbox import OutboxKey, entry_id_at, record_fields
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
     UnsafeRedisConfigError,
 )
-from langgraph_dualsaver.keys import (
+from langgraph_dualsaver.hot import admin as admin
+from langgraph_dualsaver.hot import cluster_wait as cluster_replicas
+from langgraph_dualsaver.hot import listing as listing
+from langgraph_dualsaver.hot import write_wait as durability
+from langgraph_dualsaver.hot.connection import Client, RedisConnection
+from langgraph_dualsaver.hot.keys import (
     DEFAULT_PREFIX,
     DEFAULT_SHARDS,
     ThreadKeys,
@@ -60,7 +62,14 @@ from langgraph_dualsaver.keys import (
     utf8,
     validate_prefix,
 )
-from langgraph_dualsaver.outbox import OutboxKey, entry_id_at, record_fields
+from langgraph_dualsaver.hot.scripts import (
+    DROP,
+    LOAD,
+    STORE,
+    Script,
+    store_item_args,
+    stored_entry_ids,
+)
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -70,15 +79,6 @@ from langgraph_dualsaver.records import (
     saved_config,
     validate_id,
     writes_record,
-)
-from langgraph_dualsaver.redis_connection import Client, RedisConnection
-from langgraph_dualsaver.redis_scripts import (
-    DROP,
-    LOAD,
-    STORE,
-    Script,
-    store_item_args,
-    stored_entry_ids,
 )
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
@@ -125,7 +125,7 @@ class RedisHotSaver(AsyncFirstSaver):
         replicas: A put counts once this many replicas hold it (``WAIT``, at most half
             the command timeout; fewer and it raises ``StoreUnavailableError``). ``None``:
             on Redis Cluster every replica of the master for queued writes, else none
-            (``redis_durability.WriteWait``).
+            (``hot.write_wait.WriteWait``).
         aof: A put counts once the master's append-only file has fsynced it too
             (``WAITAOF 1 0``; needs ``appendonly yes``).
     """
@@ -218,9 +218,9 @@ class RedisHotSaver(AsyncFirstSaver):
         self, script: Script, keys: Sequence[str], args: Sequence[Any], *, queued: bool
     ) -> Any:
         """``conn.eval`` for a write to acknowledge, then on the same connection wait as
-        ``write_wait`` says (``redis_durability``). On Redis Cluster, a queued write
+        ``write_wait`` says (``hot.write_wait``). On Redis Cluster, a queued write
         waits for every replica of its master unless ``write_wait`` names a number
-        (``redis_replicas``). Nothing waits without ``wait_for_replicas``."""
+        (``hot.cluster_wait``). Nothing waits without ``wait_for_replicas``."""
         wait = self.write_wait
         if not (self.wait_for_replicas and (queued or wait.explicit)):
             return await self.conn.eval(script, keys, args)

@@ -718,7 +718,7 @@ four seq arrays. Returns the 1-based positions of the records a tombstone refuse
 # pending writes, aggregated per checkpoint by LATERAL joins (one query for any number
 # of checkpoints). ``c`` is a subquery that picks the checkpoints; ``thread`` is ``$1``
 # when they are one thread's (so the joins name the thread's partition when planned,
-# see ``postgres_layout``), else ``c.thread_id``.
+# see ``durable.layout``), else ``c.thread_id``.
 _TUPLE_COLUMNS = """
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint,
        c.metadata::text AS metadata,
