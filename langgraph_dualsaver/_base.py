@@ -140,8 +140,8 @@ class StrictSerializer(JsonPlusSerializer):
 class AsyncFirstSaver(BaseCheckpointSaver[str]):
     """A saver whose logic is async; every sync method runs its ``a*`` twin.
 
-    Subclasses implement the ``a*`` methods and may set ``_home_loop`` to the loop a
-    caller-owned client is bound to. Without ``serde=`` values are decoded by a
+    Subclasses implement the ``a*`` methods and may override ``home_loop`` to name the
+    loop a caller-owned client is bound to. Without ``serde=`` values are decoded by a
     ``StrictSerializer``: Redis and PostgreSQL may be written by others, so what they hold
     is not trusted to name code to run.
 
@@ -191,11 +191,13 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
         allowed.serde = self._compressing(allowed.serde)
         return allowed  # type: ignore[return-value]
 
-    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the caller's own client is bound to, once known; sync calls
+        run there. ``None``: the saver opens its own connections on any loop."""
         return None
 
     def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        return run_sync(coro, self._home_loop())
+        return run_sync(coro, self.home_loop())
 
     if TYPE_CHECKING:
         # Every saver's listing is an async generator, which ``list`` and the chain close.

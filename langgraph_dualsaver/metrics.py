@@ -232,7 +232,7 @@ def _merged(spec: Spec, old: float | None, new: float) -> float:
 
 
 def _flush_counts(saver: DualSaver) -> list[tuple[Spec, float]]:
-    flushers: set[Flusher] = {saver.flusher, saver._background_flusher}
+    flushers = saver.flushers
     return [
         (FLUSHED, sum(f.flushed for f in flushers)),
         (DEAD_LETTERED, sum(f.dead_lettered for f in flushers)),
@@ -242,16 +242,16 @@ def _flush_counts(saver: DualSaver) -> list[tuple[Spec, float]]:
 
 
 def _app_counts(saver: DualSaver) -> list[tuple[Spec, float]]:
-    counts = saver._counters
-    down_since = saver._health.down_since
+    counts = saver.counts()
+    down_for = counts.redis_down_for_s
     return [
         (HOT_HITS, counts.hot_hits),
         (HOT_MISSES, counts.hot_misses),
         (DEGRADED_READS, counts.degraded_reads),
         (DEGRADED_WRITES, counts.degraded_writes),
         (BACKFILLS, counts.backfills),
-        (REDIS_AVAILABLE, 1.0 if down_since is None else 0.0),
-        (DEGRADED_FOR, 0.0 if down_since is None else time.monotonic() - down_since),
+        (REDIS_AVAILABLE, 1.0 if down_for is None else 0.0),
+        (DEGRADED_FOR, 0.0 if down_for is None else down_for),
     ]
 
 

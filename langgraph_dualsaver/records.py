@@ -7,7 +7,7 @@ the same bytes:
 * each channel value is one blob per ``(thread, namespace, channel, version)``
   (``dump_blobs``, through the saver's own serde, so ``serde=`` and the allowlist apply);
 * metadata is JSON (PostgreSQL keeps it as JSONB, so ``list(filter=...)`` is ``@>``);
-* pending writes are ``WriteRecord`` rows, ordered by ``writes_sort_key``.
+* pending writes are ``StoredWrite`` rows, ordered by ``writes_sort_key``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = [
     "CheckpointRecord",
     "Limits",
     "ListArguments",
-    "WriteRecord",
+    "StoredWrite",
     "WritesRecord",
     "checkpoint_config",
     "checkpoint_ids",
@@ -476,7 +476,9 @@ def load_blobs(
 
 
 @dataclass(frozen=True, slots=True)
-class WriteRecord:
+class StoredWrite:
+    """One pending write as both tiers store it; a ``WritesRecord`` carries a task's."""
+
     task_id: str
     task_path: str
     idx: int
@@ -496,7 +498,7 @@ def dump_writes(
     task_path: str,
     writes: Sequence[tuple[str, Any]],
     limits: Limits,
-) -> list[WriteRecord]:
+) -> list[StoredWrite]:
     validate_id("task_id", task_id, limits, allow_empty=True)
     if not isinstance(task_path, str) or "\x00" in task_path:
         raise InvalidIdError("task_path must be a string without NUL characters")
@@ -506,18 +508,18 @@ def dump_writes(
         validate_id("channel", channel, limits)
         type_, data = _dumps(serde, value, f"write to {channel!r}", limits)
         records.append(
-            WriteRecord(task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
+            StoredWrite(task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, type_, data)
         )
     return records
 
 
-def resolve_writes(records: Iterable[WriteRecord]) -> list[WriteRecord]:
+def resolve_writes(records: Iterable[StoredWrite]) -> list[StoredWrite]:
     """Apply the write rules to records in arrival order, then sort them.
 
     Per ``(task_id, idx)``: a special channel's last write wins, an ordinary write's
     first wins. The result is in ``writes_sort_key`` order.
     """
-    kept: dict[tuple[str, int], WriteRecord] = {}
+    kept: dict[tuple[str, int], StoredWrite] = {}
     for record in records:
         key = (record.task_id, record.idx)
         if record.overwrites or key not in kept:
@@ -525,11 +527,11 @@ def resolve_writes(records: Iterable[WriteRecord]) -> list[WriteRecord]:
     return sorted(kept.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
 
 
-def load_writes(serde: SerializerProtocol, records: Iterable[WriteRecord]) -> list[PendingWrite]:
+def load_writes(serde: SerializerProtocol, records: Iterable[StoredWrite]) -> list[PendingWrite]:
     return [(w.task_id, w.channel, _load_write(serde, w)) for w in records]
 
 
-def _load_write(serde: SerializerProtocol, write: WriteRecord) -> Any:
+def _load_write(serde: SerializerProtocol, write: StoredWrite) -> Any:
     try:
         return serde.loads_typed((write.type, write.data))
     except StoredValueError as exc:
@@ -564,7 +566,7 @@ class WritesRecord:
     thread_id: str
     checkpoint_ns: str
     checkpoint_id: str
-    writes: tuple[WriteRecord, ...]
+    writes: tuple[StoredWrite, ...]
 
 
 def record_versions(record: CheckpointRecord) -> Mapping[str, Any]:
@@ -620,7 +622,7 @@ def unpack_record(data: bytes) -> CheckpointRecord | WritesRecord:
         )
     if kind == _KIND_WRITES:
         _, thread_id, ns, checkpoint_id, writes = body
-        return WritesRecord(thread_id, ns, checkpoint_id, tuple(WriteRecord(*w) for w in writes))
+        return WritesRecord(thread_id, ns, checkpoint_id, tuple(StoredWrite(*w) for w in writes))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -21,7 +21,7 @@ from typing_extensions import TypedDict
 from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.compression import user_serde
 from langgraph_dualsaver.hot import keys as K
-from langgraph_dualsaver.records import Limits, WriteRecord, resolve_writes
+from langgraph_dualsaver.records import Limits, StoredWrite, resolve_writes
 from tests.helpers import config, put_chain
 
 
@@ -45,7 +45,7 @@ class Stored:
     metadata: bytes
     parent_id: str | None
     blobs: dict[tuple[str, str], tuple[str, bytes | None]]
-    writes: list[WriteRecord]
+    writes: list[StoredWrite]
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ async def in_postgres(dsn: str, thread_id: str) -> Stored:
         parent_id=row["parent_checkpoint_id"],
         blobs={(b["channel"], b["version"]): (b["type"], b["blob"]) for b in blobs},
         writes=sorted(
-            (WriteRecord(*w) for w in writes),
+            (StoredWrite(*w) for w in writes),
             key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx),
         ),
     )

@@ -18,7 +18,7 @@ from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     BlobRecord,
     CheckpointRecord,
-    WriteRecord,
+    StoredWrite,
     encode_checkpoint,
 )
 
@@ -195,9 +195,9 @@ def _type_bytes(data: bytes) -> set[int]:
 
 def test_a_writes_log_reads_back_in_arrival_order() -> None:
     writes = [
-        WriteRecord("t1", "p", 0, "a", "json", b"1"),
-        WriteRecord("t1", "p", -3, "__interrupt__", "msgpack", b"\x00\xff"),
-        WriteRecord("t0", "", 0, "a", "json", b"2"),
+        StoredWrite("t1", "p", 0, "a", "json", b"1"),
+        StoredWrite("t1", "p", -3, "__interrupt__", "msgpack", b"\x00\xff"),
+        StoredWrite("t0", "", 0, "a", "json", b"2"),
     ]
     log = b"".join(K.encode_write(w) for w in writes)
     assert K.decode_writes_log(log) == writes
@@ -225,7 +225,7 @@ def test_a_checkpoint_tuple_is_rebuilt_from_what_the_layout_stores() -> None:
         K.blob_field("ns", "gone", "1"): K.EMPTY_BLOB,
     }
     field = K.cp_field("ns", "cp-2")
-    members = [K.write_member(field, WriteRecord("task", "", 0, "a", *serde.dumps_typed("w")))]
+    members = [K.write_member(field, StoredWrite("task", "", 0, "a", *serde.dumps_typed("w")))]
     tup = K.checkpoint_tuple(serde, "t", field, stored, members, blobs)
     assert tup.config["configurable"] == {
         "thread_id": "t",

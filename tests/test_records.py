@@ -21,7 +21,7 @@ from langgraph_dualsaver.errors import (
 from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     Limits,
-    WriteRecord,
+    StoredWrite,
     checkpoint_record,
     decode_checkpoint,
     dump_writes,
@@ -133,8 +133,8 @@ def test_special_writes_overwrite_and_ordinary_writes_do_not() -> None:
 
 
 def test_writes_come_back_in_task_path_task_id_idx_order() -> None:
-    def w(path: str, task: str, idx: int) -> WriteRecord:
-        return WriteRecord(task, path, idx, "c", "msgpack", b"")
+    def w(path: str, task: str, idx: int) -> StoredWrite:
+        return StoredWrite(task, path, idx, "c", "msgpack", b"")
 
     shuffled = [w("~b", "t1", 0), w("~a", "t2", 1), w("~a", "t2", 0), w("~a", "t1", 5)]
     ordered = [(r.task_path, r.task_id, r.idx) for r in resolve_writes(shuffled)]

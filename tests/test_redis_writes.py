@@ -18,7 +18,7 @@ from redis.asyncio import ConnectionPool, Redis
 
 from langgraph_dualsaver.hot import keys as K
 from langgraph_dualsaver.hot.saver import RedisHotSaver
-from langgraph_dualsaver.records import WriteRecord, resolve_writes
+from langgraph_dualsaver.records import StoredWrite, resolve_writes
 from tests.helpers import config
 from tests.test_redis_roundtrips import CountingConnection, Trips
 
@@ -173,11 +173,11 @@ async def test_the_latest_checkpoint_with_thousands_of_writes_loads_in_one_round
 # -- writes stored by the old layout --------------------------------------------------------
 
 
-def old_log(saver: RedisHotSaver) -> list[WriteRecord]:
+def old_log(saver: RedisHotSaver) -> list[StoredWrite]:
     """Writes in arrival order, with a repeated ordinary write and a repeated special one."""
 
-    def write(task: str, idx: int, channel: str, value: Any) -> WriteRecord:
-        return WriteRecord(task, "", idx, channel, *saver.serde.dumps_typed(value))
+    def write(task: str, idx: int, channel: str, value: Any) -> StoredWrite:
+        return StoredWrite(task, "", idx, channel, *saver.serde.dumps_typed(value))
 
     return [
         write("t1", 0, "a", 1),

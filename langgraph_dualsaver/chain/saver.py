@@ -69,7 +69,7 @@ from langgraph_dualsaver.records import (
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 
-__all__ = ["DualSaver", "DualStats", "Mode"]
+__all__ = ["DualSaver", "DualStats", "Mode", "ProcessCounts"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,20 @@ class DualStats:
     refused: int
     """Records a tombstone refused because their thread was deleted after them."""
     redis_available: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCounts:
+    """This process's counters, read without any I/O (the metrics export them)."""
+
+    hot_hits: int
+    hot_misses: int
+    backfills: int
+    backfills_skipped: int
+    degraded_reads: int
+    degraded_writes: int
+    redis_down_for_s: float | None
+    """How long Redis has been unreachable; ``None`` while it answers."""
 
 
 @dataclass
@@ -316,8 +330,8 @@ class DualSaver(AsyncFirstSaver):
             saver.setup()
         return saver
 
-    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
-        return self.hot._home_loop() or self.durable._home_loop()
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.hot.home_loop() or self.durable.home_loop()
 
     async def asetup(self) -> None:
         """Migrate PostgreSQL, claim its schema for this prefix (if a schema is set),
@@ -743,23 +757,44 @@ class DualSaver(AsyncFirstSaver):
             dead = await outbox.dead_letter_count()
         except StoreUnavailableError as exc:
             self._health.failed(exc)
+        counts = self.counts()
         return DualStats(
             mode=self.mode,
             outbox_length=length,
             oldest_pending_age_s=oldest,
             dead_letters=dead,
-            hot_hits=self._counters.hot_hits,
-            hot_misses=self._counters.hot_misses,
-            backfills=self._counters.backfills,
-            backfills_skipped=self._counters.backfills_skipped,
-            degraded_reads=self._counters.degraded_reads,
-            degraded_writes=self._counters.degraded_writes,
+            hot_hits=counts.hot_hits,
+            hot_misses=counts.hot_misses,
+            backfills=counts.backfills,
+            backfills_skipped=counts.backfills_skipped,
+            degraded_reads=counts.degraded_reads,
+            degraded_writes=counts.degraded_writes,
             flushed=self._counters.flushed
             + self.flusher.flushed
             + (self._background_flusher.flushed if self.mode == "write_through" else 0),
-            refused=sum(f.refused for f in {self.flusher, self._background_flusher}),
-            redis_available=self._health.down_since is None,
+            refused=sum(f.refused for f in self.flushers),
+            redis_available=counts.redis_down_for_s is None,
         )
+
+    def counts(self) -> ProcessCounts:
+        """This process's counters, without touching a store."""
+        c = self._counters
+        down_since = self._health.down_since
+        return ProcessCounts(
+            hot_hits=c.hot_hits,
+            hot_misses=c.hot_misses,
+            backfills=c.backfills,
+            backfills_skipped=c.backfills_skipped,
+            degraded_reads=c.degraded_reads,
+            degraded_writes=c.degraded_writes,
+            redis_down_for_s=None if down_since is None else time.monotonic() - down_since,
+        )
+
+    @property
+    def flushers(self) -> tuple[Flusher, ...]:
+        """This process's flushers: ``aflush``'s and the background one (in write_behind
+        the same)."""
+        return tuple({self.flusher: None, self._background_flusher: None})
 
     def stats(self) -> DualStats:
         return self._sync(self.astats())

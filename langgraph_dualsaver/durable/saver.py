@@ -54,7 +54,7 @@ from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
     ListArguments,
-    WriteRecord,
+    StoredWrite,
     WritesRecord,
     checkpoint_config,
     checkpoint_ids,
@@ -149,9 +149,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
         max_size: int = 10,
         schema: str | None = None,
         state_schema: StateSchema | None = None,
-        compression: Compression | None = DEFAULT_COMPRESSION,
         partitions: int | None = None,
         read_url: str | None = None,
+        compression: Compression | None = DEFAULT_COMPRESSION,
     ) -> None:
         super().__init__(
             serde=serde, limits=limits, state_schema=state_schema, compression=compression
@@ -200,7 +200,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
         statement then finds its tables there, at no extra round trip."""
         return {"search_path": sql.quoted_schema(schema)}
 
-    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._res.home
 
     # -- connections ----------------------------------------------------------------
@@ -556,12 +556,12 @@ class PostgresDurableSaver(AsyncFirstSaver):
         checkpoint["channel_values"] = load_blobs(
             self.serde, checkpoint.get("channel_versions") or {}, blobs
         )
-        writes: list[WriteRecord] = []
+        writes: list[StoredWrite] = []
         if row["task_ids"]:
             columns = (
                 "task_ids", "task_paths", "idxs", "write_channels", "write_types", "write_data"
             )  # fmt: skip
-            writes = [WriteRecord(*w) for w in zip(*(row[c] for c in columns), strict=True)]
+            writes = [StoredWrite(*w) for w in zip(*(row[c] for c in columns), strict=True)]
             writes.sort(key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
         thread_id, ns = row["thread_id"], row["checkpoint_ns"]
         parent = row["parent_checkpoint_id"]
@@ -744,7 +744,7 @@ def stored_records(row: Mapping[str, Any]) -> list[CheckpointRecord | WritesReco
     write_columns = (
         "task_ids", "task_paths", "idxs", "write_channels", "write_types", "write_data"
     )  # fmt: skip
-    writes = [WriteRecord(*w) for w in zip(*(row[c] or () for c in write_columns), strict=True)]
+    writes = [StoredWrite(*w) for w in zip(*(row[c] or () for c in write_columns), strict=True)]
     if writes:
         writes.sort(key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
         records.append(WritesRecord(thread_id, ns, checkpoint_id, tuple(writes)))

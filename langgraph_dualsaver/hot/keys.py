@@ -55,7 +55,7 @@ from langgraph_dualsaver.records import (
     EMPTY_TYPE,
     BlobRecord,
     CheckpointRecord,
-    WriteRecord,
+    StoredWrite,
     WritesRecord,
     checkpoint_config,
     decode_checkpoint,
@@ -384,7 +384,7 @@ def checkpoint_tuple(
     )
 
 
-def encode_write(write: WriteRecord) -> bytes:
+def encode_write(write: StoredWrite) -> bytes:
     """One write as STORE takes it and a writes member ends with."""
     packed: bytes = msgpack.packb(
         [write.task_id, write.task_path, write.idx, write.channel, write.type, write.data],
@@ -393,7 +393,7 @@ def encode_write(write: WriteRecord) -> bytes:
     return packed
 
 
-def write_key(cp: bytes, write: WriteRecord) -> bytes:
+def write_key(cp: bytes, write: StoredWrite) -> bytes:
     """The key a write's member starts with, as the Lua scripts derive it from
     ``encode_write(write)``: one per ``(checkpoint, task_id, idx)``."""
     task_id: bytes = msgpack.packb(write.task_id, use_bin_type=True)
@@ -401,7 +401,7 @@ def write_key(cp: bytes, write: WriteRecord) -> bytes:
     return cp + b"\0" + task_id + idx
 
 
-def write_member(cp: bytes, write: WriteRecord) -> bytes:
+def write_member(cp: bytes, write: StoredWrite) -> bytes:
     """A write as the writes ZSET holds it."""
     return write_key(cp, write) + encode_write(write)
 
@@ -411,22 +411,22 @@ def writes_range(cp: bytes) -> tuple[bytes, bytes]:
     return b"[" + cp + b"\0", b"(" + cp + b"\0\xff"
 
 
-def _write_after(member: bytes, start: int) -> WriteRecord:
+def _write_after(member: bytes, start: int) -> StoredWrite:
     """The write of a member whose key's task_id element begins at ``start``."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(member))
     unpacker.feed(member[start:])
     unpacker.skip()  # task_id and idx: the write repeats them
     unpacker.skip()
-    return WriteRecord(*unpacker.unpack())
+    return StoredWrite(*unpacker.unpack())
 
 
-def decode_write_members(cp: bytes, members: Iterable[bytes]) -> list[WriteRecord]:
+def decode_write_members(cp: bytes, members: Iterable[bytes]) -> list[StoredWrite]:
     """The writes of checkpoint ``cp``'s members (resolve and sort them with
     ``records.resolve_writes``)."""
     return [_write_after(member, len(cp) + 1) for member in members]
 
 
-def split_write_member(member: bytes) -> tuple[bytes, WriteRecord]:
+def split_write_member(member: bytes) -> tuple[bytes, StoredWrite]:
     """``(cp field, write)`` of any member of the writes ZSET."""
     unpacker = msgpack.Unpacker(raw=True, max_buffer_size=len(member))
     unpacker.feed(member)
@@ -435,13 +435,13 @@ def split_write_member(member: bytes) -> tuple[bytes, WriteRecord]:
     return member[:end], _write_after(member, end + 1)
 
 
-def decode_writes_log(log: bytes | None) -> list[WriteRecord]:
+def decode_writes_log(log: bytes | None) -> list[StoredWrite]:
     """Encoded writes, concatenated (the old layout's log), in order."""
     if not log:
         return []
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(log) + 1)
     unpacker.feed(log)
-    return [WriteRecord(*entry) for entry in unpacker]
+    return [StoredWrite(*entry) for entry in unpacker]
 
 
 def copied_records(
@@ -454,7 +454,7 @@ def copied_records(
     records of ``target``, oldest first. Each blob travels with the first checkpoint
     that references it, each checkpoint's writes after it, so a reader of the queued
     copy never finds a checkpoint before its blobs."""
-    writes: dict[bytes, list[WriteRecord]] = {}
+    writes: dict[bytes, list[StoredWrite]] = {}
     for member in write_members:
         field, write = split_write_member(member)
         writes.setdefault(field, []).append(write)

@@ -199,7 +199,7 @@ class RedisHotSaver(AsyncFirstSaver):
 
     # -- clients ------------------------------------------------------------------
 
-    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
         return self.conn.home_loop
 
     async def aclient(self) -> Client:
