@@ -34,6 +34,7 @@ from langgraph_dualsaver.cli.session import (
     probe_both,
     resolve_urls,
     run,
+    saver_for,
     target_of,
     thread_arg,
 )
@@ -193,7 +194,6 @@ def status(ctx: typer.Context, as_json: Json = False) -> None:
 
 
 async def _status(target: Target) -> dict[str, Any]:
-    from langgraph_dualsaver.chain.saver import DualSaver
 
     redis_url, postgres_url = resolve_urls(target)
     redis, postgres = await probe_both(redis_url, postgres_url, target.timeouts, target.schema)
@@ -209,15 +209,7 @@ async def _status(target: Target) -> dict[str, Any]:
     }
     stats = None
     dead_letters_near_cap: list[str] = []
-    async with DualSaver.from_conn_string(
-        redis_url,
-        postgres_url,
-        mode=target.mode,
-        prefix=target.prefix,
-        schema=target.schema,
-        timeouts=target.timeouts,
-        background_flush=False,
-    ) as saver:
+    async with saver_for(target, redis_url, postgres_url) as saver:
         if isinstance(redis, RedisFacts):
             stats = await saver.astats()
             report["outbox"] = {

@@ -46,6 +46,7 @@ __all__ = [
     "probe_both",
     "resolve_urls",
     "run",
+    "saver_for",
     "target_of",
     "thread_arg",
 ]
@@ -136,6 +137,22 @@ class Session:
     postgres: PostgresFacts
 
 
+def saver_for(target: Target, redis_url: str, postgres_url: str) -> DualSaver:
+    """The command's saver for ``target``: no background flusher (only ``dualsaver
+    flush`` flushes, besides the flush ``audit`` and ``prune`` do first)."""
+    from langgraph_dualsaver.chain.saver import DualSaver
+
+    return DualSaver.from_conn_string(
+        redis_url,
+        postgres_url,
+        mode=target.mode,
+        prefix=target.prefix,
+        schema=target.schema,
+        timeouts=target.timeouts,
+        background_flush=False,
+    )
+
+
 @asynccontextmanager
 async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator[Session]:
     """A ``DualSaver`` on the target, once both stores answered.
@@ -152,17 +169,7 @@ async def open_session(target: Target, *, prepare: bool = True) -> AsyncIterator
     if problems:
         raise CliError("\n".join(problems))
     assert isinstance(redis, RedisFacts) and isinstance(postgres, PostgresFacts)
-    from langgraph_dualsaver.chain.saver import DualSaver
-
-    async with DualSaver.from_conn_string(
-        redis_url,
-        postgres_url,
-        mode=target.mode,
-        prefix=target.prefix,
-        schema=target.schema,
-        timeouts=target.timeouts,
-        background_flush=False,
-    ) as saver:
+    async with saver_for(target, redis_url, postgres_url) as saver:
         if prepare:
             await saver.durable.asetup()
             await saver.aclaim_schema()
