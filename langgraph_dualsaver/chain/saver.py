@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, cast
 
@@ -80,28 +80,6 @@ MODES: tuple[Mode, ...] = ("write_behind", "write_through")
 
 
 @dataclass(frozen=True, slots=True)
-class DualStats:
-    """What the chain is doing, for dashboards, ``dualsaver status`` and tests."""
-
-    mode: Mode
-    outbox_length: int | None
-    """Entries not yet durable; ``None`` while Redis is unreachable."""
-    oldest_pending_age_s: float | None
-    dead_letters: int | None
-    hot_hits: int
-    hot_misses: int
-    backfills: int
-    backfills_skipped: int
-    """Checkpoints read from PostgreSQL but not put back into Redis: beyond the limits."""
-    degraded_reads: int
-    degraded_writes: int
-    flushed: int
-    refused: int
-    """Records a tombstone refused because their thread was deleted after them."""
-    redis_available: bool
-
-
-@dataclass(frozen=True, slots=True)
 class ProcessCounts:
     """This process's counters, read without any I/O (the metrics export them)."""
 
@@ -109,10 +87,27 @@ class ProcessCounts:
     hot_misses: int
     backfills: int
     backfills_skipped: int
+    """Checkpoints read from PostgreSQL but not put back into Redis: beyond the limits."""
     degraded_reads: int
     degraded_writes: int
     redis_down_for_s: float | None
     """How long Redis has been unreachable; ``None`` while it answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class DualStats(ProcessCounts):
+    """What the chain is doing, for dashboards, ``dualsaver status`` and tests: this
+    process's counters and the outbox as Redis holds it."""
+
+    mode: Mode
+    outbox_length: int | None
+    """Entries not yet durable; ``None`` while Redis is unreachable."""
+    oldest_pending_age_s: float | None
+    dead_letters: int | None
+    flushed: int
+    refused: int
+    """Records a tombstone refused because their thread was deleted after them."""
+    redis_available: bool
 
 
 @dataclass
@@ -759,16 +754,11 @@ class DualSaver(AsyncFirstSaver):
             self._health.failed(exc)
         counts = self.counts()
         return DualStats(
+            **{f.name: getattr(counts, f.name) for f in fields(ProcessCounts)},
             mode=self.mode,
             outbox_length=length,
             oldest_pending_age_s=oldest,
             dead_letters=dead,
-            hot_hits=counts.hot_hits,
-            hot_misses=counts.hot_misses,
-            backfills=counts.backfills,
-            backfills_skipped=counts.backfills_skipped,
-            degraded_reads=counts.degraded_reads,
-            degraded_writes=counts.degraded_writes,
             flushed=self._counters.flushed
             + self.flusher.flushed
             + (self._background_flusher.flushed if self.mode == "write_through" else 0),
