@@ -335,8 +335,10 @@ def _stamping_put(method: Callable[..., Any]) -> Callable[..., Any]:
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        if self.state_schema is not None:
-            metadata = stamp(metadata, self.state_schema)  # type: ignore[assignment]
+        if self.state_schema is None:  # nothing read was upgraded: no version is owed
+            saved: RunnableConfig = await method(self, config, checkpoint, metadata, new_versions)
+            return saved
+        metadata = stamp(metadata, self.state_schema)  # type: ignore[assignment]
         configurable = config_fields(config)
         thread_id = configurable.get("thread_id")
         owed: list[tuple[str, str, str, str]] = []
@@ -345,7 +347,7 @@ def _stamping_put(method: Callable[..., Any]) -> Callable[..., Any]:
             new_versions, owed = owed_versions(
                 thread_id, ns, checkpoint, new_versions, self._written_versions
             )
-        saved: RunnableConfig = await method(self, config, checkpoint, metadata, new_versions)
+        saved = await method(self, config, checkpoint, metadata, new_versions)
         for key in owed:
             self._written_versions.add(key)
         return saved

@@ -37,11 +37,13 @@ async def test_a_call_that_finds_every_turn_taken_waits_the_command_timeout_then
     timeouts = Timeouts(command=timedelta(milliseconds=200))
     conn = RedisConnection(url=redis_url, max_connections=1, timeouts=timeouts)
     try:
-        async with conn._turn():  # the only turn, held
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(StoreUnavailableError, match="all 1 connections stayed busy"):
-                await conn.pipeline(lambda pipe: pipe.ping())
-            assert asyncio.get_running_loop().time() - started >= 0.2
+        gate = conn._gate()
+        await gate.acquire()  # the only turn, held
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StoreUnavailableError, match="all 1 connections stayed busy"):
+            await conn.pipeline(lambda pipe: pipe.ping())
+        assert asyncio.get_running_loop().time() - started >= 0.2
+        gate.release()
         assert await conn.pipeline(lambda pipe: pipe.ping()) == [True]  # free again
     finally:
         await conn.aclose()

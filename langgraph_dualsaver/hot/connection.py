@@ -10,9 +10,8 @@ refusal to ``DualSaverError``), so no caller handles redis-py's exceptions itsel
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,7 @@ class RedisConnection:
         self.max_connections = max_connections
         self.connections_opened = 0
         """Connections opened so far: each may reach a restarted server."""
-        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._clients: LoopLocal[Client]
         self._url: str | None = None
         if client is not None:
@@ -208,35 +205,41 @@ class RedisConnection:
         for script in ALL_SCRIPTS:
             await client.script_load(script.body)
 
-    @asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        """Hold one of this loop's ``max_connections`` turns. Past them a call waits, at
-        most the command timeout, instead of failing at once as redis-py's pool does
-        (seen with 64 concurrent graph runs); the wait is only timed when it happens."""
+    def _gate(self) -> asyncio.Semaphore:
+        """This loop's ``max_connections`` turns (a plain dict: the lookup is on every
+        call; entries of closed loops go when a new loop comes)."""
         loop = asyncio.get_running_loop()
         gate = self._gates.get(loop)
         if gate is None:
+            for old in [known for known in self._gates if known.is_closed()]:
+                del self._gates[old]
             gate = self._gates[loop] = asyncio.Semaphore(self.max_connections)
-        if gate.locked():
-            try:
-                await asyncio.wait_for(gate.acquire(), self.timeouts.command_s)
-            except asyncio.TimeoutError:
-                raise StoreUnavailableError(
-                    f"redis at {self.where}: all {self.max_connections} connections stayed "
-                    f"busy for {self.timeouts.command_s:g}s"
-                ) from None
-        else:
-            await gate.acquire()
+        return gate
+
+    async def _take_turn(self, gate: asyncio.Semaphore) -> None:
+        """Wait for a turn once every one is taken: at most the command timeout, instead
+        of failing at once as redis-py's pool does (seen with 64 concurrent graph runs).
+        A free turn costs no wait and no timer."""
+        if not gate.locked():
+            await gate.acquire()  # returns at once
+            return
         try:
-            yield
-        finally:
-            gate.release()
+            await asyncio.wait_for(gate.acquire(), self.timeouts.command_s)
+        except asyncio.TimeoutError:
+            raise StoreUnavailableError(
+                f"redis at {self.where}: all {self.max_connections} connections stayed "
+                f"busy for {self.timeouts.command_s:g}s"
+            ) from None
 
     async def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one of the package's scripts (loading them if the server lost them)."""
         client = await self.client()
-        async with self._turn():
+        gate = self._gate()
+        await self._take_turn(gate)
+        try:
             return await self._eval(client, script, keys, args)
+        finally:
+            gate.release()
 
     async def _eval(
         self, client: Client, script: Script, keys: Sequence[str], args: Sequence[Any]
@@ -252,8 +255,12 @@ class RedisConnection:
         """A non-transactional pipeline that ``build`` fills: one round trip on a single
         server. An error returned as one of its replies is raised."""
         client = await self.client()
-        async with self._turn():
+        gate = self._gate()
+        await self._take_turn(gate)
+        try:
             return await self._pipeline(client, build)
+        finally:
+            gate.release()
 
     async def _pipeline(self, client: Client, build: Callable[[Any], object]) -> list[Any]:
         with self.errors():
