@@ -29,6 +29,7 @@ async def test_many_concurrent_calls_share_a_few_connections(
         assert all(tuple_ is not None for tuple_ in found)
         client = await saver.aclient()
         assert len(client.connection_pool._available_connections) <= 2  # the gate held
+        assert saver.conn._gate().free == 2  # every turn given back
 
 
 async def test_a_call_that_finds_every_turn_taken_waits_the_command_timeout_then_fails(
@@ -38,12 +39,30 @@ async def test_a_call_that_finds_every_turn_taken_waits_the_command_timeout_then
     conn = RedisConnection(url=redis_url, max_connections=1, timeouts=timeouts)
     try:
         gate = conn._gate()
-        await gate.acquire()  # the only turn, held
+        assert gate.take_free()  # the only turn, held
         started = asyncio.get_running_loop().time()
         with pytest.raises(StoreUnavailableError, match="all 1 connections stayed busy"):
             await conn.pipeline(lambda pipe: pipe.ping())
         assert asyncio.get_running_loop().time() - started >= 0.2
-        gate.release()
+        gate.give()
         assert await conn.pipeline(lambda pipe: pipe.ping()) == [True]  # free again
+    finally:
+        await conn.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_for_a_turn_loses_no_turn(redis_url: str) -> None:
+    conn = RedisConnection(url=redis_url, max_connections=1, timeouts=Timeouts())
+    try:
+        gate = conn._gate()
+        assert gate.take_free()  # the only turn, held
+        waiting = asyncio.create_task(conn.pipeline(lambda pipe: pipe.ping()))
+        while not gate.waiting:  # the call is queued for a turn
+            await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.give()
+        assert gate.free == 1 and await conn.pipeline(lambda pipe: pipe.ping()) == [True]
+        assert gate.free == 1
     finally:
         await conn.aclose()
