@@ -23,12 +23,13 @@ README_END = "<!-- benchmarks:headline:end -->"
 HEADLINE = (
     ("dual_write_behind", "official_postgres", 1),
     ("dual_write_behind", "official_postgres", 16),
+    ("dual_write_behind", "postgres", 1),
+    ("dual_write_behind", "postgres", 16),
     ("dual_write_behind", "memory", 16),
     ("dual_write_behind_worker", "official_postgres", 16),
-    ("dual_write_behind_worker", "memory", 16),
     ("dual_write_through", "official_postgres", 16),
     ("postgres", "official_postgres", 16),
-    ("redis", "official_redis", 1),
+    ("redis", "official_redis", 16),
 )
 
 
