@@ -229,8 +229,12 @@ def test_readme_headline_block_is_replaced_between_its_markers(tmp_path: Path) -
         "savers": {},
         "results": [
             {"measure": "graph", "saver": "redis", "concurrency": 16, "steps_per_s": 300.0},
-            {"measure": "graph", "saver": "official_redis", "concurrency": 16,
-             "steps_per_s": 100.0},  # fmt: skip
+            {
+                "measure": "graph",
+                "saver": "official_redis",
+                "concurrency": 16,
+                "steps_per_s": 100.0,
+            },
         ],
     }
     assert update_readme(readme, doc)
