@@ -42,8 +42,8 @@ from langgraph_dualsaver.compression import (
     with_compression,
 )
 from langgraph_dualsaver.hot import keys as K
-from tests.dual_helpers import config
 from tests.factories import SAVER_KINDS
+from tests.helpers import config
 from tests.test_cli import Store, data, invoke
 from tests.test_safe_decoding import (
     ALLOW_INVOICE,

@@ -33,20 +33,12 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from tests.conformance import assert_full_conformance
-from tests.dual_helpers import config, eventually, ids_of, put_chain
+from tests.helpers import config, eventually, fetch, ids_of, put_chain
 from tests.servers import fresh_database
 
 SERDE = JsonPlusSerializer()
 REFERENCE_TABLES = {"dualsaver_migrations", "dualsaver_settings"}
 """The tables not keyed by thread (Citus: reference tables)."""
-
-
-async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def set_up(dsn: str, **options: Any) -> None:

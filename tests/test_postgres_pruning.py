@@ -38,7 +38,7 @@ from langgraph.checkpoint.base.id import uuid6
 from langgraph_dualsaver.durable import sql as sql
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.records import checkpoint_record, writes_record
-from tests.dual_helpers import config
+from tests.helpers import config
 from tests.servers import fresh_database
 
 # The pool's connections carry the notice listener while they are lent out.

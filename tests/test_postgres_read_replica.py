@@ -24,7 +24,7 @@ from langgraph_dualsaver.chain.saver import DualSaver
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.embedded import EmbeddedPostgres, free_port
 from langgraph_dualsaver.errors import ConfigurationError
-from tests.dual_helpers import checkpoint, config, eventually, ids_of, put_chain
+from tests.helpers import checkpoint, config, eventually, ids_of, put_chain
 from tests.servers import (
     fresh_database,
     postgres_server,

@@ -30,7 +30,7 @@ from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.hot.write_wait import WriteWait, check_acks
 from langgraph_dualsaver.settings import Timeouts
 from tests.cluster import replica_of, valkey_cluster, wait_caught_up
-from tests.dual_helpers import checkpoint, config, durable_ids
+from tests.helpers import checkpoint, config, durable_ids
 from tests.servers import valkey_server
 
 TIMEOUTS = Timeouts(command=timedelta(seconds=1))
