@@ -358,7 +358,7 @@ MIGRATIONS: list[str] = [
     # 9: the same rules, but the batch reads its threads' tombstones and deleted
     # checkpoints first, after taking the locks, into arrays the inserts check: the
     # inserts scan no table. Each lookup is a LATERAL subquery per thread (OFFSET 0
-    # keeps it one), so it runs on its thread's partition only (see postgres_layout);
+    # keeps it one), so it runs on its thread's partition only (see durable/layout.py);
     # a join against the tables may scan every partition (a hash anti-join, which
     # generic plans pick).
     """

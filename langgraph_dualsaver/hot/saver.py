@@ -532,7 +532,7 @@ class RedisHotSaver(AsyncFirstSaver):
             "outbox": tk.outbox,
         }
 
-    # -- deletes, copies, pruning, delta channels (redis_admin) ----------------------
+    # -- deletes, copies, pruning, delta channels (hot.admin) ----------------------
 
     async def adelete_thread(  # type: ignore[override]
         self, thread_id: str, *, key: OutboxKey | None = None
