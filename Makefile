@@ -20,7 +20,7 @@ demo: $(STAMP)  ## Run the case_8842 reference app on embedded (or DUALSAVER_*_U
 	$(BIN)/python -m langgraph_dualsaver.app.demo
 
 test: $(STAMP)  ## Run every test: pure, real servers, notebooks, benchmark smoke test
-	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+	$(BIN)/ruff check langgraph_dualsaver tests benchmarks notebooks
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
@@ -49,7 +49,7 @@ bench-quick: $(STAMP)  ## Small benchmark grid (about a minute) into benchmarks/
 	$(BIN)/python benchmarks/run.py --grid quick
 
 lint: $(STAMP)  ## ruff, and mypy --strict on the package (settings in pyproject.toml)
-	$(BIN)/ruff check langgraph_dualsaver tests benchmarks
+	$(BIN)/ruff check langgraph_dualsaver tests benchmarks notebooks
 	$(BIN)/mypy
 
 clean:  ## Remove the virtual environment and caches
