@@ -13,10 +13,10 @@ that a killed master's replica is promoted by the cluster itself.
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,13 @@ from pathlib import Path
 import redis
 
 from langgraph_dualsaver.embedded import EmbeddedValkey, free_port
+from tests.helpers import wait_until
 from tests.servers import remove_tree, throwaway_dir
 
 SLOTS = 16384
 READY_TIMEOUT_S = 30.0
+_wait = functools.partial(wait_until, timeout=READY_TIMEOUT_S)
+"""Poll a check until it holds, for at most ``READY_TIMEOUT_S``."""
 
 
 def _node(
@@ -86,15 +89,6 @@ def valkey_cluster(masters: int = 3, appendonly: bool = False) -> Iterator[list[
 
 def _wait_until_ok(clients: list[redis.Redis], masters: int) -> None:
     _wait(lambda: _cluster_ok(clients, masters), f"the {masters}-master cluster to be ok")
-
-
-def _wait(check: Callable[[], bool], what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``READY_TIMEOUT_S``."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"waited {READY_TIMEOUT_S:.0f}s for {what}")
-        time.sleep(0.05)
 
 
 def snapshot(node: EmbeddedValkey) -> None:

@@ -113,6 +113,15 @@ async def eventually(
     raise AssertionError(f"{what} did not hold within {timeout}s")
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """``eventually`` for a synchronous check."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        time.sleep(0.02)
+
+
 # -- a DeltaChannel graph -------------------------------------------------------------------
 
 

@@ -3,8 +3,7 @@ parallel superstep, resume after a failure, human review, time travel, update_st
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from langgraph_dualsaver.app import (
 )
 from langgraph_dualsaver.app.agents import thread_id_of
 from tests.factories import open_saver
+from tests.helpers import wait_until
 
 APP_SAVER_KINDS = ["dual_write_behind", "dual_write_through"]
 
@@ -40,14 +40,6 @@ async def checkpointer(
         request.param, redis_url=redis_url, pg_dsn=pg_dsn, prefix=redis_prefix
     ) as saver:
         yield saver
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 APPROVE = {"approved": True, "reviewer": "ana@support", "note": "confirmed with the bank"}
