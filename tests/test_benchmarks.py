@@ -245,3 +245,72 @@ def test_readme_headline_block_is_replaced_between_its_markers(tmp_path: Path) -
     readme.write_text("no markers\n")
     assert not update_readme(readme, doc)
     assert readme.read_text() == "no markers\n"
+
+
+# -- benchmarks/big_state.py --quick --------------------------------------------------
+
+BIG_STATE_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def big_state_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The big-state benchmark's quick size once, in a subprocess (stopped if it overruns)."""
+    out = tmp_path_factory.mktemp("big_state")
+    command = [sys.executable, str(ROOT / "benchmarks" / "big_state.py"), "--quick"]
+    proc = subprocess.Popen(
+        [*command, "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=BIG_STATE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        pytest.fail(f"big_state --quick overran {BIG_STATE_TIMEOUT_S}s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    return {"doc": json.loads((out / "big_state.json").read_text()), "out": out}
+
+
+def test_big_state_quick_measures_every_saver_and_store(big_state_run: dict) -> None:
+    import langgraph_dualsaver
+    from benchmarks.big_state import SIZES, VARIANTS
+
+    doc, size = big_state_run["doc"], SIZES["quick"]
+    savers = doc["savers"]
+    assert list(savers) == ["official_postgres", *(v.name for v in VARIANTS)]
+    offload = savers["dual_zstd_offload"]
+    assert offload["available"] == hasattr(langgraph_dualsaver, "Offload"), offload["error"]
+    for name, entry in savers.items():
+        if not entry["available"]:
+            continue
+        assert entry["steps"] == size.steps, name
+        points = [p["messages"] for p in entry["series"]]
+        assert points == list(range(size.sample_every, size.steps + 1, size.sample_every))
+        assert entry["stored"]["postgres_bytes"] > 0 and 0 < entry["p50_ms"] <= entry["p95_ms"]
+        assert not entry["counters"].get("degraded_writes"), entry["counters"]
+    assert savers["official_postgres"]["stored"]["redis_bytes"] == 0
+    plain, zstd = savers["dual_plain"]["stored"], savers["dual_zstd"]["stored"]
+    assert 0 < zstd["redis_bytes"] < plain["redis_bytes"]
+    assert zstd["postgres_bytes"] < plain["postgres_bytes"]
+    assert plain["object_bytes"] == zstd["object_bytes"] == 0
+    if offload["available"]:  # the tool outputs went to the directory, and out of Redis
+        assert offload["stored"]["object_files"] >= 1
+        assert offload["stored"]["redis_bytes"] < zstd["redis_bytes"]
+    assert {a["saver"] for a in doc["aims"]} == {"dual_zstd", "dual_zstd_offload"}
+
+
+def test_big_state_quick_writes_report_and_stops_its_servers(big_state_run: dict) -> None:
+    out: Path = big_state_run["out"]
+    report = (out / "big_state.md").read_text()
+    for heading in ("## At 40 messages", "## Aims (issue 15)", "](big_state.png)"):
+        assert heading in report
+    assert (out / "big_state.png").read_bytes()[:8] == PNG_MAGIC
+    pids = big_state_run["doc"]["servers"]["started_pids"]
+    assert [pid for pid in pids if _alive(pid)] == []
