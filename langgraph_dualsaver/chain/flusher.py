@@ -27,6 +27,7 @@ from langgraph_dualsaver.chain.outbox import RECORD_FIELD, Entry, Outbox, Outbox
 from langgraph_dualsaver.errors import DualSaverError, StoreUnavailableError
 
 if TYPE_CHECKING:
+    from langgraph_dualsaver.durable.retention import Sweeper
     from langgraph_dualsaver.durable.saver import PostgresDurableSaver
     from langgraph_dualsaver.hot.saver import RedisHotSaver
 
@@ -118,6 +119,10 @@ class Flusher:
         """Failed attempts per ``(stream, entry id)``: ids repeat across shard streams."""
         self._own_pending = True  # a new consumer holds nothing, but one look is cheap
         self._next_claim = 0.0
+        self.retention: Sweeper | None = None
+        """Retention (``DualSaver(retention=...)``): ``run_forever`` runs a batch of it
+        between passes when a sweep is due. Never ``run_once`` or ``drain``: a put
+        that flushes (backpressure, write_through, an interrupt) never waits for it."""
 
     @property
     def key(self) -> OutboxKey | None:
@@ -231,6 +236,8 @@ class Flusher:
                 logger.exception("flusher %s: pass failed; retrying", self.consumer)
                 self.failed_passes += 1
                 moved = 0
+            if self.retention is not None:
+                await self._retain()
             if moved >= self.settings.batch:
                 continue  # a full batch: more is likely waiting
             if moved and wake is None:  # a worker: nobody wakes it, writes keep coming
@@ -240,6 +247,16 @@ class Flusher:
             if wake is not None and wake.is_set():
                 wake.clear()
                 await _pause(stop, linger)  # let the writes that follow join the batch
+
+    async def _retain(self) -> None:
+        """One batch of retention, if due; a failure is logged, never fatal."""
+        assert self.retention is not None
+        try:
+            await self.retention.step()
+        except StoreUnavailableError as exc:
+            logger.warning("flusher %s: retention skipped: %s", self.consumer, exc)
+        except Exception:
+            logger.exception("flusher %s: retention batch failed", self.consumer)
 
     # -- internals --------------------------------------------------------------------
 
