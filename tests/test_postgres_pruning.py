@@ -35,7 +35,9 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
+from langgraph_dualsaver import Retention
 from langgraph_dualsaver.durable import sql as sql
+from langgraph_dualsaver.durable.retention import Sweeper
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.records import checkpoint_record, writes_record
 from tests.helpers import config
@@ -47,6 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*active log listener")
 PARTITIONS = 8
 THREAD = "pruned-thread"
 COPY = "copy-target"
+RETAINED = "retained"
 OTHERS = [f"other-{n}" for n in range(8)]
 
 NOT_THREAD_QUERIES: dict[str, str] = {
@@ -62,6 +65,9 @@ NOT_THREAD_QUERIES: dict[str, str] = {
     "TABLE_LAYOUT": "setup: catalog",
     "THREADS": "every thread's latest checkpoint: reads every partition by design",
     "RUN_THREADS": "finds the threads of runs (delete_for_runs), by run id across threads",
+    "RETENTION_THREADS": "retention's sweep: the next threads in id order, across threads",
+    "RETENTION_LOCK": "retention's one-sweeper lock: no table",
+    "RETENTION_UNLOCK": "retention's one-sweeper lock: no table",
 }
 """Statements that are not one thread's, with why; every other one must be seen."""
 
@@ -254,6 +260,14 @@ async def exercise(saver: PostgresDurableSaver, pool: asyncpg.Pool) -> None:
     await saver.adelete_thread(THREAD, tombstone_seq=100)
     await saver.aput(config(COPY), _checkpoint(9), {"step": 9}, {"x": 9})
     await saver.adelete_thread(COPY)
+
+    # Retention: a sweep, and a worker's batch, over every thread, one thread at a time.
+    parent = config(RETAINED)
+    for step in range(1, 4):
+        metadata = {"step": step, "counters_since_delta_snapshot": {"x": step}}
+        parent = await saver.aput(parent, _checkpoint(step), metadata, {"x": step, "y": step})
+    assert (await saver.aretain(Retention(keep_last=1))).removed_checkpoints > 0
+    assert await Sweeper(saver, Retention(keep_last=1)).step() is not None
 
 
 @dataclass
