@@ -243,7 +243,7 @@ class Variant:
     """Offload values from this many bytes to a local directory; None: no offload."""
 
     def settings(self) -> str:
-        parts = ["write_behind", f"compression={self.compression!r}"]
+        parts = ["mode='write_behind'", f"compression={self.compression!r}"]
         if self.offload_min_bytes is not None:
             parts.append(f"offload=Offload('file://<dir>', min_bytes={self.offload_min_bytes})")
         else:
@@ -567,7 +567,25 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 else f"**missed** ({_x(aim['ratio'])}, {(margin - 1) * 100:.0f}% over the aim)"
             )
         lines.append(f"- {aim['saver']}: {aim['aim']} <= {aim['target']}x: {verdict}")
-    lines += ["", "## Durable bytes as the thread grows (MB)", "", "![sizes](big_state.png)", ""]
+    lines += [
+        "",
+        "## Reading",
+        "",
+        "- LangGraph stores a channel's whole value again in each checkpoint that changes it: "
+        "the history is written at every step, a little longer each time, so every saver's "
+        "bytes grow with the square of the thread's length (the table below). Each tool "
+        "output is stored twice: as the node's pending write and as the channel's value.",
+        "- PostgreSQL compresses values over about 2 KB itself (TOAST, pglz), the official "
+        "saver's as well as DualSaver's; Redis keeps the bytes it is given.",
+        "- `Offload` moves a value whose bytes after compression are `min_bytes` or more, "
+        "stored once per content hash: a tool output's two copies are one object. A value "
+        "under `min_bytes` once compressed (the history here) stays in the tiers.",
+        "",
+        "## Durable bytes as the thread grows (MB)",
+        "",
+        "![sizes](big_state.png)",
+        "",
+    ]
     available = [n for n, e in doc["savers"].items() if e["available"]]
     lines.append("| messages | " + " | ".join(available) + " |")
     lines.append("| ---: |" + " ---: |" * len(available))
