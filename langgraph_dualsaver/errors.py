@@ -20,6 +20,7 @@ __all__ = [
     "StateSchemaError",
     "StoreAuthenticationError",
     "StoreUnavailableError",
+    "ThreadBusyError",
     "UnsafeRedisConfigError",
     "UnsafeValueError",
     "UpgradeFailedError",
@@ -75,6 +76,37 @@ class StoreUnavailableError(DualSaverError, ConnectionError):
 
 class DurableWriteError(StoreUnavailableError):
     """A write_through ``put`` could not commit to PostgreSQL; the entry stays queued."""
+
+
+class ThreadBusyError(DualSaverError):
+    """With ``exclusive_runs``, a run would write a thread another run is using;
+    nothing was written.
+
+    ``reason`` is ``"busy"`` (``holder`` holds the thread's lease and is still within
+    it) or ``"moved"`` (another run, ``holder`` if known, wrote a newer checkpoint since
+    this run read the thread: its state is stale, so it must start again from the
+    thread's latest).
+    """
+
+    def __init__(self, thread_id: str, holder: str, reason: str = "busy") -> None:
+        self.thread_id = thread_id
+        self.holder = holder
+        self.reason = reason
+        if reason == "moved":
+            message = (
+                f"thread {thread_id!r} moved on: run {holder or 'unknown'!r} wrote it after "
+                "this run read it, so this run's state is stale; nothing was written (run "
+                "again from the thread's latest checkpoint)"
+            )
+        else:
+            message = (
+                f"thread {thread_id!r} is busy: run {holder!r} holds it; nothing was "
+                "written (exclusive_runs; on_busy='wait' waits for it instead)"
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[ThreadBusyError], tuple[str, str, str]]:
+        return (type(self), (self.thread_id, self.holder, self.reason))
 
 
 class UnsafeValueError(DualSaverError, ValueError):
