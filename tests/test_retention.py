@@ -28,7 +28,7 @@ from typing_extensions import TypedDict
 from langgraph_dualsaver import ConfigurationError, DualSaver, PostgresDurableSaver, Retention
 from langgraph_dualsaver.chain.outbox import clock_position
 from langgraph_dualsaver.durable.retention import Sweeper
-from langgraph_dualsaver.records import checkpoint_record
+from langgraph_dualsaver.records import checkpoint_record, writes_record
 from langgraph_dualsaver.retention import parse_duration
 from tests.helpers import (
     config,
@@ -275,6 +275,25 @@ async def test_workers_share_one_sweep_a_batch_at_a_time_then_wait_the_interval(
     assert first.sweeps == 1
     assert await second.step() is None  # the sweep ended: the next one is an hour away
     assert await Sweeper(durable, policy).step() is None
+
+
+async def test_a_late_write_to_a_removed_checkpoint_is_dropped_then_forgotten(
+    durable: PostgresDurableSaver, pg_dsn: str
+):
+    saved = await put_chain(durable, "t", 3)
+    await durable.aretain(Retention(keep_last=1))
+    removed = saved[0]
+    late = writes_record(durable.serde, durable.limits, removed, [("x", "late")], "task-late")
+    assert await durable.awrite_guarded([late], [clock_position()]) == []  # not a tombstone
+    writes = await rows(pg_dsn, "dualsaver_writes", "t")
+    assert [w["checkpoint_id"] for w in writes] == []  # dropped on arrival
+    remembered = await rows(pg_dsn, "dualsaver_deleted_checkpoints", "t")
+    assert len(remembered) == 2
+    await fetch(pg_dsn, "UPDATE dualsaver_deleted_checkpoints SET deleted_at = now() - interval '2 days'")
+    await put_chain(durable, "t", 1, start=saved[-1])
+    await durable.aretain(Retention(keep_last=1))  # removes one more, forgets the old two
+    remembered = await rows(pg_dsn, "dualsaver_deleted_checkpoints", "t")
+    assert [r["checkpoint_id"] for r in remembered] == [saved[-1]["configurable"]["checkpoint_id"]]
 
 
 # -- the chain, both modes -----------------------------------------------------------------

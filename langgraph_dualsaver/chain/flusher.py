@@ -121,8 +121,9 @@ class Flusher:
         self._next_claim = 0.0
         self.retention: Sweeper | None = None
         """Retention (``DualSaver(retention=...)``): ``run_forever`` runs a batch of it
-        between passes when a sweep is due. Never ``run_once`` or ``drain``: a put
+        beside its passes when a sweep is due. Never ``run_once`` or ``drain``: a put
         that flushes (backpressure, write_through, an interrupt) never waits for it."""
+        self._retaining: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> OutboxKey | None:
@@ -215,7 +216,19 @@ class Flusher:
             await asyncio.sleep(0.01)  # others hold the rest; poll their progress
 
     async def run_forever(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
-        """Flush until ``stop`` is set; a store outage is logged and retried."""
+        """Flush until ``stop`` is set; a store outage is logged and retried. With
+        ``retention``, a batch of it runs beside the passes (a task of its own, one at
+        a time), so flushing never waits for it; on stop, the batch under way finishes."""
+        try:
+            await self._flush_until(stop, wake)
+        except BaseException:
+            if self._retaining is not None:
+                self._retaining.cancel()
+            raise
+        if self._retaining is not None:
+            await self._retaining
+
+    async def _flush_until(self, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
         interval = self.settings.interval.total_seconds()
         linger = self.settings.linger.total_seconds()
         down = False
@@ -236,8 +249,8 @@ class Flusher:
                 logger.exception("flusher %s: pass failed; retrying", self.consumer)
                 self.failed_passes += 1
                 moved = 0
-            if self.retention is not None:
-                await self._retain()
+            if self.retention is not None and (self._retaining is None or self._retaining.done()):
+                self._retaining = asyncio.ensure_future(self._retain())
             if moved >= self.settings.batch:
                 continue  # a full batch: more is likely waiting
             if moved and wake is None:  # a worker: nobody wakes it, writes keep coming

@@ -66,6 +66,8 @@ SWEPT_AT = "retention_swept_at"
 _LOCK = "langgraph-dualsaver:retention"
 _BUSY_RETRY_S = 1.0
 """How soon a worker looks again when another one holds the sweep."""
+_FAILED_RETRY_S = 10.0
+"""How soon a worker tries again after a batch failed."""
 
 
 class HotSide(Protocol):
@@ -386,9 +388,18 @@ class Sweeper:
 
     async def step(self) -> RetentionReport | None:
         """One batch of threads if a sweep is due; ``None`` if not (or another worker
-        holds it)."""
+        holds it). A failed batch raises, and is tried again after a pause."""
         if time.monotonic() < self._next:
             return None
+        try:
+            return await self._locked_batch()
+        except Exception:
+            # Not again on every flush pass: a store may be down.
+            pause = min(self.policy.interval.total_seconds(), _FAILED_RETRY_S)
+            self._next = time.monotonic() + pause
+            raise
+
+    async def _locked_batch(self) -> RetentionReport | None:
         key = _LOCK if self.durable.schema is None else f"{_LOCK}:{self.durable.schema}"
         async with self.durable._connection() as conn:
             if not await conn.fetchval(sql.RETENTION_LOCK, key):
