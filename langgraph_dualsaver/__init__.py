@@ -29,6 +29,11 @@ from langgraph_dualsaver.errors import (
     UnsafeValueError,
 )
 from langgraph_dualsaver.hot.saver import RedisHotSaver
+from langgraph_dualsaver.offload import (
+    Offload,
+    OffloadedValueMissingError,
+    OffloadNotConfiguredError,
+)
 from langgraph_dualsaver.records import Limits
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
@@ -48,6 +53,9 @@ __all__ = [
     "InvalidMetadataError",
     "Limits",
     "MissingThreadIdError",
+    "Offload",
+    "OffloadNotConfiguredError",
+    "OffloadedValueMissingError",
     "PostgresDurableSaver",
     "RedisHotSaver",
     "SerializationError",

@@ -43,6 +43,8 @@ from langgraph_dualsaver.compression import (
     with_compression,
 )
 from langgraph_dualsaver.errors import ConfigurationError, UnsafeValueError
+from langgraph_dualsaver.offload.serde import with_offload, without_offload
+from langgraph_dualsaver.offload.store import Offload
 from langgraph_dualsaver.records import DEFAULT_LIMITS, Limits, config_fields, next_version
 from langgraph_dualsaver.state_upgrades import (
     StateSchema,
@@ -158,9 +160,11 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
         limits: Limits | None = None,
         state_schema: StateSchema | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        offload: Offload | None = None,
     ):
         self.limits = limits or DEFAULT_LIMITS
         self.compression = compression
+        self.offload = offload
         super().__init__(serde=self._compressing(serde or StrictSerializer()))
         if state_schema is not None and not isinstance(state_schema, StateSchema):
             raise ConfigurationError(
@@ -178,13 +182,16 @@ class AsyncFirstSaver(BaseCheckpointSaver[str]):
 
     def _compressing(self, serde: SerializerProtocol) -> SerializerProtocol:
         """``serde`` wrapped per ``compression``: values read either way (see
-        ``compression``); inside an ``EncryptedSerializer``, compressed before encrypted."""
-        return with_compression(serde, self.compression, self.limits.max_value_bytes)
+        ``compression``); inside an ``EncryptedSerializer``, compressed before encrypted.
+        With ``offload``, large stored bytes then go to the object store (``offload``)."""
+        limit = self.limits.max_value_bytes
+        compressing = with_compression(without_offload(serde), self.compression, limit)
+        return with_offload(compressing, self.offload, limit)
 
     def with_allowlist(self, extra_allowlist: Any) -> Self:
         """LangGraph's, applied to the user's serde under the compression wrapper."""
         plain = copy.copy(self)
-        plain.serde = user_serde(self.serde)
+        plain.serde = user_serde(without_offload(self.serde))
         allowed = BaseCheckpointSaver.with_allowlist(plain, extra_allowlist)
         if allowed is plain:
             return self

@@ -418,6 +418,13 @@ class SharedServers:
     redis_url: str
     postgres_url: str
     started: list[_Server]
+    data_dir: Path | None = None
+
+    @property
+    def offload_url(self) -> str | None:
+        """Where ``DualSaver.from_env`` offloads large values when no
+        ``DUALSAVER_OFFLOAD_URL`` is set: a directory beside the servers' data."""
+        return None if self.data_dir is None else (self.data_dir / "objects").as_uri()
 
     def stop(self) -> None:
         for server in self.started:
@@ -447,7 +454,7 @@ def shared_servers(data_dir: Path | None = None) -> SharedServers:
             for server in reversed(started):  # a later step failed: stop what we started
                 server.stop()
             raise
-    servers = SharedServers(valkey_state["url"], pg_state["url"], started)
+    servers = SharedServers(valkey_state["url"], pg_state["url"], started, root)
     if started:
         atexit.register(servers.stop)
     return servers

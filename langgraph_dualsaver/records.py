@@ -41,6 +41,7 @@ from langgraph_dualsaver.errors import (
     MissingThreadIdError,
     SerializationError,
 )
+from langgraph_dualsaver.offload.serde import is_offloaded, not_configured
 
 __all__ = [
     "EMPTY_TYPE",
@@ -78,6 +79,7 @@ __all__ = [
     "validate_key",
     "validate_metadata",
     "version_key",
+    "where",
     "writes_record",
 ]
 
@@ -450,14 +452,29 @@ def dump_blobs(
     return blobs
 
 
+def where(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
+    """The start of a read error's message: which checkpoint it was reading."""
+    ns = f" in namespace {checkpoint_ns!r}" if checkpoint_ns else ""
+    return f"thread {thread_id!r}, checkpoint {checkpoint_id!r}{ns}: "
+
+
+def _loads(serde: SerializerProtocol, type_: str, data: bytes) -> Any:
+    if is_offloaded(type_) and not getattr(serde, "resolves_offloaded", False):
+        raise not_configured(type_)
+    return serde.loads_typed((type_, data))
+
+
 def load_blobs(
     serde: SerializerProtocol,
     versions: ChannelVersions,
     blobs: Mapping[tuple[str, str], tuple[str, bytes | None]],
+    *,
+    at: str = "",
 ) -> dict[str, Any]:
     """Channel values of a checkpoint from the blobs at its versions.
 
-    ``blobs`` maps ``(channel, version_key)`` to ``(type, data)``.
+    ``blobs`` maps ``(channel, version_key)`` to ``(type, data)``; ``at`` (``where``)
+    starts the message of a value that does not read.
     """
     values = {}
     for channel, version in versions.items():
@@ -466,9 +483,9 @@ def load_blobs(
             type_, data = found
             assert data is not None, "only an empty blob is stored without data"
             try:
-                values[channel] = serde.loads_typed((type_, data))
+                values[channel] = _loads(serde, type_, data)
             except StoredValueError as exc:
-                raise type(exc)(f"channel {channel!r} at version {version}: {exc}") from None
+                raise type(exc)(f"{at}channel {channel!r} at version {version}: {exc}") from None
     return values
 
 
@@ -527,16 +544,18 @@ def resolve_writes(records: Iterable[StoredWrite]) -> list[StoredWrite]:
     return sorted(kept.values(), key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
 
 
-def load_writes(serde: SerializerProtocol, records: Iterable[StoredWrite]) -> list[PendingWrite]:
-    return [(w.task_id, w.channel, _load_write(serde, w)) for w in records]
+def load_writes(
+    serde: SerializerProtocol, records: Iterable[StoredWrite], *, at: str = ""
+) -> list[PendingWrite]:
+    return [(w.task_id, w.channel, _load_write(serde, w, at)) for w in records]
 
 
-def _load_write(serde: SerializerProtocol, write: StoredWrite) -> Any:
+def _load_write(serde: SerializerProtocol, write: StoredWrite, at: str) -> Any:
     try:
-        return serde.loads_typed((write.type, write.data))
+        return _loads(serde, write.type, write.data)
     except StoredValueError as exc:
         raise type(exc)(
-            f"pending write to {write.channel!r} of task {write.task_id!r}: {exc}"
+            f"{at}pending write to {write.channel!r} of task {write.task_id!r}: {exc}"
         ) from None
 
 

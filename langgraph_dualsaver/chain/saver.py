@@ -53,6 +53,7 @@ from langgraph_dualsaver.errors import (
 from langgraph_dualsaver.hot.listing import list_checkpoints
 from langgraph_dualsaver.hot.saver import OutboxFullError, RedisHotSaver
 from langgraph_dualsaver.hot.write_wait import WriteWait
+from langgraph_dualsaver.offload.store import Offload, env_offload
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -203,6 +204,7 @@ class DualSaver(AsyncFirstSaver):
         state_schema: StateSchema | None = None,
         replicas: int | None = None,
         aof: bool | None = None,
+        offload: Offload | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
@@ -216,10 +218,12 @@ class DualSaver(AsyncFirstSaver):
             limits=limits or hot.limits,
             state_schema=state_schema,
             compression=hot.compression,  # from_conn_string's compression= sets both tiers'
+            offload=offload or hot.offload,
         )
         self.hot = hot
         self.durable = durable
         self.hot.serde = self.durable.serde = self.serde
+        self.hot.offload = self.durable.offload = self.offload
         self.mode: Mode = mode
         # Only in write_behind is Redis a write's one copy when put returns: there it
         # must be on the replicas too, or a failover could take it back.
@@ -268,6 +272,7 @@ class DualSaver(AsyncFirstSaver):
         serde: SerializerProtocol | None = None,
         limits: Limits | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        offload: Offload | None = None,
         **options: Any,
     ) -> DualSaver:
         """Open both tiers from URLs; use as ``async with`` or ``with``. Closes them on exit.
@@ -275,7 +280,8 @@ class DualSaver(AsyncFirstSaver):
         ``schema`` gives the app a PostgreSQL schema of its own, as ``prefix`` gives it
         its own Redis keys; ``asetup`` records the prefix as the schema's owner.
         ``read_url`` (a read replica) and ``partitions`` go to ``PostgresDurableSaver``.
-        ``compression`` (``Compression``, or ``None``) applies to both tiers.
+        ``compression`` (``Compression``, or ``None``) and ``offload`` (``Offload``, or
+        ``None``) apply to both tiers.
         """
         hot = RedisHotSaver(
             url=redis_url,
@@ -286,6 +292,7 @@ class DualSaver(AsyncFirstSaver):
             serde=serde,
             limits=limits,
             compression=compression,
+            offload=offload,
         )
         durable = PostgresDurableSaver(
             dsn=postgres_url,
@@ -293,6 +300,7 @@ class DualSaver(AsyncFirstSaver):
             serde=serde,
             limits=limits,
             compression=compression,
+            offload=offload,
             schema=schema,
             read_url=read_url,
             partitions=partitions,
@@ -307,19 +315,26 @@ class DualSaver(AsyncFirstSaver):
         'langgraph-dualsaver[embedded]'``) are started on a per-user data directory, or
         reused if an earlier process started them. ``DUALSAVER_MODE`` picks the mode,
         ``DUALSAVER_PREFIX`` the Redis prefix and ``DUALSAVER_SCHEMA`` the PostgreSQL schema.
+        ``DUALSAVER_OFFLOAD_URL`` (``file:///dir`` or ``s3://bucket/prefix``) turns
+        offload on, with ``DUALSAVER_OFFLOAD_MIN_BYTES`` if set; the embedded servers
+        offload to a directory beside their data unless it names another store.
         """
         redis_url = os.environ.get("DUALSAVER_REDIS_URL")
         postgres_url = os.environ.get("DUALSAVER_POSTGRES_URL")
+        offload_url = os.environ.get("DUALSAVER_OFFLOAD_URL")
         if not redis_url or not postgres_url:
             from langgraph_dualsaver.embedded import shared_servers
 
             servers = shared_servers()
             redis_url = redis_url or servers.redis_url
             postgres_url = postgres_url or servers.postgres_url
+            offload_url = offload_url or servers.offload_url
         # A value that is not a Mode is refused by __init__ (ConfigurationError).
         chosen = mode or cast(Mode, os.environ.get("DUALSAVER_MODE", "write_behind"))
         options.setdefault("prefix", os.environ.get("DUALSAVER_PREFIX", "dualsaver"))
         options.setdefault("schema", os.environ.get("DUALSAVER_SCHEMA") or None)
+        if options.get("offload") is None:
+            options["offload"] = env_offload(offload_url)
         saver = cls.from_conn_string(redis_url, postgres_url, mode=chosen, **options)
         if setup:
             saver.setup()

@@ -48,6 +48,7 @@ from langgraph_dualsaver.errors import (
     InvalidInputError,
     StoreUnavailableError,
 )
+from langgraph_dualsaver.offload.store import Offload
 from langgraph_dualsaver.records import (
     PRUNE_STRATEGIES,
     BlobRecord,
@@ -69,6 +70,7 @@ from langgraph_dualsaver.records import (
     run_ids_argument,
     saved_config,
     validate_id,
+    where,
     writes_record,
 )
 from langgraph_dualsaver.redact import redact, unparsable
@@ -135,6 +137,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
             latest checkpoint and every write always use the primary.
         compression: how values are compressed (``Compression``; ``None``: not at all).
             Values stored compressed read either way.
+        offload: values stored as this many bytes or more go to an object store
+            (``Offload``); the table keeps a reference. ``None``: none do (and an
+            offloaded value then cannot be read).
     """
 
     def __init__(
@@ -152,9 +157,14 @@ class PostgresDurableSaver(AsyncFirstSaver):
         partitions: int | None = None,
         read_url: str | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        offload: Offload | None = None,
     ) -> None:
         super().__init__(
-            serde=serde, limits=limits, state_schema=state_schema, compression=compression
+            serde=serde,
+            limits=limits,
+            state_schema=state_schema,
+            compression=compression,
+            offload=offload,
         )
         self.schema = None if schema is None else sql.schema_name(schema)
         self.partitions = layout.partition_count(partitions)
@@ -553,8 +563,9 @@ class PostgresDurableSaver(AsyncFirstSaver):
             for channel, version, type_, data in zip(*(row[c] for c in columns), strict=True):
                 blobs[(channel, version)] = (type_, data)
         checkpoint = decode_checkpoint(row["checkpoint"], {})
+        at = where(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
         checkpoint["channel_values"] = load_blobs(
-            self.serde, checkpoint.get("channel_versions") or {}, blobs
+            self.serde, checkpoint.get("channel_versions") or {}, blobs, at=at
         )
         writes: list[StoredWrite] = []
         if row["task_ids"]:
@@ -570,7 +581,7 @@ class PostgresDurableSaver(AsyncFirstSaver):
             checkpoint=checkpoint,
             metadata=decode_metadata(row["metadata"]),
             parent_config=checkpoint_config(thread_id, ns, parent) if parent else None,
-            pending_writes=load_writes(self.serde, writes),
+            pending_writes=load_writes(self.serde, writes, at=at),
         )
 
     async def aget_delta_channel_history(
@@ -762,8 +773,9 @@ def records_tuple(
         raise TypeError("records must start with the checkpoint's CheckpointRecord")
     checkpoint = decode_checkpoint(head.checkpoint, {})
     found = {(b.channel, b.version): (b.type, b.data) for b in head.blobs}
+    at = where(head.thread_id, head.checkpoint_ns, head.checkpoint_id)
     checkpoint["channel_values"] = load_blobs(
-        serde, checkpoint.get("channel_versions") or {}, found
+        serde, checkpoint.get("channel_versions") or {}, found, at=at
     )
     writes = [w for r in records[1:] if isinstance(r, WritesRecord) for w in r.writes]
     parent = head.parent_checkpoint_id
@@ -774,7 +786,7 @@ def records_tuple(
         parent_config=(
             checkpoint_config(head.thread_id, head.checkpoint_ns, parent) if parent else None
         ),
-        pending_writes=load_writes(serde, resolve_writes(writes)),
+        pending_writes=load_writes(serde, resolve_writes(writes), at=at),
     )
 
 

@@ -66,6 +66,7 @@ from langgraph_dualsaver.records import (
     record_versions,
     resolve_writes,
     version_key,
+    where,
 )
 
 __all__ = [
@@ -372,7 +373,8 @@ def checkpoint_tuple(
         for ch, bf in zip(entry.channels, entry.blob_fields, strict=True)
         if bf in blobs and ch in versions
     }
-    checkpoint["channel_values"] = load_blobs(serde, versions, found)
+    at = where(thread_id, ns, checkpoint_id)
+    checkpoint["channel_values"] = load_blobs(serde, versions, found, at=at)
     return CheckpointTuple(
         config=checkpoint_config(thread_id, ns, checkpoint_id),
         checkpoint=checkpoint,
@@ -380,7 +382,9 @@ def checkpoint_tuple(
         parent_config=(
             checkpoint_config(thread_id, ns, entry.parent_id) if entry.parent_id else None
         ),
-        pending_writes=load_writes(serde, resolve_writes(decode_write_members(field, writes))),
+        pending_writes=load_writes(
+            serde, resolve_writes(decode_write_members(field, writes)), at=at
+        ),
     )
 
 

@@ -70,6 +70,7 @@ from langgraph_dualsaver.hot.scripts import (
     store_item_args,
     stored_entry_ids,
 )
+from langgraph_dualsaver.offload.store import Offload
 from langgraph_dualsaver.records import (
     CheckpointRecord,
     Limits,
@@ -128,6 +129,9 @@ class RedisHotSaver(AsyncFirstSaver):
             (``hot.write_wait.WriteWait``).
         aof: A put counts once the master's append-only file has fsynced it too
             (``WAITAOF 1 0``; needs ``appendonly yes``).
+        compression: how values are compressed (``Compression``; ``None``: not at all).
+        offload: values stored as this many bytes or more go to an object store
+            (``Offload``); Redis keeps a reference.
     """
 
     def __init__(
@@ -149,9 +153,14 @@ class RedisHotSaver(AsyncFirstSaver):
         replicas: int | None = None,
         aof: bool = False,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        offload: Offload | None = None,
     ) -> None:
         super().__init__(
-            serde=serde, limits=limits, state_schema=state_schema, compression=compression
+            serde=serde,
+            limits=limits,
+            state_schema=state_schema,
+            compression=compression,
+            offload=offload,
         )
         self.write_wait = durability.WriteWait(replicas, aof)
         """What a put waits for before it counts (``DualSaver`` may set it)."""

@@ -1,0 +1,146 @@
+"""The serde wrapper that offloads: outermost, around compression (and encryption), so
+the size compared with ``Offload.min_bytes`` is the size that would be stored, and an
+encrypted value goes to the object store encrypted.
+
+A value of ``min_bytes`` or more is written to the store (``Offload.put``: durable
+before it returns) and the tiers keep ``sha256:<hex>:<size>`` with the stored type
+``<type>.offload``: ``"msgpack.zstd"`` becomes ``"msgpack.zstd.offload"``. Reads go by
+the type alone, so values stored in the tiers read whatever the setting is, and a
+reference reads as long as the saver has an ``Offload`` for its store
+(``Offload.read_only`` to stop offloading new values).
+
+Sync, not an async pass in the savers: the serde is where both tiers and the chain
+already turn values into bytes, one place for every write and read path (put,
+put_writes, get, list, audit, DeltaChannel history), and the chain carries the
+reference from Redis to PostgreSQL untouched. The price: a put or a read that moves
+an offloaded value blocks its event loop for the store's latency (an fsync locally, a
+PUT or GET on S3), only for values of ``min_bytes`` or more, which are rare and large
+(their serialization and compression already block it for comparable time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from langgraph_dualsaver.compression import StoredValueError, StoredValueTooLargeError
+from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.offload.store import Offload
+
+__all__ = [
+    "MARK",
+    "REFERENCE",
+    "OffloadNotConfiguredError",
+    "OffloadedValueMissingError",
+    "OffloadingSerializer",
+    "is_offloaded",
+    "parse_reference",
+    "reference",
+    "with_offload",
+    "without_offload",
+]
+
+MARK = ".offload"
+"""After the stored type of an offloaded value: ``"msgpack.zstd.offload"``."""
+REFERENCE = re.compile(rb"sha256:([0-9a-f]{64}):([0-9]{1,12})")
+"""A reference, wherever it is found (``gc`` looks for it in raw records)."""
+
+
+class OffloadedValueMissingError(StoredValueError):
+    """A stored reference names an object the object store does not hold."""
+
+
+class OffloadNotConfiguredError(StoredValueError):
+    """A stored value was offloaded, and this saver has no ``Offload`` to read it from."""
+
+
+def is_offloaded(type_: str) -> bool:
+    return type_.endswith(MARK)
+
+
+def reference(digest: str, size: int) -> bytes:
+    return f"sha256:{digest}:{size}".encode()
+
+
+def parse_reference(data: bytes) -> tuple[str, int]:
+    """``(digest, size)`` of a stored reference."""
+    found = REFERENCE.fullmatch(data)
+    if found is None:
+        raise StoredValueError(f"not an offload reference: {data[:80]!r}")
+    return found.group(1).decode(), int(found.group(2))
+
+
+def not_configured(type_: str) -> OffloadNotConfiguredError:
+    return OffloadNotConfiguredError(
+        f"a stored {type_!r} value is a reference to an object store, and this saver has "
+        "no offload: pass offload=Offload(url) (Offload.read_only(url) to read without "
+        "offloading new values) with the store it was written to"
+    )
+
+
+class OffloadingSerializer(SerializerProtocol):
+    """``inner``'s bytes, moved to ``offload``'s store when they are ``min_bytes`` or
+    more; references resolved on read, never more than ``max_bytes`` of them."""
+
+    resolves_offloaded = True
+
+    def __init__(self, inner: SerializerProtocol, offload: Offload, max_bytes: int) -> None:
+        self.inner = inner
+        self.offload = offload
+        self.max_bytes = max_bytes
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        type_, data = self.inner.dumps_typed(obj)
+        if len(data) < self.offload.min_bytes:
+            return type_, data
+        digest = self.offload.put(data)
+        return f"{type_}{MARK}", reference(digest, len(data))
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_, stored = data
+        if not is_offloaded(type_):
+            return self.inner.loads_typed(data)
+        return self.inner.loads_typed((type_.removesuffix(MARK), self.fetch(type_, stored)))
+
+    def fetch(self, type_: str, stored: bytes) -> bytes:
+        """The bytes a reference names, checked against its size and hash."""
+        digest, size = parse_reference(stored)
+        if size > self.max_bytes:
+            raise StoredValueTooLargeError(
+                f"refused to read an offloaded {type_!r} value of {size:,} bytes, over the "
+                f"limit of {self.max_bytes:,} bytes (Limits.max_value_bytes)"
+            )
+        found = self.offload.get(digest)
+        if found is None:
+            raise OffloadedValueMissingError(
+                f"the offloaded value sha256:{digest} ({size:,} bytes) is missing from "
+                f"{self.offload.url}: it was deleted, or this is not the store it was "
+                "written to"
+            )
+        if len(found) != size or hashlib.sha256(found).hexdigest() != digest:
+            raise StoredValueError(
+                f"the offloaded value sha256:{digest} in {self.offload.url} does not match "
+                "its hash: the object was altered"
+            )
+        return found
+
+
+def without_offload(serde: SerializerProtocol) -> SerializerProtocol:
+    """The serde under the offload wrapper (``serde`` itself if it has none)."""
+    return serde.inner if isinstance(serde, OffloadingSerializer) else serde
+
+
+def with_offload(
+    serde: SerializerProtocol, offload: Offload | None, max_bytes: int
+) -> SerializerProtocol:
+    """``serde`` (without any offload wrapper it had) wrapped for ``offload``; as it is
+    for ``None``, so a saver without offload has exactly the serde it always had."""
+    serde = without_offload(serde)
+    if offload is None:
+        return serde
+    if not isinstance(offload, Offload):
+        raise ConfigurationError(f"offload must be an Offload or None, got {offload!r}")
+    return OffloadingSerializer(serde, offload, max_bytes)

@@ -1,0 +1,268 @@
+"""``Offload``: where large values go (a local directory or an S3 bucket, through
+``obstore``), and the object operations the serde wrapper and ``gc`` need.
+
+An object's key is its content hash, ``sha256/<2 hex>/<64 hex>``, so the same bytes are
+one object whichever thread wrote them. ``put`` returns only once the object is durable:
+on S3 a PUT is acknowledged after it is stored; in a local directory the file and the
+directories naming it are fsynced. Writing a hash that exists writes it again (S3) or
+touches it (local), so its modification time says "referenced recently" and ``gc``'s
+grace period protects a value whose record is being written right now.
+
+Calls block: they run inside the serde (see ``offload.serde`` for why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import obstore
+from obstore.exceptions import BaseError as ObjectStoreError
+from obstore.exceptions import NotFoundError
+from obstore.store import LocalStore, S3Store
+
+from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
+
+__all__ = [
+    "DEFAULT_MIN_BYTES",
+    "NEVER",
+    "ROOT",
+    "Offload",
+    "StoredObject",
+    "env_offload",
+    "object_key",
+]
+
+DEFAULT_MIN_BYTES = 256 * 1024
+NEVER = 1 << 62
+"""``min_bytes`` of ``Offload.read_only``: no value is that large."""
+ROOT = "sha256"
+"""Every object's key starts here; nothing else under the URL is touched."""
+SCHEMES = ("file", "s3")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_STAGING = re.compile(r"([0-9a-f]{64})#\d+")
+"""obstore's local store writes ``<key>#<n>`` and renames it into place; a writer killed
+in between leaves that file, which its listing never shows (``gc`` walks for them)."""
+_MISSING: tuple[type[BaseException], ...] = (NotFoundError, FileNotFoundError)
+
+
+def object_key(digest: str) -> str:
+    """The key of the object whose sha256 hex digest is ``digest``."""
+    return f"{ROOT}/{digest[:2]}/{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One object as the store lists it (``digest`` is ``None`` for a half-written
+    local file: a staging leftover, collected by ``gc`` after the grace period)."""
+
+    key: str
+    digest: str | None
+    size: int
+    modified: datetime
+
+
+class Offload:
+    """Values whose stored bytes (after compression) are ``min_bytes`` or more go to an
+    object store under their sha256; the tiers keep a short reference.
+
+    Args:
+        url: ``"file:///abs/dir"`` (created if missing) or ``"s3://bucket/prefix"``.
+        min_bytes: smaller values stay in the tiers.
+        options: passed to ``obstore``'s store for the URL: for S3 e.g. ``endpoint``,
+            ``region``, ``access_key_id``, ``secret_access_key``, ``client_options``
+            (an ``http://`` endpoint turns ``allow_http`` on). Unset ones come from the
+            ``AWS_*`` environment, as obstore reads it.
+    """
+
+    def __init__(self, url: str, min_bytes: int = DEFAULT_MIN_BYTES, **options: Any) -> None:
+        if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 1:
+            raise ConfigurationError(f"Offload.min_bytes must be an int >= 1, got {min_bytes!r}")
+        if not isinstance(url, str) or not url:
+            raise ConfigurationError(f"Offload.url must be a non-empty URL, got {url!r}")
+        self.url = url
+        self.min_bytes = min_bytes
+        self.options = options
+        self.local_dir: Path | None = None
+        """The directory of a ``file://`` URL; ``None`` for S3."""
+        parsed = urlparse(url)
+        if parsed.scheme not in SCHEMES:
+            raise ConfigurationError(f"Offload.url must start with file:// or s3://, got {url!r}")
+        if parsed.scheme == "file":
+            self.store: LocalStore | S3Store = self._local(parsed.netloc, unquote(parsed.path))
+        else:
+            self.store = self._s3(url, parsed.netloc, options)
+
+    def _local(self, host: str, path: str) -> LocalStore:
+        if host not in ("", "localhost") or not path.startswith("/"):
+            raise ConfigurationError(
+                f"Offload.url {self.url!r}: a file URL names an absolute directory, file:///abs/dir"
+            )
+        if self.options:
+            raise ConfigurationError(
+                f"Offload options {sorted(self.options)} apply to s3:// only, not {self.url!r}"
+            )
+        self.local_dir = Path(path)
+        try:
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            return LocalStore(prefix=self.local_dir)
+        except (OSError, ObjectStoreError) as exc:
+            raise ConfigurationError(f"Offload.url {self.url!r}: cannot use it: {exc}") from None
+
+    def _s3(self, url: str, bucket: str, options: dict[str, Any]) -> S3Store:
+        if not bucket:
+            raise ConfigurationError(f"Offload.url {url!r} names no bucket: s3://bucket/prefix")
+        options = dict(options)
+        endpoint = options.get("endpoint")
+        if isinstance(endpoint, str) and endpoint.startswith("http://"):
+            options["client_options"] = {"allow_http": True, **options.get("client_options", {})}
+        try:
+            store: S3Store = S3Store.from_url(url, **options)
+        except (ObjectStoreError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"Offload for {url!r}: bad options: {exc}") from None
+        return store
+
+    @classmethod
+    def read_only(cls, url: str, **options: Any) -> Offload:
+        """Offloading turned off: nothing new goes to the store, and the references
+        already stored still read from it."""
+        return cls(url, NEVER, **options)
+
+    def __repr__(self) -> str:
+        return f"Offload({self.url!r}, min_bytes={self.min_bytes})"
+
+    # -- objects --------------------------------------------------------------------
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (durably) under its sha256; returns the hex digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = object_key(digest)
+        try:
+            if self.local_dir is not None and self._touch(key, len(data)):
+                return digest
+            obstore.put(self.store, key, data, use_multipart=False)
+            if self.local_dir is not None:
+                self._fsync(key)
+        except (ObjectStoreError, OSError) as exc:
+            raise StoreUnavailableError(f"could not store an object in {self.url}: {exc}") from None
+        return digest
+
+    def get(self, digest: str) -> bytes | None:
+        """The object's bytes, or ``None`` if there is none."""
+        try:
+            return bytes(obstore.get(self.store, object_key(digest)).bytes())
+        except _MISSING:
+            return None
+        except (ObjectStoreError, OSError) as exc:
+            raise StoreUnavailableError(
+                f"could not read an object from {self.url}: {exc}"
+            ) from None
+
+    def head(self, key: str) -> StoredObject | None:
+        """The object at ``key`` as it is now, or ``None`` if there is none."""
+        try:
+            meta = obstore.head(self.store, key)
+        except _MISSING:
+            return None
+        return StoredObject(key, _digest(key), meta["size"], meta["last_modified"])
+
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``; one already gone is fine."""
+        with contextlib.suppress(*_MISSING):
+            obstore.delete(self.store, key)
+
+    def objects(self) -> Iterator[StoredObject]:
+        """Every object under ``sha256/``, and, in a local directory, the half-written
+        files a killed writer left."""
+        for chunk in obstore.list(self.store, f"{ROOT}/", chunk_size=1000):
+            for meta in chunk:
+                yield StoredObject(
+                    meta["path"], _digest(meta["path"]), meta["size"], meta["last_modified"]
+                )
+        if self.local_dir is not None:
+            yield from self._staging_leftovers()
+
+    # -- the local directory --------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        assert self.local_dir is not None
+        return self.local_dir / key
+
+    def _touch(self, key: str, size: int) -> bool:
+        """An existing object of the right size: refresh its time (so ``gc`` counts it
+        as just written) and make sure it is on disk. ``False`` if there is none."""
+        path = self._path(key)
+        try:
+            if path.stat().st_size != size:
+                return False
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        self._fsync(key)
+        return True
+
+    def _fsync(self, key: str) -> None:
+        """The file, then every directory from it up to the root: the object and its
+        name survive a power loss before any record references it."""
+        path = self._path(key)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert self.local_dir is not None
+        for directory in (path.parent, path.parent.parent, self.local_dir):
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _staging_leftovers(self) -> Iterator[StoredObject]:
+        assert self.local_dir is not None
+        root = self.local_dir / ROOT
+        for directory, _, files in os.walk(root):
+            for name in files:
+                if _STAGING.fullmatch(name):
+                    path = Path(directory) / name
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    key = path.relative_to(self.local_dir).as_posix()
+                    modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+                    yield StoredObject(key, None, stat.st_size, modified)
+
+    def delete_leftover(self, key: str) -> None:
+        """Remove a half-written local file (obstore does not address them)."""
+        self._path(key).unlink(missing_ok=True)
+
+
+def env_offload(url: str | None) -> Offload | None:
+    """``Offload(url)`` (``None`` without a URL), its ``min_bytes`` from
+    ``DUALSAVER_OFFLOAD_MIN_BYTES`` if that is set."""
+    if not url:
+        return None
+    text = os.environ.get("DUALSAVER_OFFLOAD_MIN_BYTES")
+    if not text:
+        return Offload(url)
+    try:
+        min_bytes = int(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"DUALSAVER_OFFLOAD_MIN_BYTES must be a whole number of bytes, got {text!r}"
+        ) from None
+    return Offload(url, min_bytes)
+
+
+def _digest(key: str) -> str | None:
+    name = key.rsplit("/", 1)[-1]
+    return name if _HEX.fullmatch(name) and key == object_key(name) else None
