@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from langgraph_dualsaver.cli import deadletters, inspect, migrate, ops
+from langgraph_dualsaver.cli import deadletters, gc, inspect, migrate, ops
 from langgraph_dualsaver.cli.session import DEFAULT_TIMEOUT_S, Target, env_mode
 from langgraph_dualsaver.durable.sql import schema_name
 from langgraph_dualsaver.errors import ConfigurationError
@@ -110,4 +110,5 @@ app.command("flush")(ops.flush)
 app.command("prune")(ops.prune)
 app.command("delete")(ops.delete)
 app.command("migrate")(migrate.migrate)
+app.command("gc")(gc.gc)
 app.add_typer(deadletters.app, name="deadletters")

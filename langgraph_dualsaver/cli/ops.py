@@ -15,7 +15,12 @@ from rich.text import Text
 
 from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.cli import render
-from langgraph_dualsaver.cli.compression import compression_sample
+from langgraph_dualsaver.cli.compression import (
+    SAMPLE_ROWS,
+    describe_offload,
+    offload_summary,
+    summarize,
+)
 from langgraph_dualsaver.cli.compression import describe as describe_compression
 from langgraph_dualsaver.cli.data import hot_thread_ids, thread_presence
 from langgraph_dualsaver.cli.deadletters import cap_warnings
@@ -206,8 +211,10 @@ async def _status(target: Target) -> dict[str, Any]:
         "threads": {"hot": None, "durable": None},
         "degraded": isinstance(redis, Unreachable),
         "compression": None,
+        "offload": None,
     }
     stats = None
+    sample: list[tuple[str, int, bytes]] | None = None
     dead_letters_near_cap: list[str] = []
     async with saver_for(target, redis_url, postgres_url) as saver:
         if isinstance(redis, RedisFacts):
@@ -222,7 +229,10 @@ async def _status(target: Target) -> dict[str, Any]:
             report["threads"]["hot"] = len(await hot_thread_ids(saver))
         if isinstance(postgres, PostgresFacts) and postgres.schema_version >= 0:
             report["threads"]["durable"] = len(await saver.durable.athreads())
-            report["compression"] = await compression_sample(saver.durable)
+            sample = await saver.durable.asample_values(SAMPLE_ROWS)
+            report["compression"] = summarize(sample)
+        if saver.offload is not None:
+            report["offload"] = await asyncio.to_thread(offload_summary, saver.offload, sample)
     report["warnings"] = (
         warnings_for(
             redis if isinstance(redis, RedisFacts) else None,
@@ -288,6 +298,8 @@ def _print_status(report: dict[str, Any]) -> None:
     ]
     if report["compression"] is not None:
         rows.append(("compression", describe_compression(report["compression"])))
+    if report["offload"] is not None:
+        rows.append(("offload", describe_offload(report["offload"])))
     out.print(render.kv_table(rows))
     for warning in report["warnings"]:
         out.print(Text(f"warning: {warning}", style="yellow"))

@@ -139,9 +139,17 @@ class Session:
 
 def saver_for(target: Target, redis_url: str, postgres_url: str) -> DualSaver:
     """The command's saver for ``target``: no background flusher (only ``dualsaver
-    flush`` flushes, besides the flush ``audit`` and ``prune`` do first)."""
+    flush`` flushes, besides the flush ``audit`` and ``prune`` do first); offloading to
+    ``DUALSAVER_OFFLOAD_URL``, or beside the embedded servers' data when they are used,
+    as ``DualSaver.from_env`` does."""
     from langgraph_dualsaver.chain.saver import DualSaver
+    from langgraph_dualsaver.offload.store import env_offload
 
+    offload_url = os.environ.get("DUALSAVER_OFFLOAD_URL")
+    if not offload_url and not (target.redis_url and target.postgres_url):
+        from langgraph_dualsaver.embedded import default_data_dir
+
+        offload_url = (default_data_dir() / "objects").as_uri()
     return DualSaver.from_conn_string(
         redis_url,
         postgres_url,
@@ -150,6 +158,7 @@ def saver_for(target: Target, redis_url: str, postgres_url: str) -> DualSaver:
         schema=target.schema,
         timeouts=target.timeouts,
         background_flush=False,
+        offload=env_offload(offload_url),
     )
 
 
