@@ -537,6 +537,7 @@ def test_a_flush_worker_with_a_policy_enforces_it(
     assert retaining_worker.stdout is not None and retaining_worker.stderr is not None
     banner = retaining_worker.stdout.readline()  # printed once the worker is ready
     assert "flushing the outbox of prefix" in banner, retaining_worker.stderr.read()
+    assert "retention: keep last 2" in banner
     ids = put_in(store, "t", 5)
 
     def pruned() -> bool:
