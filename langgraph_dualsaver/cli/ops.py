@@ -15,6 +15,7 @@ from rich.text import Text
 
 from langgraph_dualsaver.chain.deadletters import DEAD_LETTER_CAP
 from langgraph_dualsaver.cli import render
+from langgraph_dualsaver.cli import retention as retention_cli
 from langgraph_dualsaver.cli.compression import (
     SAMPLE_ROWS,
     describe_offload,
@@ -48,7 +49,9 @@ from langgraph_dualsaver.redact import redact
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.chain.saver import DualSaver
+    from langgraph_dualsaver.durable.retention import RetentionReport
     from langgraph_dualsaver.metrics import PrometheusEndpoint
+    from langgraph_dualsaver.retention import Retention
 
 __all__ = ["delete", "flush", "prune", "setup", "status", "up"]
 
@@ -340,16 +343,39 @@ def flush(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on.")
     ] = "0.0.0.0",
+    idle: retention_cli.Idle = None,
+    idle_action: retention_cli.IdleAction = "keep_latest",
+    keep_last: retention_cli.KeepLast = None,
+    max_age: retention_cli.MaxAge = None,
+    delete_waiting: retention_cli.DeleteWaiting = False,
+    retention_every: Annotated[
+        str,
+        typer.Option(
+            "--retention-every",
+            help="With a retention policy: how often the workers start a sweep.",
+        ),
+    ] = "1h",
 ) -> None:
     """Move the outbox to PostgreSQL: drain it once, or run as a flusher worker.
 
     Any number of workers can run at once (one consumer group); entries a dead
-    worker held are reclaimed.
+    worker held are reclaimed. With a retention policy (--idle, --keep-last,
+    --max-age), workers also enforce it beside their passes, one worker at a time.
 
     Example: dualsaver flush --follow --metrics-port 9464
+
+    Example: dualsaver flush --follow --idle 30d --keep-last 50 --max-age 7d
     """
     if metrics_port is not None and not follow:
         raise typer.BadParameter("needs --follow", param_hint="--metrics-port")
+    policy = None
+    if idle is not None or keep_last is not None or max_age is not None:
+        if not follow:
+            raise typer.BadParameter("a retention policy needs --follow (or use prune)")
+        every = retention_cli.duration_option(retention_every, "--retention-every")
+        policy = retention_cli.policy_from(
+            idle, idle_action, keep_last, max_age, delete_waiting, interval=every
+        )
     target = target_of(ctx)
 
     async def once() -> dict[str, Any]:
@@ -360,6 +386,8 @@ def flush(
     async def worker() -> dict[str, Any]:
         async with open_saver(target) as saver:
             flusher = saver.flusher
+            if policy is not None:
+                flusher.retention = retention_cli.sweeper(saver, policy)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in _STOP_SIGNALS:
@@ -368,6 +396,8 @@ def flush(
             try:
                 if not as_json:
                     serving = f"; metrics at {endpoint.url}" if endpoint else ""
+                    if policy is not None:
+                        serving += f"; retention: {policy.describe()}"
                     typer.echo(
                         f"flushing the outbox of prefix {target.prefix!r} as consumer "
                         f"{flusher.consumer}; Ctrl-C or SIGTERM stops after the current "
@@ -416,7 +446,14 @@ def _serve_metrics(saver: DualSaver, port: int | None, host: str) -> PrometheusE
 @handle_errors
 def prune(
     ctx: typer.Context,
-    thread_ids: Annotated[list[str], typer.Argument(help="The threads to prune.")],
+    thread_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The threads to prune (with --keep-latest or --delete); none with a "
+            "retention policy (--idle, --keep-last, --max-age), which covers every thread.",
+            show_default=False,
+        ),
+    ] = None,
     keep_latest: Annotated[
         bool,
         typer.Option(
@@ -428,16 +465,48 @@ def prune(
     delete: Annotated[
         bool, typer.Option("--delete", help="Remove every checkpoint of the threads.")
     ] = False,
+    idle: retention_cli.Idle = None,
+    idle_action: retention_cli.IdleAction = "keep_latest",
+    keep_last: retention_cli.KeepLast = None,
+    max_age: retention_cli.MaxAge = None,
+    delete_waiting: retention_cli.DeleteWaiting = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="With a policy: list what would go, change nothing."),
+    ] = False,
     yes: Yes = False,
     as_json: Json = False,
 ) -> None:
-    """Prune threads in both tiers: --keep-latest or --delete (exactly one).
+    """Prune threads in both tiers: --keep-latest or --delete (exactly one), or every
+    thread by a retention policy (--idle, --keep-last, --max-age; see README, Retention).
 
     The outbox is flushed first, so nothing leaves Redis before it is durable.
-    --delete asks for confirmation unless --yes.
+    --delete and a policy ask for confirmation unless --yes or --dry-run.
 
     Example: dualsaver prune case_8842-1a2b3c4d case_8842-5e6f7a8b --keep-latest
+
+    Example: dualsaver prune --idle 30d --keep-last 50 --max-age 7d --dry-run
     """
+    policy_given = (
+        idle is not None or keep_last is not None or max_age is not None
+        or delete_waiting or dry_run or idle_action != "keep_latest"
+    )  # fmt: skip
+    if not thread_ids:
+        if not policy_given or keep_latest or delete:
+            raise typer.BadParameter(
+                "give thread ids with --keep-latest or --delete, or a retention policy "
+                "(--idle, --keep-last, --max-age) without thread ids",
+                param_hint="THREAD_IDS",
+            )
+        policy = retention_cli.policy_from(idle, idle_action, keep_last, max_age, delete_waiting)
+        _retain(target_of(ctx), policy, dry_run=dry_run, yes=yes, as_json=as_json)
+        return
+    if policy_given:
+        raise typer.BadParameter(
+            "a retention policy (--idle, --keep-last, --max-age, --dry-run) covers every "
+            "thread: give no thread ids with it",
+            param_hint="THREAD_IDS",
+        )
     if keep_latest == delete:
         raise typer.BadParameter(
             "give exactly one of --keep-latest or --delete", param_hint="--keep-latest/--delete"
@@ -473,6 +542,26 @@ def prune(
             f"{row['thread_id']}: Redis {b['hot']} -> {a['hot']}, "
             f"PostgreSQL {b['durable']} -> {a['durable']} checkpoints"
         )
+
+
+def _retain(target: Target, policy: Retention, *, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """``prune`` by a retention policy: every thread, both tiers (or a dry run)."""
+    if not dry_run and not yes:
+        typer.confirm(
+            f"Apply retention ({policy.describe()}) to every thread, in Redis and PostgreSQL?",
+            abort=True,
+        )
+
+    async def go() -> RetentionReport:
+        async with open_saver(target) as saver:
+            return await saver.aretain(policy, dry_run=dry_run)
+
+    report = run(go)
+    if as_json:
+        render.print_json(report.as_dict())
+        return
+    for line in retention_cli.describe_report(report):
+        typer.echo(line)
 
 
 async def _presence_of(target: Target, ids: list[str]) -> dict[str, dict[str, int]]:
