@@ -289,7 +289,8 @@ async def test_a_late_write_to_a_removed_checkpoint_is_dropped_then_forgotten(
     assert [w["checkpoint_id"] for w in writes] == []  # dropped on arrival
     remembered = await rows(pg_dsn, "dualsaver_deleted_checkpoints", "t")
     assert len(remembered) == 2
-    await fetch(pg_dsn, "UPDATE dualsaver_deleted_checkpoints SET deleted_at = now() - interval '2 days'")
+    two_days_ago = "UPDATE dualsaver_deleted_checkpoints SET deleted_at = now() - interval '2 days'"
+    await fetch(pg_dsn, two_days_ago)
     await put_chain(durable, "t", 1, start=saved[-1])
     await durable.aretain(Retention(keep_last=1))  # removes one more, forgets the old two
     remembered = await rows(pg_dsn, "dualsaver_deleted_checkpoints", "t")
