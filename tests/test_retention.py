@@ -30,6 +30,7 @@ from langgraph_dualsaver.chain.outbox import clock_position
 from langgraph_dualsaver.durable.retention import Sweeper
 from langgraph_dualsaver.records import checkpoint_record, writes_record
 from langgraph_dualsaver.retention import parse_duration
+from tests.cluster import valkey_cluster
 from tests.helpers import (
     config,
     delta_thread,
@@ -385,6 +386,33 @@ async def test_the_flusher_enforces_retention_without_a_call(
 
         await eventually(pruned, what="the background flusher pruning to the newest two")
         assert (await saver.aget_tuple(config("t"))) is not None
+
+
+async def test_retention_on_redis_cluster_deletes_and_prunes_on_every_master(pg_dsn: str):
+    """The hot tier's scripts run where each thread's slot lives (three masters)."""
+    with valkey_cluster(masters=3) as nodes:
+        url = nodes[0].url.replace("redis://", "redis+cluster://", 1)
+        async with DualSaver.from_conn_string(url, pg_dsn, background_flush=False) as saver:
+            await saver.asetup()
+            threads = [f"c{n}" for n in range(9)]
+            client = await saver.hot.aclient()
+            masters = {
+                client.get_node_from_key(saver.hot.thread_keys(t).meta).port for t in threads
+            }
+            assert len(masters) == 3  # the threads' slots are on every master
+            saved = {t: await put_with_writes(saver, t, 3) for t in threads}
+            await saver.aflush()
+            idle = threads[::2]
+            for thread in idle:
+                await backdate(pg_dsn, thread, 40 * DAY)
+                await backdate_hot(saver, thread, 40 * DAY)
+            policy = Retention(idle=30 * DAY, idle_action="delete", keep_last=1)
+            report = await saver.aretain(policy)
+            assert sorted(o.thread_id for o in report.outcomes if o.action == "delete") == idle
+            for thread in threads:
+                expected = [] if thread in idle else saved[thread][-1:]
+                assert await durable_ids(pg_dsn, thread) == expected
+                assert await hot_ids(saver, thread) == expected
 
 
 class Ask(TypedDict):
