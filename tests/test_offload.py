@@ -26,6 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from click.testing import Result
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from typer.testing import CliRunner
 
 from langgraph_dualsaver import (
@@ -43,12 +44,13 @@ from langgraph_dualsaver.chain.outbox import Outbox
 from langgraph_dualsaver.cli.app import app
 from langgraph_dualsaver.hot import keys as K
 from langgraph_dualsaver.offload.gc import collect
-from langgraph_dualsaver.offload.serde import MARK, parse_reference
+from langgraph_dualsaver.offload.serde import MARK, OffloadingSerializer, parse_reference
 from langgraph_dualsaver.offload.store import object_key
 from tests.factories import SAVER_KINDS
 from tests.helpers import checkpoint, config, fetch
 from tests.s3server import S3Server, s3_server
 from tests.test_cli import Store
+from tests.test_compression import ZSTD_MAGIC, StreamCipher
 from tests.test_safe_decoding import evict_from_redis, hot_of, saver_of
 
 STORES = ["file", "s3"]
@@ -238,6 +240,21 @@ async def test_turning_offload_off_still_reads_references(
         with pytest.raises(OffloadNotConfiguredError, match="offload=Offload") as raised:
             await none.aget_tuple(config("offloaded"))
         assert "thread 'offloaded'" in str(raised.value)
+
+
+@pytest.mark.pure
+def test_offload_stays_outside_compression_and_encryption_and_allowlists(tmp_path: Path) -> None:
+    offload = Offload((tmp_path / "o").as_uri(), min_bytes=1000)
+    encrypted = EncryptedSerializer(StreamCipher(), StrictSerializer())
+    saver = RedisHotSaver(url="redis://127.0.0.1:1/0", offload=offload, serde=encrypted)
+    text = random.Random(1).randbytes(10_000).hex()  # halves under zstd
+    type_, ref = saver.serde.dumps_typed(text)
+    assert type_ == "msgpack.zstd+shake.offload"  # compressed, encrypted, then offloaded
+    stored = offload.get(parse_reference(ref)[0])
+    assert stored is not None and not stored.startswith(ZSTD_MAGIC)  # ciphertext
+    allowed = saver.with_allowlist([("tests.nowhere", "Thing")])
+    assert isinstance(allowed.serde, OffloadingSerializer)
+    assert allowed.serde.loads_typed((type_, ref)) == text
 
 
 @pytest.mark.pure

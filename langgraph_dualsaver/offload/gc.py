@@ -20,6 +20,7 @@ whose checkpoint never committed are unmarked, so they go once older than ``grac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -136,20 +137,26 @@ async def collect(
         async for data in _durable_values(durable):
             marks.update(references_in(data))
     report = GcReport(store=offload.url, dry_run=dry_run, cutoff=cutoff, marked=len(marks))
+    # The store's calls block: the sweep runs in a thread, so a flush worker's event
+    # loop goes on while it lists and deletes.
+    await asyncio.to_thread(_sweep, offload, marks, report)
+    return report
+
+
+def _sweep(offload: Offload, marks: set[str], report: GcReport) -> None:
     for found in offload.objects():
         report.objects += 1
         report.bytes += found.size
         if found.digest in marks:
             continue
-        if found.modified >= cutoff:
+        if found.modified >= report.cutoff:
             report.kept_young += 1
             continue
-        if dry_run or _delete_if_still_old(offload, found, cutoff):
+        if report.dry_run or _delete_if_still_old(offload, found, report.cutoff):
             report.swept += 1
             report.swept_bytes += found.size
             report.leftovers += found.digest is None
             report.swept_keys.append(found.key)
-    return report
 
 
 def _delete_if_still_old(offload: Offload, found: StoredObject, cutoff: datetime) -> bool:
