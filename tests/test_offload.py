@@ -49,7 +49,7 @@ from langgraph_dualsaver.offload.store import object_key
 from tests.factories import SAVER_KINDS
 from tests.helpers import checkpoint, config, fetch
 from tests.s3server import S3Server, s3_server
-from tests.test_cli import Store
+from tests.test_cli import Store, closed_port
 from tests.test_compression import ZSTD_MAGIC, StreamCipher
 from tests.test_safe_decoding import evict_from_redis, hot_of, saver_of
 
@@ -329,6 +329,23 @@ def test_bad_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     unreachable = Offload("s3://bucket/x", endpoint="http://127.0.0.1:9", region="us-east-1")
     with pytest.raises(StoreUnavailableError, match="could not store"):
         unreachable.put(b"x")
+
+
+@pytest.mark.parametrize("kind", SAVER_KINDS)
+async def test_an_unreachable_store_fails_the_put_fast_and_nothing_is_written(
+    kind: str, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    down = Offload("s3://bucket/x", MIN, endpoint=f"http://127.0.0.1:{closed_port()}",
+                   region="us-east-1", access_key_id="a", secret_access_key="b")  # fmt: skip
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=down) as saver:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="channel 'x': could not store"):
+            await saver.aput(config("t"), checkpoint(value(60), 1), {"step": 0}, {"x": 1})
+        assert time.monotonic() - started < 15  # not obstore's 3 minutes of retries
+        await put_value(saver, "t", "small")  # values under min_bytes still go in
+        found = await saver.aget_tuple(config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["x"] == "small"
+        assert len([t async for t in saver.alist(config("t"))]) == 1
 
 
 async def test_gc_needs_an_offload_and_a_grace(

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -52,6 +52,17 @@ _STAGING = re.compile(r"([0-9a-f]{64})#\d+")
 """obstore's local store writes ``<key>#<n>`` and renames it into place; a writer killed
 in between leaves that file, which its listing never shows (``gc`` walks for them)."""
 _MISSING: tuple[type[BaseException], ...] = (NotFoundError, FileNotFoundError)
+DEFAULT_CLIENT: dict[str, Any] = {"connect_timeout": timedelta(seconds=2)}
+"""S3 defaults (``client_options=`` overrides them): a store that does not answer fails
+the put or read fast, as the tiers do (``Timeouts``), instead of obstore's defaults."""
+DEFAULT_RETRY: dict[str, Any] = {
+    "max_retries": 3,
+    "retry_timeout": timedelta(seconds=10),
+    "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2)},
+}
+"""obstore retries 10 times for up to 3 minutes by default, all of it blocking the put's
+event loop; a put that cannot store its object fails within about 10 s instead
+(``retry_config=`` overrides it)."""
 
 
 def object_key(digest: str) -> str:
@@ -121,9 +132,12 @@ class Offload:
         if not bucket:
             raise ConfigurationError(f"Offload.url {url!r} names no bucket: s3://bucket/prefix")
         options = dict(options)
+        client = {**DEFAULT_CLIENT, **options.get("client_options", {})}
         endpoint = options.get("endpoint")
         if isinstance(endpoint, str) and endpoint.startswith("http://"):
-            options["client_options"] = {"allow_http": True, **options.get("client_options", {})}
+            client.setdefault("allow_http", True)
+        options["client_options"] = client
+        options.setdefault("retry_config", DEFAULT_RETRY)
         try:
             store: S3Store = S3Store.from_url(url, **options)
         except (ObjectStoreError, TypeError, ValueError) as exc:
