@@ -30,6 +30,7 @@ from langgraph_dualsaver.errors import (
 )
 from langgraph_dualsaver.hot.saver import RedisHotSaver
 from langgraph_dualsaver.offload import (
+    ObjectStoreUnavailableError,
     Offload,
     OffloadedValueMissingError,
     OffloadNotConfiguredError,
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidMetadataError",
     "Limits",
     "MissingThreadIdError",
+    "ObjectStoreUnavailableError",
     "Offload",
     "OffloadNotConfiguredError",
     "OffloadedValueMissingError",

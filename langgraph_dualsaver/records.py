@@ -40,9 +40,9 @@ from langgraph_dualsaver.errors import (
     InvalidMetadataError,
     MissingThreadIdError,
     SerializationError,
-    StoreUnavailableError,
 )
 from langgraph_dualsaver.offload.serde import is_offloaded, not_configured
+from langgraph_dualsaver.offload.store import ObjectStoreUnavailableError
 
 __all__ = [
     "EMPTY_TYPE",
@@ -422,8 +422,8 @@ def _dumps(serde: SerializerProtocol, value: Any, what: str, limits: Limits) -> 
         type_, data = serde.dumps_typed(value)
     except CheckpointTooLargeError as exc:  # over the limit before compression
         raise CheckpointTooLargeError(f"{what} {exc}") from None
-    except StoreUnavailableError as exc:  # the offload store: an outage, not bad input
-        raise StoreUnavailableError(f"{what}: {exc}") from None
+    except ObjectStoreUnavailableError as exc:  # an outage, not bad input
+        raise ObjectStoreUnavailableError(f"{what}: {exc}") from None
     except Exception as exc:  # serde raises whatever its encoder raises
         raise SerializationError(
             f"cannot serialize {what} ({type(value).__name__}): {exc}"

@@ -32,12 +32,12 @@ from typer.testing import CliRunner
 from langgraph_dualsaver import (
     ConfigurationError,
     DualSaver,
+    ObjectStoreUnavailableError,
     Offload,
     OffloadedValueMissingError,
     OffloadNotConfiguredError,
     PostgresDurableSaver,
     RedisHotSaver,
-    StoreUnavailableError,
     StrictSerializer,
 )
 from langgraph_dualsaver.chain.outbox import Outbox
@@ -88,18 +88,19 @@ def s3() -> Iterator[S3Server]:
 
 @pytest.fixture(params=STORES)
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
-    return _location(request.param, request, tmp_path)
+    server = request.getfixturevalue("s3") if request.param == "s3" else None
+    return _location(tmp_path, server)
 
 
 @pytest.fixture
-def local(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
-    return _location("file", request, tmp_path)
+def local(tmp_path: Path) -> Location:
+    return _location(tmp_path, None)
 
 
-def _location(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> Location:
-    if store == "file":
+def _location(tmp_path: Path, server: S3Server | None) -> Location:
+    """A local directory, or a fresh bucket on ``server``."""
+    if server is None:
         return Location((tmp_path / "objects").as_uri(), {})
-    server: S3Server = request.getfixturevalue("s3")
     bucket = f"offload-{uuid.uuid4().hex[:12]}"
     server.create_bucket(bucket)
     return Location(f"s3://{bucket}/objects", server.options())
@@ -327,7 +328,7 @@ def test_bad_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigurationError, match="DUALSAVER_OFFLOAD_MIN_BYTES"):
         env_offload(directory)
     unreachable = Offload("s3://bucket/x", endpoint="http://127.0.0.1:9", region="us-east-1")
-    with pytest.raises(StoreUnavailableError, match="could not store"):
+    with pytest.raises(ObjectStoreUnavailableError, match="could not store"):
         unreachable.put(b"x")
 
 
@@ -339,13 +340,30 @@ async def test_an_unreachable_store_fails_the_put_fast_and_nothing_is_written(
                    region="us-east-1", access_key_id="a", secret_access_key="b")  # fmt: skip
     async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=down) as saver:
         started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match="channel 'x': could not store"):
+        with pytest.raises(ObjectStoreUnavailableError, match="channel 'x': could not store"):
             await saver.aput(config("t"), checkpoint(value(60), 1), {"step": 0}, {"x": 1})
         assert time.monotonic() - started < 15  # not obstore's 3 minutes of retries
         await put_value(saver, "t", "small")  # values under min_bytes still go in
         found = await saver.aget_tuple(config("t"))
         assert found is not None and found.checkpoint["channel_values"]["x"] == "small"
         assert len([t async for t in saver.alist(config("t"))]) == 1
+
+
+@pytest.mark.parametrize("kind", SAVER_KINDS)
+async def test_a_store_down_on_read_is_named_and_not_taken_for_redis_down(
+    kind: str, s3: S3Server, redis_url: str, pg_dsn: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    up = _location(tmp_path, s3)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=up.offload()) as saver:
+        await put_value(saver, "t", value(61))
+    options = {**up.options, "endpoint": f"http://127.0.0.1:{closed_port()}"}
+    down = Offload(up.url, MIN, **options)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=down) as saver:
+        with pytest.raises(ObjectStoreUnavailableError, match="could not read an object"):
+            await saver.aget_tuple(config("t"))
+        if isinstance(saver, DualSaver):  # Redis answered: no degraded mode for this
+            counts = saver.counts()
+            assert counts.redis_down_for_s is None and counts.degraded_reads == 0
 
 
 async def test_gc_needs_an_offload_and_a_grace(

@@ -6,6 +6,11 @@ from langgraph_dualsaver.offload.serde import (
     OffloadedValueMissingError,
     OffloadNotConfiguredError,
 )
-from langgraph_dualsaver.offload.store import Offload
+from langgraph_dualsaver.offload.store import ObjectStoreUnavailableError, Offload
 
-__all__ = ["Offload", "OffloadNotConfiguredError", "OffloadedValueMissingError"]
+__all__ = [
+    "ObjectStoreUnavailableError",
+    "Offload",
+    "OffloadNotConfiguredError",
+    "OffloadedValueMissingError",
+]

@@ -29,12 +29,13 @@ from obstore.exceptions import BaseError as ObjectStoreError
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, S3Store
 
-from langgraph_dualsaver.errors import ConfigurationError, StoreUnavailableError
+from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
 
 __all__ = [
     "DEFAULT_MIN_BYTES",
     "NEVER",
     "ROOT",
+    "ObjectStoreUnavailableError",
     "Offload",
     "StoredObject",
     "env_offload",
@@ -63,6 +64,13 @@ DEFAULT_RETRY: dict[str, Any] = {
 """obstore retries 10 times for up to 3 minutes by default, all of it blocking the put's
 event loop; a put that cannot store its object fails within about 10 s instead
 (``retry_config=`` overrides it)."""
+
+
+class ObjectStoreUnavailableError(DualSaverError, ConnectionError):
+    """The offload store did not answer (or refused) within its retries.
+
+    Not a ``StoreUnavailableError``: that one means Redis or PostgreSQL, and the chain
+    answers it by going to PostgreSQL (degraded mode), which cannot help here."""
 
 
 def object_key(digest: str) -> str:
@@ -166,7 +174,9 @@ class Offload:
             if self.local_dir is not None:
                 self._fsync(key)
         except (ObjectStoreError, OSError) as exc:
-            raise StoreUnavailableError(f"could not store an object in {self.url}: {exc}") from None
+            raise ObjectStoreUnavailableError(
+                f"could not store an object in {self.url}: {exc}"
+            ) from None
         return digest
 
     def get(self, digest: str) -> bytes | None:
@@ -176,7 +186,7 @@ class Offload:
         except _MISSING:
             return None
         except (ObjectStoreError, OSError) as exc:
-            raise StoreUnavailableError(
+            raise ObjectStoreUnavailableError(
                 f"could not read an object from {self.url}: {exc}"
             ) from None
 
