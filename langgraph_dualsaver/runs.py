@@ -233,9 +233,12 @@ def _run_of(config: RunnableConfig) -> _Run | None:
 
 
 def is_terminal(checkpoint: Checkpoint) -> bool:
-    """Whether no node is left to run: no pending trigger among the channel values."""
-    for name in checkpoint.get("channel_values") or {}:
-        if name in ("__start__", "__pregel_tasks") or name.startswith(("branch:to:", "join:")):
+    """Whether no node is left to run: no pending trigger among the channel values (a
+    ``branch:to:*`` or ``__start__`` trigger, or a non-empty join or ``Send`` list)."""
+    for name, value in (checkpoint.get("channel_values") or {}).items():
+        if name == "__start__" or name.startswith("branch:to:"):
+            return False
+        if (name == "__pregel_tasks" or name.startswith("join:")) and value:
             return False
     return True
 

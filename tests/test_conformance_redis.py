@@ -19,9 +19,15 @@ def cluster_url() -> Iterator[str]:
         yield nodes[0].url
 
 
-async def test_every_capability_on_valkey(redis_url: str, redis_prefix: str) -> None:
+@pytest.mark.parametrize("exclusive_runs", [False, True])
+async def test_every_capability_on_valkey(
+    redis_url: str, redis_prefix: str, exclusive_runs: bool
+) -> None:
     await assert_full_conformance(
-        "RedisHotSaver", lambda: RedisHotSaver.from_conn_string(redis_url, prefix=redis_prefix)
+        f"RedisHotSaver(exclusive_runs={exclusive_runs})",
+        lambda: RedisHotSaver.from_conn_string(
+            redis_url, prefix=redis_prefix, exclusive_runs=exclusive_runs
+        ),
     )
 
 

@@ -64,9 +64,11 @@ from langgraph_dualsaver.hot.keys import (
 )
 from langgraph_dualsaver.hot.scripts import (
     DROP,
+    LEASE,
     LOAD,
     STORE,
     Script,
+    store_claim_args,
     store_item_args,
     stored_entry_ids,
 )
@@ -80,6 +82,20 @@ from langgraph_dualsaver.records import (
     saved_config,
     validate_id,
     writes_record,
+)
+from langgraph_dualsaver.runs import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_LEASE,
+    Claim,
+    OnBusy,
+    checkpoint_claim,
+    exclusive_settings,
+    note_head,
+    note_read,
+    refusal,
+    retrying,
+    wait_until_free,
+    writes_claim,
 )
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
@@ -129,6 +145,11 @@ class RedisHotSaver(AsyncFirstSaver):
             (``hot.write_wait.WriteWait``).
         aof: A put counts once the master's append-only file has fsynced it too
             (``WAITAOF 1 0``; needs ``appendonly yes``).
+        exclusive_runs: One run per thread at a time (``runs``): a second run's write
+            raises ``ThreadBusyError`` and writes nothing. Off by default.
+        on_busy: ``"raise"``, or ``"wait"`` (up to ``busy_timeout``) for the holder.
+        lease: How long a run holds its thread past its last write (a crashed run
+            blocks it that long): longer than the longest step.
         compression: how values are compressed (``Compression``; ``None``: not at all).
         offload: values stored as this many bytes or more go to an object store
             (``Offload``); Redis keeps a reference.
@@ -153,6 +174,10 @@ class RedisHotSaver(AsyncFirstSaver):
         replicas: int | None = None,
         aof: bool = False,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        exclusive_runs: bool = False,
+        on_busy: OnBusy = "raise",
+        lease: timedelta = DEFAULT_LEASE,
+        busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT,
         offload: Offload | None = None,
     ) -> None:
         super().__init__(
@@ -162,6 +187,8 @@ class RedisHotSaver(AsyncFirstSaver):
             compression=compression,
             offload=offload,
         )
+        self.exclusive = exclusive_settings(exclusive_runs, on_busy, lease, busy_timeout)
+        """Exclusive runs (``runs``); the chain passes its own claims instead."""
         self.write_wait = durability.WriteWait(replicas, aof)
         """What a put waits for before it counts (``DualSaver`` may set it)."""
         self.prefix = validate_prefix(prefix)
@@ -405,7 +432,13 @@ class RedisHotSaver(AsyncFirstSaver):
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        await self.astore_records(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
+        claim = checkpoint_claim(self.exclusive, record.thread_id, config, checkpoint, metadata)
+        await retrying(
+            self.exclusive,
+            lambda: self.astore_records(
+                record.thread_id, [record], enqueue=self.outbox, acknowledge=True, claim=claim
+            ),
+        )
         return saved_config(record)
 
     async def aput_writes(
@@ -416,7 +449,13 @@ class RedisHotSaver(AsyncFirstSaver):
         task_path: str = "",
     ) -> None:
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
-        await self.astore_records(record.thread_id, [record], enqueue=self.outbox, acknowledge=True)
+        claim = writes_claim(self.exclusive, record.thread_id, config, [w[0] for w in writes])
+        await retrying(
+            self.exclusive,
+            lambda: self.astore_records(
+                record.thread_id, [record], enqueue=self.outbox, acknowledge=True, claim=claim
+            ),
+        )
 
     async def aput_record(
         self, record: CheckpointRecord | WritesRecord, *, enqueue: bool
@@ -445,17 +484,20 @@ class RedisHotSaver(AsyncFirstSaver):
         enqueue: bool,
         cap: int = 0,
         acknowledge: bool = False,
+        claim: Claim | None = None,
     ) -> list[str]:
         """Store records of one thread as they are, in one script; with ``enqueue``, also
         queue each (signed with ``outbox_key``) and return their entry ids. ``cap``: see
         ``aenqueue``. A write to acknowledge (``enqueue`` or ``acknowledge``) waits as
-        ``write_wait`` says; a backfill does not."""
+        ``write_wait`` says; a backfill does not. A ``claim`` the thread's lease refuses
+        raises ``ThreadBusyError``, and nothing is stored."""
         records = [r for r in records if not (isinstance(r, WritesRecord) and not r.writes)]
         if not records:
             return []
         tk = self.thread_keys(thread_id)
         now = time.time()
         args: list[Any] = [utf8(thread_id), self.ttl_ms, int(enqueue), cap, now, len(records)]
+        args += store_claim_args(claim)
         for record in records:
             fields = record_fields(record, self.outbox_key) if enqueue else (b"", b"")
             args += store_item_args(record, *fields)
@@ -465,21 +507,39 @@ class RedisHotSaver(AsyncFirstSaver):
             ids = await self.conn.eval(STORE, tk.all, args)
         if ids == [b"full"]:
             raise OutboxFullError(f"the outbox stream {tk.outbox!r} holds {cap} entries")
+        if claim is not None and (refused := refusal(thread_id, ids)) is not None:
+            raise refused
         return stored_entry_ids(ids, len(records) if enqueue else 0, self.conn.where)
 
     async def aenqueue(
-        self, record: CheckpointRecord | WritesRecord, key: OutboxKey, *, cap: int = 0
+        self,
+        record: CheckpointRecord | WritesRecord,
+        key: OutboxKey,
+        *,
+        cap: int = 0,
+        claim: Claim | None = None,
     ) -> str:
         """Store a record and queue it, signed with ``key``, in one script; return its
         entry id. With ``cap``, raise ``OutboxFullError`` (writing nothing) if the
-        record's outbox stream already holds ``cap`` entries."""
+        record's outbox stream already holds ``cap`` entries; a refused ``claim`` raises
+        ``ThreadBusyError``, writing nothing."""
         self.outbox_key = key
-        return (await self.astore_records(record.thread_id, [record], enqueue=True, cap=cap))[0]
+        ids = await self.astore_records(
+            record.thread_id, [record], enqueue=True, cap=cap, claim=claim
+        )
+        return ids[0]
+
+    async def alease(self, thread_id: str) -> tuple[str, int] | None:
+        """The thread's live lease (exclusive runs): ``(holder, ms left)``, or ``None``."""
+        reply = await self.conn.eval(LEASE, self.thread_keys(thread_id).data, [])
+        return (text(reply[0]), int(reply[1])) if reply else None
 
     # -- reads --------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns, checkpoint_id = checkpoint_ids(config, self.limits)
+        if self.exclusive.enabled:
+            await wait_until_free(self.exclusive, config, note_read(config), self.alease)
         if checkpoint_id is not None:
             args = [b"fields", cp_field(ns, checkpoint_id)]
         else:
@@ -487,7 +547,10 @@ class RedisHotSaver(AsyncFirstSaver):
         tk = self.thread_keys(thread_id)
         reply = await self.conn.eval(LOAD, tk.data, self.load_arguments(thread_id, *args))
         found = self.loaded_tuples(thread_id, reply)
-        return found[0] if found else None
+        latest = found[0] if found else None
+        if self.exclusive.enabled:
+            note_head(config, latest)
+        return latest
 
     def load_arguments(self, thread_id: str, *selection: Any) -> list[Any]:
         """The LOAD script's ARGV for the thread: ``selection`` is ``b"latest", max,

@@ -34,9 +34,12 @@ from langgraph_dualsaver.hot.keys import (
     encode_blob,
     encode_stored_checkpoint,
     encode_write,
+    latest_range,
     text,
+    utf8,
 )
 from langgraph_dualsaver.records import CheckpointRecord, WritesRecord
+from langgraph_dualsaver.runs import Claim
 
 __all__ = [
     "ACK",
@@ -48,11 +51,13 @@ __all__ = [
     "DUMP",
     "EVICT",
     "FORGET",
+    "LEASE",
     "LOAD",
     "PENDING_LUA",
     "REMOVE",
     "STORE",
     "Script",
+    "store_claim_args",
     "store_item_args",
     "stored_entry_ids",
 ]
@@ -235,17 +240,53 @@ STORE = _script(
     "store",
     r"""
 -- KEYS[7]: the shard's registry; a thread with a checkpoint is (re)scored there at now.
--- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), cap, now (s), n_items, items...
+-- ARGV: thread_id, ttl_ms (0 = none), enqueue ('1'/'0'), cap, now (s), n_items,
+--   claim (9 args, see below), items...
 --   checkpoint: 'c', cp_field, stored, n_blobs, (blob_field, blob)*n_blobs, payload, tag
 --   writes:     'w', cp_field, n_writes, write*n_writes, payload, tag
 -- With enqueue, each item's payload is XADDed to the outbox (field 'r', its tag 'm')
 -- and counted pending; meta's 'since' is the first entry id of this incarnation of the
 -- thread. With cap > 0, an outbox already holding cap entries takes nothing: {'full'}.
 -- Returns the entry ids.
+-- Claim (exclusive runs, runs.Claim; op '' = none): holder, op ('check', 'take',
+-- 'release'), lease_ms, parent check ('', 'none' or 'id'), the parent's cp field, head
+-- check (the same), the head's cp field, the root namespace's BYLEX max, min.
+-- The lease is meta's 'lh' (holder) and 'lu' (until: ms on this server's clock; 0 =
+-- let go). A live lease of another holder refuses the write: {'busy', holder}. A
+-- newest root checkpoint other than the parent, or (unless the holder has the lease)
+-- other than the head, refuses it: {'moved', last holder} ('none': the thread must
+-- have none; a thread without any passes 'id'). Nothing is written then. A holder
+-- never takes back a lease it let go (a write stored after its run's interrupt).
 local thread_id = ARGV[1]
 local enqueue = ARGV[3] == '1'
 local cap = tonumber(ARGV[4])
 if enqueue and cap > 0 and redis.call('XLEN', KEYS[6]) >= cap then return {'full'} end
+local lease_until
+if ARGV[8] ~= '' then
+  local holder, op = ARGV[7], ARGV[8]
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local l = redis.call('HMGET', META, 'lh', 'lu')
+  local lh, lu = l[1], tonumber(l[2] or '0')
+  local mine = holder ~= '' and lh == holder
+  if lh and lu > now_ms and not mine then return {'busy', lh} end
+  local newest = false
+  for _, k in ipairs(mine and {10} or {10, 12}) do
+    if ARGV[k] ~= '' then
+      if newest == false then
+        newest = redis.call('ZRANGE', IDX, ARGV[14], ARGV[15], 'BYLEX', 'REV', 'LIMIT', 0, 1)[1]
+      end
+      if newest and (ARGV[k] == 'none' or newest ~= ARGV[k + 1]) then
+        return {'moved', lh or ''}
+      end
+    end
+  end
+  if op == 'take' and not (mine and lu == 0) then
+    lease_until = now_ms + tonumber(ARGV[9])
+  elseif op == 'release' then
+    lease_until = 0
+  end
+end
 local m = read_meta(thread_id)
 if not m then
   redis.call('DEL', CP, IDX, BLOBS, WRITES) -- leftovers of an evicted meta, if any
@@ -257,7 +298,7 @@ elseif not intact(m) then
   redis.call('HDEL', META, 'c', 'b', 'w')
 end
 local flags, ids = {}, {}
-local i = 7
+local i = 16
 for _ = 1, tonumber(ARGV[6]) do
   local kind, field = ARGV[i], ARGV[i + 1]
   if kind == 'c' then
@@ -289,6 +330,7 @@ end
 if #ids > 0 then redis.call('HSETNX', META, 'since', ids[1]) end
 if flags.c then redis.call('ZADD', KEYS[7], ARGV[5], thread_id) end
 for flag in pairs(flags) do redis.call('HSET', META, flag, '1') end
+if lease_until then redis.call('HSET', META, 'lh', ARGV[7], 'lu', lease_until) end
 local pending
 if enqueue and #ids > 0 then
   pending = redis.call('HINCRBY', META, 'pending', #ids)
@@ -520,6 +562,20 @@ return {'ok', redis.call('HGETALL', CP), redis.call('HGETALL', BLOBS),
 """,
 )
 
+LEASE = _script(
+    "lease",
+    r"""
+-- ARGV: none. The thread's live lease (exclusive runs, see STORE): {holder, ms left},
+-- or {} when there is none or it ran out, by this server's clock.
+local l = redis.call('HMGET', META, 'lh', 'lu')
+if not l[1] then return {} end
+local t = redis.call('TIME')
+local left = tonumber(l[2] or '0') - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if left <= 0 then return {} end
+return {l[1], left}
+""",
+)
+
 FORGET = Script(
     "forget",
     r"""
@@ -564,7 +620,7 @@ return 1
 
 ALL_SCRIPTS: tuple[Script, ...] = (
     STORE, LOAD, CHAIN, DELETE, REMOVE, DISCARD, EVICT, DROP, DUMP, FORGET,
-    ACK,
+    ACK, LEASE,
 )  # fmt: skip
 
 
@@ -590,6 +646,31 @@ def store_item_args(
         args = [b"w", cp, len(record.writes), *(encode_write(w) for w in record.writes)]
     args += [payload, tag]
     return args
+
+
+_NO_CLAIM: list[bytes | int] = [b"", b"", 0, b"", b"", b"", b"", b"", b""]
+
+
+def _expected(check: bool, checkpoint_id: str | None) -> list[bytes | int]:
+    if not check:
+        return [b"", b""]
+    if checkpoint_id is None:
+        return [b"none", b""]
+    return [b"id", cp_field("", checkpoint_id)]
+
+
+def store_claim_args(claim: Claim | None) -> list[bytes | int]:
+    """A write's claim (``runs.Claim``) as STORE's nine claim arguments."""
+    if claim is None:
+        return _NO_CLAIM
+    return [
+        utf8(claim.holder),
+        claim.op.encode(),
+        claim.lease_ms,
+        *_expected(claim.check_parent, claim.parent),
+        *_expected(claim.check_head, claim.head),
+        *latest_range(""),
+    ]
 
 
 _STREAM_ID = re.compile(rb"\d+-\d+")
