@@ -479,6 +479,9 @@ FURTHER = (
      "benchmarks/compression_choice.py"),
     ("scale.md", "1, 2 and 4 application processes on a Redis Cluster, and the capacity plan",
      "benchmarks/scale.py"),
+    ("big_state.md", "big state: a chat thread to 500 messages with 2 MB tool outputs, the "
+     "bytes in Redis, PostgreSQL and the object store with compression and offload off and "
+     "on, against the official Postgres saver", "benchmarks/big_state.py"),
 )  # fmt: skip
 """Measurements made by their own scripts (``make bench`` runs them after the grid)."""
 
