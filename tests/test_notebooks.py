@@ -44,6 +44,13 @@ EXPECTED = {
         "caught up",
         "cold reads: 40 misses in Valkey, 40 threads put back; hot reads: 40 hits in Valkey",
     ],
+    "05_big_state.ipynb": [
+        "150 steps, one message each: HumanMessage, AIMessage",
+        "tool outputs: 3, at steps [50, 100, 150], 2.0 MiB of JSON each",
+        "dual_plain: DualSaver.from_conn_string(..., mode='write_behind', compression=None, "
+        "offload=None)",
+        "messages in each thread: 150",
+    ],
     "06_schema_migrations.ipynb": [
         "paused before ('policy_agent',), schema_version 1",
         "version 2 on a version 1 case, no upgrade: KeyError: 'currency'",
@@ -60,6 +67,7 @@ PICTURES = {
     "01_quickstart.ipynb": 1,  # the graph
     "03_time_travel_and_update_state.ipynb": 1,  # the history as a tree
     "04_tiers_and_modes.ipynb": 2,  # outbox lag over a burst; hot vs cold reads
+    "05_big_state.ipynb": 1,  # durable bytes as the thread grows; every store at the end
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
