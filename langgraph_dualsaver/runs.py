@@ -32,7 +32,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -53,6 +53,7 @@ __all__ = [
     "note_read",
     "refusal",
     "retrying",
+    "wait_until_free",
     "writes_claim",
 ]
 
@@ -75,10 +76,10 @@ class Exclusive:
     on_busy: OnBusy = "raise"
     lease: timedelta = DEFAULT_LEASE
     busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT
+    lease_ms: int = field(init=False)
 
-    @property
-    def lease_ms(self) -> int:
-        return self.lease // timedelta(milliseconds=1)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lease_ms", self.lease // timedelta(milliseconds=1))
 
 
 def exclusive_settings(
@@ -101,7 +102,7 @@ def exclusive_settings(
     return Exclusive(exclusive_runs, on_busy, lease, busy_timeout)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
     """What one root write asks of the thread's lease, checked where it is stored.
 

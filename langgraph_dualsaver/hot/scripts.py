@@ -256,7 +256,8 @@ STORE = _script(
 -- newest root checkpoint other than the parent, or (unless the holder has the lease)
 -- other than the head, refuses it: {'moved', last holder} ('none': the thread must
 -- have none; a thread without any passes 'id'). Nothing is written then. A holder
--- never takes back a lease it let go (a write stored after its run's interrupt).
+-- never takes back a lease it let go (a write stored after its run's interrupt), and
+-- extends its own only once a tenth of it has run.
 local thread_id = ARGV[1]
 local enqueue = ARGV[3] == '1'
 local cap = tonumber(ARGV[4])
@@ -281,8 +282,11 @@ if ARGV[8] ~= '' then
       end
     end
   end
-  if op == 'take' and not (mine and lu == 0) then
-    lease_until = now_ms + tonumber(ARGV[9])
+  local lease_ms = tonumber(ARGV[9])
+  -- The holder's own lease is extended once a tenth of it has run (no HSET on most
+  -- writes of a busy run).
+  if op == 'take' and not (mine and (lu == 0 or lu - now_ms > lease_ms * 0.9)) then
+    lease_until = now_ms + lease_ms
   elseif op == 'release' then
     lease_until = 0
   end
@@ -649,6 +653,7 @@ def store_item_args(
 
 
 _NO_CLAIM: list[bytes | int] = [b"", b"", 0, b"", b"", b"", b"", b"", b""]
+_ROOT_RANGE: list[bytes | int] = list(latest_range(""))
 
 
 def _expected(check: bool, checkpoint_id: str | None) -> list[bytes | int]:
@@ -669,7 +674,7 @@ def store_claim_args(claim: Claim | None) -> list[bytes | int]:
         claim.lease_ms,
         *_expected(claim.check_parent, claim.parent),
         *_expected(claim.check_head, claim.head),
-        *latest_range(""),
+        *_ROOT_RANGE,
     ]
 
 
