@@ -42,10 +42,18 @@ from langgraph_dualsaver import (
 )
 from langgraph_dualsaver.chain.outbox import Outbox
 from langgraph_dualsaver.cli.app import app
+from langgraph_dualsaver.compression import StoredValueTooLargeError
 from langgraph_dualsaver.hot import keys as K
+from langgraph_dualsaver.offload.chunks import CHUNKS
 from langgraph_dualsaver.offload.gc import collect
-from langgraph_dualsaver.offload.serde import MARK, OffloadingSerializer, parse_reference
-from langgraph_dualsaver.offload.store import object_key
+from langgraph_dualsaver.offload.serde import (
+    MARK,
+    REFERENCE,
+    OffloadingSerializer,
+    parse_reference,
+)
+from langgraph_dualsaver.offload.store import chunk_key, object_key
+from langgraph_dualsaver.records import Limits
 from tests.factories import SAVER_KINDS
 from tests.helpers import checkpoint, config, fetch
 from tests.s3server import S3Server, s3_server
@@ -73,8 +81,9 @@ class Location:
     url: str
     options: dict[str, Any]
 
-    def offload(self, min_bytes: int = MIN) -> Offload:
-        return Offload(self.url, min_bytes, **self.options)
+    def offload(self, min_bytes: int = MIN, chunk_bytes: int | None = None) -> Offload:
+        """Whole-value offload unless ``chunk_bytes`` is given (the tests of chunks)."""
+        return Offload(self.url, min_bytes, chunk_bytes=chunk_bytes, **self.options)
 
     def read_only(self) -> Offload:
         return Offload.read_only(self.url, **self.options)
@@ -261,7 +270,7 @@ def test_offload_stays_outside_compression_and_encryption_and_allowlists(tmp_pat
 @pytest.mark.pure
 def test_min_bytes_is_compared_with_the_stored_bytes(tmp_path: Path) -> None:
     exactly = len(PLAIN.dumps_typed(bytes(1000))[1])
-    offload = Offload((tmp_path / "o").as_uri(), min_bytes=exactly)
+    offload = Offload((tmp_path / "o").as_uri(), min_bytes=exactly, chunk_bytes=None)
     plain = RedisHotSaver(url="redis://127.0.0.1:1/0", offload=offload, compression=None)
     assert plain.serde.dumps_typed(bytes(999))[0] == "bytes"  # one byte short
     type_, ref = plain.serde.dumps_typed(bytes(1000))
@@ -397,7 +406,7 @@ ckpt["channel_values"] = {"a": random.Random(11).randbytes(100_000), "b": "kill"
 ckpt["channel_versions"] = {"a": 1, "b": 1}
 
 async def main():
-    offload = Offload(args["url"], 65536, **args["options"])
+    offload = Offload(args["url"], 65536, chunk_bytes=args["chunks"], **args["options"])
     async with DualSaver.from_conn_string(
         args["redis"], args["pg"], mode=args["mode"], prefix=args["prefix"],
         serde=KillAfterOffload(), offload=offload, background_flush=False,
@@ -416,7 +425,7 @@ async def test_a_crash_between_object_and_record_leaves_an_orphan_gc_collects(
     offload = location.offload()
     async with saver_of(f"dual_{mode}", redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
         args = {"url": location.url, "options": location.options, "redis": redis_url,
-                "pg": pg_dsn, "prefix": redis_prefix, "mode": mode}  # fmt: skip
+                "pg": pg_dsn, "prefix": redis_prefix, "mode": mode, "chunks": None}  # fmt: skip
         child = subprocess.run(
             [sys.executable, "-c", CRASHING_PUT, json.dumps(args)], timeout=120, check=False
         )
@@ -554,3 +563,269 @@ def test_cli_gc_and_status_show_the_store(
     assert digests(offload) == {digest_of(value(50, 300_000))}
     bad = cli(store, local, "gc", "--grace", "soon")
     assert bad.exit_code != 0 and "not a duration" in bad.output
+
+
+# -- chunked values ---------------------------------------------------------------------
+
+WORDS = [f"w{n:x}" for n in range(2000)]
+CHUNK = 16 * 1024
+"""The default average chunk."""
+
+
+def history(messages: int, seed: int = 1) -> list[str]:
+    """A chat history: ``messages`` texts of about 1 KB each, compressible like text,
+    the same first messages for every length (a value that grows)."""
+    out = []
+    for n in range(messages):
+        rng = random.Random(seed * 100_003 + n)
+        out.append(" ".join(rng.choice(WORDS) for _ in range(200))[:1024])
+    return out
+
+
+def chunked(location: Location, **options: Any) -> Offload:
+    return Offload(location.url, MIN, chunk_bytes=CHUNK, **options, **location.options)
+
+
+def chunk_objects(offload: Offload) -> dict[str, int]:
+    """Digest -> stored size of every chunk in the store."""
+    return {f.digest: f.size for f in offload.objects() if f.chunk and f.digest is not None}
+
+
+def chunk_refs(stored: list[tuple[str, bytes]]) -> list[list[str]]:
+    """The chunk digests each stored chunked reference lists."""
+    return [
+        [m.group(1).decode() for m in REFERENCE.finditer(data)]
+        for type_, data in stored
+        if type_.endswith(CHUNKS)
+    ]
+
+
+@pytest.mark.parametrize("kind", SAVER_KINDS)
+async def test_chunked_values_and_writes_round_trip(
+    kind: str, location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(location)
+    big, written = history(200), history(120, seed=2)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
+        saved = await saver.aput(config("t"), checkpoint(big, 1), {"step": 0}, {"x": 1})
+        await saver.aput_writes(saved, [("x", written), ("y", "small")], "task-1")
+        if isinstance(saver, DualSaver):
+            await saver.aflush()
+
+        stored = await stored_values(saver, redis_url, pg_dsn, "t")
+        assert {t for t, _ in stored if t.endswith(CHUNKS)} == {"msgpack.chunks"}
+        refs = chunk_refs(stored)
+        assert refs and all(len(r) >= 5 for r in refs)  # ~200 KB in ~20 KiB chunks
+        assert set(chunk_objects(offload)) == {d for r in refs for d in r}
+        raw = len(PLAIN.dumps_typed(big)[1])
+        assert sum(chunk_objects(offload).values()) < raw  # each chunk zstd-compressed
+        assert ("msgpack", PLAIN.dumps_typed("small")[1]) in stored
+
+        found = await saver.aget_tuple(config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["x"] == big
+        assert [w[1:] for w in found.pending_writes or []] == [("x", written), ("y", "small")]
+        if isinstance(saver, DualSaver):  # and from PostgreSQL, once Redis lost it
+            await evict_from_redis(saver, redis_url, "t")
+            again = await saver.aget_tuple(config("t"))
+            assert again is not None and again.checkpoint["channel_values"]["x"] == big
+
+
+async def test_a_value_that_grows_by_one_message_stores_about_one_new_chunk(
+    location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(location)
+    async with saver_of(
+        "dual_write_behind", redis_url, pg_dsn, redis_prefix, offload=offload
+    ) as saver:
+        saved = await put_value(saver, "t", history(300))
+        before = chunk_objects(offload)
+        added: list[int] = []
+        for step in range(1, 6):  # one 1 KB message more each step
+            saved = await saver.aput(
+                saved, checkpoint(history(300 + step), step + 1), {"step": step}, {"x": step + 1}
+            )
+            now = chunk_objects(offload)
+            added.append(len(now) - len(before))
+            new_bytes = sum(now.values()) - sum(before.values())
+            assert new_bytes < sum(before.values()) / 5  # not another copy of the history
+            before = now
+        # the last chunk (where the message went) and the first (its length is there)
+        assert all(1 <= n <= 2 for n in added), added
+        assert isinstance(saver, DualSaver)
+        await saver.aflush()
+        found = await saver.aget_tuple(config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["x"] == history(305)
+        first = [t async for t in saver.alist(config("t"))][-1]
+        assert first.checkpoint["channel_values"]["x"] == history(300)
+
+
+async def test_whole_value_references_and_inline_values_still_read_with_chunking(
+    location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    whole, inline, new = history(150), history(2), history(151)
+    before = location.offload(min_bytes=8192)  # the history compresses to under MIN
+    async with saver_of(
+        "dual_write_through", redis_url, pg_dsn, redis_prefix, offload=before
+    ) as saver:  # written before chunking: a .offload reference
+        await put_value(saver, "whole", whole)
+        await put_value(saver, "inline", inline)  # under min_bytes: in the tiers
+        types = {t for t, _ in await stored_values(saver, redis_url, pg_dsn, "whole")}
+        assert types == {"msgpack.zstd.offload"}
+    async with saver_of(
+        "dual_write_through", redis_url, pg_dsn, redis_prefix, offload=chunked(location)
+    ) as saver:
+        await put_value(saver, "new", new)
+        for thread_id, expected in (("whole", whole), ("inline", inline), ("new", new)):
+            found = await saver.aget_tuple(config(thread_id))
+            assert found is not None and found.checkpoint["channel_values"]["x"] == expected
+    for reader in (location.read_only(), location.offload()):  # chunking off: still reads
+        async with saver_of(
+            "dual_write_through", redis_url, pg_dsn, redis_prefix, offload=reader
+        ) as saver:
+            found = await saver.aget_tuple(config("new"))
+            assert found is not None and found.checkpoint["channel_values"]["x"] == new
+
+
+@pytest.mark.parametrize("kind", SAVER_KINDS)
+async def test_a_missing_chunk_names_thread_checkpoint_and_key(
+    kind: str, local: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(local)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
+        saved = await put_value(saver, "t", history(100))
+        checkpoint_id = saved["configurable"]["checkpoint_id"]
+        (refs,) = chunk_refs(await stored_values(saver, redis_url, pg_dsn, "t"))[:1]
+        offload.delete(chunk_key(refs[2]))
+        with pytest.raises(OffloadedValueMissingError) as raised:
+            await saver.aget_tuple(config("t"))
+        message = str(raised.value)
+        assert "thread 't'" in message and repr(checkpoint_id) in message
+        assert "channel 'x'" in message and f"chunk sha256:{refs[2]}" in message
+
+
+async def test_a_chunked_value_over_the_limit_is_refused_before_any_fetch(
+    local: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(local)
+    async with saver_of("postgres", redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
+        await put_value(saver, "t", history(100))
+    for found in list(offload.objects()):  # had it fetched, a chunk would be missing
+        offload.delete(found.key)
+    small = Limits(max_value_bytes=50_000)
+    async with saver_of(
+        "postgres", redis_url, pg_dsn, redis_prefix, offload=offload, limits=small
+    ) as saver:
+        with pytest.raises(StoredValueTooLargeError, match="over the limit of 50,000") as raised:
+            await saver.aget_tuple(config("t"))
+        assert "thread 't'" in str(raised.value)
+
+
+def test_a_fresh_chunk_is_not_written_again_and_an_old_one_is(local: Location) -> None:
+    offload = chunked(local)
+    (digest,) = offload.put_chunks([b"chunk" * 1000])
+    path = Path(offload.local_dir or "") / chunk_key(digest)
+    five_minutes_ago = time.time() - 300
+    os.utime(path, (five_minutes_ago, five_minutes_ago))
+    again = chunked(local)  # another process: nothing remembered, the store is asked
+    assert again.put_chunks([b"chunk" * 1000]) == [digest]
+    assert path.stat().st_mtime == pytest.approx(five_minutes_ago)  # not rewritten
+    an_hour_ago = time.time() - 3600  # older than refresh_after (15 min): written again
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    chunked(local).put_chunks([b"chunk" * 1000])
+    assert time.time() - path.stat().st_mtime < 60
+    assert offload.get_chunks([digest]) == [b"chunk" * 1000]
+
+
+async def test_gc_keeps_shared_chunks_while_any_version_references_them(
+    location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(location, refresh_after=timedelta(0))
+    async with saver_of(
+        "dual_write_behind", redis_url, pg_dsn, redis_prefix, offload=offload
+    ) as saver:
+        assert isinstance(saver, DualSaver)
+        first = await put_value(saver, "t", history(200))
+        await saver.aput(first, checkpoint(history(201), 2), {"step": 1}, {"x": 2})
+        await put_value(saver, "other", history(150, seed=3))
+        await saver.aflush()
+        old, new = chunk_refs(
+            [(t, d) for t, d in await stored_values(saver, redis_url, pg_dsn, "t")]
+        )[:2]
+        shared = set(old) & set(new)
+        assert len(shared) >= len(set(old)) - 2  # all but the first and last chunk
+
+        kept = await collect(saver, grace=timedelta(0))
+        assert kept.swept == 0 and kept.marked == len(chunk_objects(offload))
+
+        await saver.aprune(["t"], strategy="keep_latest")
+        await saver.aflush()
+        pruned = await collect(saver, grace=timedelta(0))
+        assert set(pruned.swept_keys) == {chunk_key(d) for d in set(old) - set(new)}
+        found = await saver.aget_tuple(config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["x"] == history(201)
+
+        await saver.adelete_thread("t")
+        await saver.aflush()
+        deleted = await collect(saver, grace=timedelta(0))
+        assert set(deleted.swept_keys) == {chunk_key(d) for d in new}
+        other = await saver.aget_tuple(config("other"))
+        assert other is not None and other.checkpoint["channel_values"]["x"] == history(150, 3)
+
+
+async def test_gc_gives_chunks_refresh_after_beyond_its_grace(
+    local: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(local)  # refresh_after: 15 minutes
+    async with saver_of("postgres", redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
+        await put_value(saver, "t", history(100))
+        await saver.adelete_thread("t")
+        count = len(chunk_objects(offload))
+        # a put may skip a chunk modified 14 minutes ago: gc must not take it
+        fourteen = time.time() - 14 * 60
+        for found in offload.objects():
+            os.utime(Path(offload.local_dir or "") / found.key, (fourteen, fourteen))
+        young = await collect(saver, grace=timedelta(0))
+        assert young.swept == 0 and young.kept_young == count
+        older = time.time() - 16 * 60
+        for found in offload.objects():
+            os.utime(Path(offload.local_dir or "") / found.key, (older, older))
+        assert (await collect(saver, grace=timedelta(0))).swept == count
+
+
+@pytest.mark.parametrize("mode", ["write_behind", "write_through"])
+async def test_a_crash_after_the_chunks_leaves_them_whole_and_gc_collects_them(
+    mode: str, location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(location, refresh_after=timedelta(0))
+    async with saver_of(f"dual_{mode}", redis_url, pg_dsn, redis_prefix, offload=offload) as saver:
+        args = {"url": location.url, "options": location.options, "redis": redis_url,
+                "pg": pg_dsn, "prefix": redis_prefix, "mode": mode, "chunks": CHUNK}  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, "-c", CRASHING_PUT, json.dumps(args)], timeout=120, check=False
+        )
+        assert child.returncode == -signal.SIGKILL
+
+        orphans = chunk_objects(offload)
+        assert len(orphans) >= 3  # channel a's 100,000 bytes, cut
+        parts = offload.get_chunks(sorted(orphans))
+        assert all(
+            p is not None and hashlib.sha256(p).hexdigest() == d
+            for p, d in zip(parts, sorted(orphans), strict=True)
+        )  # each whole and durable
+        assert sum(len(p or b"") for p in parts) >= 100_000  # random bytes: stored raw
+        assert await saver.aget_tuple(config("crash")) is None
+        assert await fetch(pg_dsn, "SELECT 1 FROM dualsaver_blobs") == []
+        swept = await collect(saver, grace=timedelta(0))
+        assert swept.marked == 0 and swept.swept == len(orphans)
+        assert list(offload.objects()) == []
+
+
+@pytest.mark.pure
+def test_chunk_settings_are_checked(tmp_path: Path) -> None:
+    directory = (tmp_path / "o").as_uri()
+    for bad in (0, 100, 1 << 30, True, "16k"):
+        with pytest.raises(ConfigurationError, match="chunk_bytes"):
+            Offload(directory, chunk_bytes=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="refresh_after"):
+        Offload(directory, refresh_after=timedelta(seconds=-1))
+    assert Offload(directory).chunk_bytes == CHUNK

@@ -14,6 +14,13 @@ an object again each time a record references it, so an object a put is about to
 reference is young, and kept. What is left between that last look and the delete is
 the residual race docs/architecture.md states.
 
+Chunks (``chunks/``, the parts of ``<type>.chunks`` references, each line of which is
+a ``sha256:<hex>:<size>`` and so marked like a whole reference) are shared by every
+version of a growing value, and a writer does not write one again while it is younger
+than ``Offload.refresh_after``: so a chunk is deleted only if older than ``grace`` plus
+``refresh_after``. A put that skips a chunk saw it modified within ``refresh_after``;
+``grace`` then protects it exactly as it protects a whole object that put wrote.
+
 Half-written files of a writer killed mid-write (local directory only) and objects
 whose checkpoint never committed are unmarked, so they go once older than ``grace``.
 """
@@ -52,9 +59,9 @@ DEFAULT_GRACE = timedelta(hours=1)
 _PAGE = 500
 
 _MARK_SQL = """
-SELECT blob FROM dualsaver_blobs WHERE type LIKE '%.offload'
+SELECT blob FROM dualsaver_blobs WHERE type LIKE '%.offload' OR type LIKE '%.chunks'
 UNION ALL
-SELECT blob FROM dualsaver_writes WHERE type LIKE '%.offload'
+SELECT blob FROM dualsaver_writes WHERE type LIKE '%.offload' OR type LIKE '%.chunks'
 """
 """A full scan of both tables' small columns; only the references' rows are read."""
 
@@ -67,6 +74,8 @@ class GcReport:
     dry_run: bool
     cutoff: datetime
     """Objects modified at or after this are kept, referenced or not."""
+    chunk_cutoff: datetime | None = None
+    """The same for chunks: ``refresh_after`` earlier (``None``: as ``cutoff``)."""
     marked: int = 0
     """Distinct objects referenced by a record."""
     objects: int = 0
@@ -79,9 +88,15 @@ class GcReport:
     """Half-written files (a writer killed mid-write) among ``swept``."""
     swept_keys: list[str] = field(default_factory=list)
 
+    def cutoff_of(self, *, chunk: bool) -> datetime:
+        if chunk and self.chunk_cutoff is not None:
+            return self.chunk_cutoff
+        return self.cutoff
+
     def as_dict(self) -> dict[str, Any]:
         found = asdict(self)
         found["cutoff"] = self.cutoff.isoformat()
+        found["chunk_cutoff"] = self.cutoff_of(chunk=True).isoformat()
         return found
 
 
@@ -136,7 +151,13 @@ async def collect(
     if durable is not None:
         async for data in _durable_values(durable):
             marks.update(references_in(data))
-    report = GcReport(store=offload.url, dry_run=dry_run, cutoff=cutoff, marked=len(marks))
+    report = GcReport(
+        store=offload.url,
+        dry_run=dry_run,
+        cutoff=cutoff,
+        chunk_cutoff=cutoff - offload.refresh_after,
+        marked=len(marks),
+    )
     # The store's calls block: the sweep runs in a thread, so a flush worker's event
     # loop goes on while it lists and deletes.
     await asyncio.to_thread(_sweep, offload, marks, report)
@@ -149,10 +170,11 @@ def _sweep(offload: Offload, marks: set[str], report: GcReport) -> None:
         report.bytes += found.size
         if found.digest in marks:
             continue
-        if found.modified >= report.cutoff:
+        cutoff = report.cutoff_of(chunk=found.chunk)
+        if found.modified >= cutoff:
             report.kept_young += 1
             continue
-        if report.dry_run or _delete_if_still_old(offload, found, report.cutoff):
+        if report.dry_run or _delete_if_still_old(offload, found, cutoff):
             report.swept += 1
             report.swept_bytes += found.size
             report.leftovers += found.digest is None

@@ -2,10 +2,22 @@
 the size compared with ``Offload.min_bytes`` is the size that would be stored, and an
 encrypted value goes to the object store encrypted.
 
-A value of ``min_bytes`` or more is written to the store (``Offload.put``: durable
-before it returns) and the tiers keep ``sha256:<hex>:<size>`` with the stored type
-``<type>.offload``: ``"msgpack.zstd"`` becomes ``"msgpack.zstd.offload"``. Reads go by
-the type alone, so values stored in the tiers read whatever the setting is, and a
+Two ways to store a large value, chosen per value:
+
+- chunked (``Offload.chunk_bytes`` set, the default, and no ``EncryptedSerializer``):
+  the user's serde's bytes, when they are ``min_bytes`` or more, are cut by content and
+  each chunk is compressed and stored once (``offload.chunks``); the tiers keep the list
+  of chunks with the stored type ``<type>.chunks``. Consecutive versions of a growing
+  value share all but about two chunks.
+- whole: the stored bytes (compressed, and encrypted), when they are ``min_bytes`` or
+  more, are one object (``Offload.put``: durable before it returns) and the tiers keep
+  ``sha256:<hex>:<size>`` with the stored type ``<type>.offload``: ``"msgpack.zstd"``
+  becomes ``"msgpack.zstd.offload"``. Always so under an ``EncryptedSerializer``: it
+  encrypts each value with a fresh nonce, so two versions share no bytes and chunks
+  of ciphertext would never dedupe; chunking the plaintext before encryption would
+  store it unencrypted. Encrypted values keep their whole-value offload.
+
+Reads go by the type alone, so values stored in the tiers read whatever the setting is, and a
 reference reads as long as the saver has an ``Offload`` for its store
 (``Offload.read_only`` to stop offloading new values).
 
@@ -26,8 +38,22 @@ from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from langgraph_dualsaver.compression import StoredValueError, StoredValueTooLargeError
-from langgraph_dualsaver.errors import ConfigurationError
+from langgraph_dualsaver.compression import (
+    CompressingSerializer,
+    Compression,
+    StoredValueError,
+    StoredValueTooLargeError,
+)
+from langgraph_dualsaver.errors import CheckpointTooLargeError, ConfigurationError
+from langgraph_dualsaver.offload.chunks import (
+    CHUNKS,
+    ChunkRef,
+    cut,
+    pack,
+    parse_chunks,
+    render_chunks,
+    unpack,
+)
 from langgraph_dualsaver.offload.store import Offload
 
 __all__ = [
@@ -58,7 +84,21 @@ class OffloadNotConfiguredError(StoredValueError):
 
 
 def is_offloaded(type_: str) -> bool:
-    return type_.endswith(MARK)
+    """A stored reference to the object store, whole (``.offload``) or chunked."""
+    return type_.endswith(MARK) or type_.endswith(CHUNKS)
+
+
+class _Serialized(SerializerProtocol):
+    """Bytes already serialized, handed to ``CompressingSerializer`` as its serde."""
+
+    def __init__(self, type_: str, data: bytes) -> None:
+        self.found = (type_, data)
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return self.found
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:  # pragma: no cover - unused
+        raise NotImplementedError
 
 
 def reference(digest: str, size: int) -> bytes:
@@ -93,17 +133,67 @@ class OffloadingSerializer(SerializerProtocol):
         self.max_bytes = max_bytes
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        if self.offload.chunk_bytes is not None and isinstance(self.inner, CompressingSerializer):
+            return self._dumps_chunked(self.inner, obj)
         type_, data = self.inner.dumps_typed(obj)
         if len(data) < self.offload.min_bytes:
             return type_, data
         digest = self.offload.put(data)
         return f"{type_}{MARK}", reference(digest, len(data))
 
+    def _dumps_chunked(self, compressing: CompressingSerializer, obj: Any) -> tuple[str, bytes]:
+        type_, data = compressing.inner.dumps_typed(obj)
+        if len(data) < self.offload.min_bytes:  # compressed as the saver would have
+            small = CompressingSerializer(
+                _Serialized(type_, data), compressing.compression, compressing.max_bytes
+            )
+            return small.dumps_typed(obj)
+        if len(data) > compressing.max_bytes:
+            raise CheckpointTooLargeError(
+                f"serializes to {len(data):,} bytes before compression; the limit is "
+                f"{compressing.max_bytes:,} (Limits.max_value_bytes)"
+            )
+        assert self.offload.chunk_bytes is not None
+        level = _zstd_level(compressing.compression)
+        pieces = cut(data, self.offload.chunk_bytes)
+        packed = [pack(piece, level) for piece in pieces]
+        digests = self.offload.put_chunks([stored for stored, _ in packed])
+        refs = [
+            ChunkRef(digest, len(stored), len(piece), compressed)
+            for digest, (stored, compressed), piece in zip(digests, packed, pieces, strict=True)
+        ]
+        return f"{type_}{CHUNKS}", render_chunks(refs)
+
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         type_, stored = data
+        if type_.endswith(CHUNKS):
+            found = self.fetch_chunks(type_, stored)
+            return self.inner.loads_typed((type_.removesuffix(CHUNKS), found))
         if not is_offloaded(type_):
             return self.inner.loads_typed(data)
         return self.inner.loads_typed((type_.removesuffix(MARK), self.fetch(type_, stored)))
+
+    def fetch_chunks(self, type_: str, stored: bytes) -> bytes:
+        """The bytes a chunked reference lists, each chunk checked against its hash."""
+        refs = parse_chunks(stored, self.max_bytes, type_)
+        wanted = list(dict.fromkeys(r.digest for r in refs))
+        found = dict(zip(wanted, self.offload.get_chunks(wanted), strict=True))
+        parts = []
+        for ref in refs:
+            chunk = found[ref.digest]
+            if chunk is None:
+                raise OffloadedValueMissingError(
+                    f"chunk sha256:{ref.digest} ({ref.stored:,} bytes) of an offloaded "
+                    f"value is missing from {self.offload.url}: it was deleted, or this is "
+                    "not the store it was written to"
+                )
+            if len(chunk) != ref.stored or hashlib.sha256(chunk).hexdigest() != ref.digest:
+                raise StoredValueError(
+                    f"chunk sha256:{ref.digest} in {self.offload.url} does not match its "
+                    "hash: the object was altered"
+                )
+            parts.append(unpack(ref, chunk))
+        return b"".join(parts)
 
     def fetch(self, type_: str, stored: bytes) -> bytes:
         """The bytes a reference names, checked against its size and hash."""
@@ -126,6 +216,10 @@ class OffloadingSerializer(SerializerProtocol):
                 "its hash: the object was altered"
             )
         return found
+
+
+def _zstd_level(compression: Compression | None) -> int | None:
+    return None if compression is None else compression.level
 
 
 def without_offload(serde: SerializerProtocol) -> SerializerProtocol:

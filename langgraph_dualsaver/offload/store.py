@@ -8,6 +8,12 @@ directories naming it are fsynced. Writing a hash that exists writes it again (S
 touches it (local), so its modification time says "referenced recently" and ``gc``'s
 grace period protects a value whose record is being written right now.
 
+Chunks of a chunked value (``offload.chunks``) live beside them under
+``chunks/<2 hex>/<64 hex>``, also named by the sha256 of their (stored) bytes. A chunk
+that exists and was written or refreshed less than ``refresh_after`` ago is not written
+again (``put_chunks``); ``gc`` gives chunks ``refresh_after`` more than its grace, so
+skipping one is as safe as refreshing it.
+
 Calls block: they run inside the serde (see ``offload.serde`` for why).
 """
 
@@ -17,7 +23,11 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,12 +42,16 @@ from obstore.store import LocalStore, S3Store
 from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
 
 __all__ = [
+    "CHUNK_ROOT",
+    "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MIN_BYTES",
+    "DEFAULT_REFRESH_AFTER",
     "NEVER",
     "ROOT",
     "ObjectStoreUnavailableError",
     "Offload",
     "StoredObject",
+    "chunk_key",
     "env_offload",
     "object_key",
 ]
@@ -46,7 +60,17 @@ DEFAULT_MIN_BYTES = 256 * 1024
 NEVER = 1 << 62
 """``min_bytes`` of ``Offload.read_only``: no value is that large."""
 ROOT = "sha256"
-"""Every object's key starts here; nothing else under the URL is touched."""
+"""Every whole value's key starts here."""
+CHUNK_ROOT = "chunks"
+"""Every chunk's key starts here; nothing but these two roots under the URL is touched."""
+DEFAULT_CHUNK_BYTES = 16 * 1024
+"""The chunker's average (see ``offload.chunks`` for the measurement behind it)."""
+DEFAULT_REFRESH_AFTER = timedelta(minutes=15)
+"""A quarter of ``gc``'s default grace (one hour)."""
+_FRESH_CACHE = 65536
+"""Chunks this process wrote or saw fresh, remembered so a put asks the store nothing."""
+_WORKERS = 8
+"""Concurrent chunk writes and (remote) reads of one value."""
 SCHEMES = ("file", "s3")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _STAGING = re.compile(r"([0-9a-f]{64})#\d+")
@@ -64,6 +88,10 @@ DEFAULT_RETRY: dict[str, Any] = {
 """obstore retries 10 times for up to 3 minutes by default, all of it blocking the put's
 event loop; a put that cannot store its object fails within about 10 s instead
 (``retry_config=`` overrides it)."""
+MIN_CHUNK_AVG = 1024
+MAX_CHUNK_AVG = 1 << 20
+"""``chunk_bytes`` bounds: the chunker takes averages of 256 B to 4 MiB; below 1 KiB a
+chunk's reference line is a large share of it, above 1 MiB little is shared."""
 
 
 class ObjectStoreUnavailableError(DualSaverError, ConnectionError):
@@ -78,6 +106,11 @@ def object_key(digest: str) -> str:
     return f"{ROOT}/{digest[:2]}/{digest}"
 
 
+def chunk_key(digest: str) -> str:
+    """The key of the chunk whose sha256 hex digest is ``digest``."""
+    return f"{CHUNK_ROOT}/{digest[:2]}/{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     """One object as the store lists it (``digest`` is ``None`` for a half-written
@@ -87,6 +120,8 @@ class StoredObject:
     digest: str | None
     size: int
     modified: datetime
+    chunk: bool = False
+    """Under ``chunks/``: ``gc`` gives it ``Offload.refresh_after`` more than its grace."""
 
 
 class Offload:
@@ -96,20 +131,56 @@ class Offload:
     Args:
         url: ``"file:///abs/dir"`` (created if missing) or ``"s3://bucket/prefix"``.
         min_bytes: smaller values stay in the tiers.
+        min_bytes: smaller values stay in the tiers. Compared with the user's serde's
+            bytes when the value is chunked, with the compressed (and encrypted) bytes
+            when it goes whole.
+        chunk_bytes: average chunk of a chunked value (``offload.chunks``); ``None``
+            offloads every value whole, as before chunking. Values of an
+            ``EncryptedSerializer`` always go whole.
+        refresh_after: a chunk that exists and was written or refreshed less than this
+            ago is not written again. Every writer and ``gc`` must use the same value.
         options: passed to ``obstore``'s store for the URL: for S3 e.g. ``endpoint``,
             ``region``, ``access_key_id``, ``secret_access_key``, ``client_options``
             (an ``http://`` endpoint turns ``allow_http`` on). Unset ones come from the
             ``AWS_*`` environment, as obstore reads it.
     """
 
-    def __init__(self, url: str, min_bytes: int = DEFAULT_MIN_BYTES, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        min_bytes: int = DEFAULT_MIN_BYTES,
+        *,
+        chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+        refresh_after: timedelta = DEFAULT_REFRESH_AFTER,
+        **options: Any,
+    ) -> None:
         if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 1:
             raise ConfigurationError(f"Offload.min_bytes must be an int >= 1, got {min_bytes!r}")
         if not isinstance(url, str) or not url:
             raise ConfigurationError(f"Offload.url must be a non-empty URL, got {url!r}")
+        if chunk_bytes is not None and (
+            isinstance(chunk_bytes, bool)
+            or not isinstance(chunk_bytes, int)
+            or not MIN_CHUNK_AVG <= chunk_bytes <= MAX_CHUNK_AVG
+        ):
+            raise ConfigurationError(
+                f"Offload.chunk_bytes must be None or an int from {MIN_CHUNK_AVG} to "
+                f"{MAX_CHUNK_AVG}, got {chunk_bytes!r}"
+            )
+        if not isinstance(refresh_after, timedelta) or refresh_after < timedelta(0):
+            raise ConfigurationError(
+                f"Offload.refresh_after must be a timedelta of 0 or more, got {refresh_after!r}"
+            )
         self.url = url
         self.min_bytes = min_bytes
+        self.chunk_bytes = chunk_bytes
+        self.refresh_after = refresh_after
         self.options = options
+        self._fresh: OrderedDict[str, float] = OrderedDict()
+        """Chunk digest -> a time (epoch s) its object was known to be modified at or after."""
+        self._fresh_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.local_dir: Path | None = None
         """The directory of a ``file://`` URL; ``None`` for S3."""
         parsed = urlparse(url)
@@ -159,7 +230,13 @@ class Offload:
         return cls(url, NEVER, **options)
 
     def __repr__(self) -> str:
-        return f"Offload({self.url!r}, min_bytes={self.min_bytes})"
+        if self.chunk_bytes == DEFAULT_CHUNK_BYTES:
+            return f"Offload({self.url!r}, min_bytes={self.min_bytes})"
+        return f"Offload({self.url!r}, min_bytes={self.min_bytes}, chunk_bytes={self.chunk_bytes})"
+
+    @property
+    def remote(self) -> bool:
+        return self.local_dir is None
 
     # -- objects --------------------------------------------------------------------
 
@@ -196,7 +273,8 @@ class Offload:
             meta = obstore.head(self.store, key)
         except _MISSING:
             return None
-        return StoredObject(key, _digest(key), meta["size"], meta["last_modified"])
+        chunk = key.startswith(f"{CHUNK_ROOT}/")
+        return StoredObject(key, _digest(key), meta["size"], meta["last_modified"], chunk)
 
     def delete(self, key: str) -> None:
         """Remove the object at ``key``; one already gone is fine."""
@@ -206,13 +284,98 @@ class Offload:
     def objects(self) -> Iterator[StoredObject]:
         """Every object under ``sha256/``, and, in a local directory, the half-written
         files a killed writer left."""
-        for chunk in obstore.list(self.store, f"{ROOT}/", chunk_size=1000):
-            for meta in chunk:
-                yield StoredObject(
-                    meta["path"], _digest(meta["path"]), meta["size"], meta["last_modified"]
-                )
+        for root in (ROOT, CHUNK_ROOT):
+            for page in obstore.list(self.store, f"{root}/", chunk_size=1000):
+                for meta in page:
+                    path = meta["path"]
+                    yield StoredObject(
+                        path, _digest(path), meta["size"], meta["last_modified"], root == CHUNK_ROOT
+                    )
         if self.local_dir is not None:
             yield from self._staging_leftovers()
+
+    # -- chunks ---------------------------------------------------------------------
+
+    def put_chunks(self, chunks: Sequence[bytes]) -> list[str]:
+        """Store each of ``chunks`` (durably) under its sha256 unless it is there and
+        fresh (written or refreshed less than ``refresh_after`` ago); their digests, in
+        order. Returns only once every one is durable; writes run concurrently."""
+        digests = [hashlib.sha256(c).hexdigest() for c in chunks]
+        todo: dict[str, bytes] = {}
+        try:
+            for digest, data in zip(digests, chunks, strict=True):
+                if digest not in todo and not self._known_fresh(digest):
+                    todo[digest] = data
+            if not todo:
+                return digests
+            if len(todo) == 1:
+                self._put_chunk(*next(iter(todo.items())))
+            else:
+                list(self._executor().map(self._put_chunk, todo, todo.values()))
+        except (ObjectStoreError, OSError) as exc:
+            raise ObjectStoreUnavailableError(
+                f"could not store an object in {self.url}: {exc}"
+            ) from None
+        return digests
+
+    def get_chunks(self, digests: Sequence[str]) -> list[bytes | None]:
+        """Each chunk's stored bytes (``None`` for one that is missing), in order;
+        concurrently from a remote store."""
+        try:
+            if self.remote and len(digests) > 1:
+                return list(self._executor().map(self._get_key, map(chunk_key, digests)))
+            return [self._get_key(chunk_key(d)) for d in digests]
+        except (ObjectStoreError, OSError) as exc:
+            raise ObjectStoreUnavailableError(
+                f"could not read an object from {self.url}: {exc}"
+            ) from None
+
+    def _get_key(self, key: str) -> bytes | None:
+        try:
+            return bytes(obstore.get(self.store, key).bytes())
+        except _MISSING:
+            return None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="dualsaver-offload")
+            return self._pool
+
+    def _known_fresh(self, digest: str) -> bool:
+        """Written or seen fresh by this process recently enough to skip (no call to the
+        store: a chunk this process knows was modified within ``refresh_after`` is one
+        ``gc`` keeps, as its grace plus ``refresh_after`` has not passed)."""
+        horizon = time.time() - self.refresh_after.total_seconds()
+        with self._fresh_lock:
+            seen = self._fresh.get(digest)
+            if seen is not None and seen > horizon:
+                self._fresh.move_to_end(digest)
+                return True
+        if self.refresh_after <= timedelta(0):
+            return False
+        found = self.head(chunk_key(digest))
+        if found is None or found.modified.timestamp() <= horizon:
+            return False
+        self._remember(digest, found.modified.timestamp())
+        return True
+
+    def _remember(self, digest: str, modified: float) -> None:
+        with self._fresh_lock:
+            self._fresh[digest] = modified
+            self._fresh.move_to_end(digest)
+            while len(self._fresh) > _FRESH_CACHE:
+                self._fresh.popitem(last=False)
+
+    def _put_chunk(self, digest: str, data: bytes) -> None:
+        """Write (or, locally, refresh) one chunk durably; remember it as fresh."""
+        key = chunk_key(digest)
+        started = time.time()
+        if self.local_dir is None or not self._touch(key, len(data)):
+            obstore.put(self.store, key, data, use_multipart=False)
+            if self.local_dir is not None:
+                self._fsync(key)
+        self._remember(digest, started)
 
     # -- the local directory --------------------------------------------------------
 
@@ -252,18 +415,18 @@ class Offload:
 
     def _staging_leftovers(self) -> Iterator[StoredObject]:
         assert self.local_dir is not None
-        root = self.local_dir / ROOT
-        for directory, _, files in os.walk(root):
-            for name in files:
-                if _STAGING.fullmatch(name):
-                    path = Path(directory) / name
-                    try:
-                        stat = path.stat()
-                    except FileNotFoundError:
-                        continue
-                    key = path.relative_to(self.local_dir).as_posix()
-                    modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
-                    yield StoredObject(key, None, stat.st_size, modified)
+        for root in (ROOT, CHUNK_ROOT):
+            for directory, _, files in os.walk(self.local_dir / root):
+                for name in files:
+                    if _STAGING.fullmatch(name):
+                        path = Path(directory) / name
+                        try:
+                            stat = path.stat()
+                        except FileNotFoundError:
+                            continue
+                        key = path.relative_to(self.local_dir).as_posix()
+                        modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+                        yield StoredObject(key, None, stat.st_size, modified)
 
     def delete_leftover(self, key: str) -> None:
         """Remove a half-written local file (obstore does not address them)."""
@@ -289,4 +452,6 @@ def env_offload(url: str | None) -> Offload | None:
 
 def _digest(key: str) -> str | None:
     name = key.rsplit("/", 1)[-1]
-    return name if _HEX.fullmatch(name) and key == object_key(name) else None
+    if _HEX.fullmatch(name) and key in (object_key(name), chunk_key(name)):
+        return name
+    return None
