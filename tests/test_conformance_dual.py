@@ -14,6 +14,8 @@ VARIANTS = {
     "write_through": {"mode": "write_through"},
     "write_behind": {"mode": "write_behind"},
     "write_behind_flusher_paused": {"mode": "write_behind", "background_flush": False},
+    "write_through_exclusive_runs": {"mode": "write_through", "exclusive_runs": True},
+    "write_behind_exclusive_runs": {"mode": "write_behind", "exclusive_runs": True},
 }
 
 

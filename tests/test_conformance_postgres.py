@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from tests.conformance import assert_full_conformance
 
 
-async def test_every_capability_detected_and_passed(pg_dsn: str) -> None:
+@pytest.mark.parametrize("exclusive_runs", [False, True])
+async def test_every_capability_detected_and_passed(pg_dsn: str, exclusive_runs: bool) -> None:
     await assert_full_conformance(
-        "PostgresDurableSaver", lambda: PostgresDurableSaver.from_conn_string(pg_dsn)
+        f"PostgresDurableSaver(exclusive_runs={exclusive_runs})",
+        lambda: PostgresDurableSaver.from_conn_string(pg_dsn, exclusive_runs=exclusive_runs),
     )

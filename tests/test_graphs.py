@@ -80,9 +80,18 @@ def thread() -> RunnableConfig:
 PIPELINE_RESULT = {"steps": ["a", "b", "c", "d"], "value": 25}  # from value=1
 
 
-@pytest.fixture(params=SAVER_KINDS)
-def saver_kind(request: pytest.FixtureRequest) -> str:
-    return request.param
+EXCLUSIVE = "+exclusive_runs"
+
+
+@pytest.fixture(params=[*SAVER_KINDS, *(kind + EXCLUSIVE for kind in SAVER_KINDS)])
+def saver_variant(request: pytest.FixtureRequest) -> str:
+    """A saver kind, as is or with ``exclusive_runs=True``: every graph behaves the same."""
+    return str(request.param)
+
+
+@pytest.fixture
+def saver_kind(saver_variant: str) -> str:
+    return saver_variant.removesuffix(EXCLUSIVE)
 
 
 @pytest.fixture
@@ -100,8 +109,11 @@ def stores(saver_kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.fixture
-async def saver(saver_kind: str, stores: dict[str, str]) -> AsyncIterator[BaseCheckpointSaver]:
-    async with open_saver(saver_kind, **stores) as opened:
+async def saver(
+    saver_variant: str, saver_kind: str, stores: dict[str, str]
+) -> AsyncIterator[BaseCheckpointSaver]:
+    exclusive = saver_variant.endswith(EXCLUSIVE)
+    async with open_saver(saver_kind, **stores, exclusive_runs=exclusive) as opened:
         yield opened
 
 

@@ -40,6 +40,7 @@ from langgraph_dualsaver.durable import sql as sql
 from langgraph_dualsaver.durable.retention import Sweeper
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver
 from langgraph_dualsaver.records import checkpoint_record, writes_record
+from langgraph_dualsaver.runs import Claim
 from tests.helpers import config
 from tests.servers import fresh_database
 
@@ -73,6 +74,8 @@ NOT_THREAD_QUERIES: dict[str, str] = {
 
 WRITE_BATCH = "dualsaver_write_batch"
 """The name given to the statements ``dualsaver_write_batch`` runs."""
+CLAIM = "dualsaver_claim"
+"""The name given to the statements ``dualsaver_claim`` runs (exclusive runs)."""
 
 
 def _norm(text: str) -> str:
@@ -97,10 +100,10 @@ def list_forms() -> dict[str, tuple[dict[str, bool], str]]:
     return forms
 
 
-def function_body() -> str:
-    """The normalized text of the newest ``dualsaver_write_batch``, as plpgsql runs its
-    statements: a ``SELECT ... INTO var`` without its ``INTO var``."""
-    body = _norm(next(m for m in reversed(sql.MIGRATIONS) if WRITE_BATCH in m))
+def function_body(function: str = WRITE_BATCH) -> str:
+    """The normalized text of the newest ``function`` (``dualsaver_write_batch``), as
+    plpgsql runs its statements: a ``SELECT ... INTO var`` without its ``INTO var``."""
+    body = _norm(next(m for m in reversed(sql.MIGRATIONS) if f"FUNCTION {function}(" in m))
     return re.sub(r"(?<!INSERT) INTO [a-z_]+(?:, [a-z_]+)*", "", body)
 
 
@@ -143,6 +146,7 @@ class Explained:
         self.names = {_norm(text): name for name, text in sql_constants().items()}
         self.names.update({_norm(text): name for name, (_, text) in list_forms().items()})
         self.body = function_body()
+        self.claim_body = function_body(CLAIM)
 
     def notice(self, _conn: Any, message: asyncpg.PostgresLogMessage) -> None:
         text = message.message
@@ -153,6 +157,8 @@ class Explained:
         name = self.names.get(query)
         if name is None and query in self.body:
             name = WRITE_BATCH
+        elif name is None and query in self.claim_body:
+            name = CLAIM
         self.observed.record(name, explained["Plan"], query)
 
 
@@ -223,6 +229,12 @@ async def exercise(saver: PostgresDurableSaver, pool: asyncpg.Pool) -> None:
         writes_record(saver.serde, saver.limits, cfg, [("__error__", "late")], "task-6"),
     ]
     assert await saver.awrite_guarded(records, [10, 11, 12]) == []
+    # Exclusive runs: a run's claimed write (dualsaver_claim, then the batch), its lease.
+    head = records[0].checkpoint_id
+    claim = Claim(THREAD, "run-x", "take", 60_000, check_head=True, head=head)
+    claimed = [writes_record(saver.serde, saver.limits, cfg, [("x", "mine")], "task-7")]
+    assert await saver.awrite_guarded(claimed, [13], claim=claim) == []
+    assert await saver.alease(THREAD) is not None
 
     await saver.aget_tuple(config(THREAD))
     await saver.aget_tuple(heads[0])

@@ -278,7 +278,7 @@ async def test_without_a_schema_the_tables_stay_where_they_always_were(
         "public": {
             "dualsaver_migrations", "dualsaver_checkpoints", "dualsaver_blobs",
             "dualsaver_writes", "dualsaver_tombstones", "dualsaver_settings",
-            "dualsaver_deleted_checkpoints",
+            "dualsaver_deleted_checkpoints", "dualsaver_leases",
         }
     }  # fmt: skip
     functions = await fetch(
