@@ -628,6 +628,11 @@ async def test_chunked_values_and_writes_round_trip(
             await evict_from_redis(saver, redis_url, "t")
             again = await saver.aget_tuple(config("t"))
             assert again is not None and again.checkpoint["channel_values"]["x"] == big
+    fresh = chunked(location)  # another process: every chunk fetched (S3: concurrently)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=fresh) as saver:
+        found = await saver.aget_tuple(config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["x"] == big
+        assert [w[1:] for w in found.pending_writes or []] == [("x", written), ("y", "small")]
 
 
 async def test_a_value_that_grows_by_one_message_stores_about_one_new_chunk(
@@ -696,6 +701,8 @@ async def test_a_missing_chunk_names_thread_checkpoint_and_key(
         checkpoint_id = saved["configurable"]["checkpoint_id"]
         (refs,) = chunk_refs(await stored_values(saver, redis_url, pg_dsn, "t"))[:1]
         offload.delete(chunk_key(refs[2]))
+    # another process (the writer's own keeps the chunks it wrote in memory)
+    async with saver_of(kind, redis_url, pg_dsn, redis_prefix, offload=chunked(local)) as saver:
         with pytest.raises(OffloadedValueMissingError) as raised:
             await saver.aget_tuple(config("t"))
         message = str(raised.value)

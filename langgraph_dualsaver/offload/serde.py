@@ -155,13 +155,22 @@ class OffloadingSerializer(SerializerProtocol):
             )
         assert self.offload.chunk_bytes is not None
         level = _zstd_level(compressing.compression)
-        pieces = cut(data, self.offload.chunk_bytes)
-        packed = [pack(piece, level) for piece in pieces]
-        digests = self.offload.put_chunks([stored for stored, _ in packed])
-        refs = [
-            ChunkRef(digest, len(stored), len(piece), compressed)
-            for digest, (stored, compressed), piece in zip(digests, packed, pieces, strict=True)
-        ]
+        cache = self.offload.chunk_cache
+        refs: list[ChunkRef] = []
+        todo: dict[str, bytes] = {}
+        for piece in cut(data, self.offload.chunk_bytes):
+            piece_digest = hashlib.sha256(piece).digest()
+            known = cache.stored_as(piece_digest, level)
+            if known is not None and self.offload.remembered_fresh(known[0]):
+                refs.append(ChunkRef(known[0], known[1], len(piece), known[2]))
+                continue  # written (or seen fresh) by this process: no compression, no call
+            stored, compressed = pack(piece, level)
+            digest = hashlib.sha256(stored).hexdigest()
+            todo[digest] = stored
+            refs.append(ChunkRef(digest, len(stored), len(piece), compressed))
+            cache.keep_stored(piece_digest, level, (digest, len(stored), compressed))
+            cache.keep_raw(digest, bytes(piece))
+        self.offload.store_chunks(todo)
         return f"{type_}{CHUNKS}", render_chunks(refs)
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
@@ -176,11 +185,16 @@ class OffloadingSerializer(SerializerProtocol):
     def fetch_chunks(self, type_: str, stored: bytes) -> bytes:
         """The bytes a chunked reference lists, each chunk checked against its hash."""
         refs = parse_chunks(stored, self.max_bytes, type_)
-        wanted = list(dict.fromkeys(r.digest for r in refs))
-        found = dict(zip(wanted, self.offload.get_chunks(wanted), strict=True))
+        cache = self.offload.chunk_cache
+        cached = {r.digest: hit for r in refs if (hit := cache.raw(r.digest)) is not None}
+        wanted = list(dict.fromkeys(r.digest for r in refs if r.digest not in cached))
+        fetched = dict(zip(wanted, self.offload.get_chunks(wanted), strict=True))
         parts = []
         for ref in refs:
-            chunk = found[ref.digest]
+            if ref.digest in cached:
+                parts.append(cached[ref.digest])
+                continue
+            chunk = fetched[ref.digest]
             if chunk is None:
                 raise OffloadedValueMissingError(
                     f"chunk sha256:{ref.digest} ({ref.stored:,} bytes) of an offloaded "
@@ -192,7 +206,9 @@ class OffloadingSerializer(SerializerProtocol):
                     f"chunk sha256:{ref.digest} in {self.offload.url} does not match its "
                     "hash: the object was altered"
                 )
-            parts.append(unpack(ref, chunk))
+            raw = unpack(ref, chunk)
+            cache.keep_raw(ref.digest, raw)
+            parts.append(raw)
         return b"".join(parts)
 
     def fetch(self, type_: str, stored: bytes) -> bytes:

@@ -40,6 +40,7 @@ from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, S3Store
 
 from langgraph_dualsaver.errors import ConfigurationError, DualSaverError
+from langgraph_dualsaver.offload.cache import ChunkCache
 
 __all__ = [
     "CHUNK_ROOT",
@@ -69,6 +70,9 @@ DEFAULT_REFRESH_AFTER = timedelta(minutes=15)
 """A quarter of ``gc``'s default grace (one hour)."""
 _FRESH_CACHE = 65536
 """Chunks this process wrote or saw fresh, remembered so a put asks the store nothing."""
+CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+"""Memory for the chunks an ``Offload`` wrote or read, so a step that reads the value the
+last one wrote fetches and decompresses only its new chunks."""
 _WORKERS = 8
 """Concurrent chunk writes and (remote) reads of one value."""
 SCHEMES = ("file", "s3")
@@ -179,6 +183,8 @@ class Offload:
         self._fresh: OrderedDict[str, float] = OrderedDict()
         """Chunk digest -> a time (epoch s) its object was known to be modified at or after."""
         self._fresh_lock = threading.Lock()
+        self.chunk_cache = ChunkCache(CHUNK_CACHE_BYTES)
+        """Chunks this process wrote or read (immutable: named by their hash)."""
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.local_dir: Path | None = None
@@ -301,13 +307,15 @@ class Offload:
         fresh (written or refreshed less than ``refresh_after`` ago); their digests, in
         order. Returns only once every one is durable; writes run concurrently."""
         digests = [hashlib.sha256(c).hexdigest() for c in chunks]
-        todo: dict[str, bytes] = {}
+        self.store_chunks(dict(zip(digests, chunks, strict=False)))
+        return digests
+
+    def store_chunks(self, chunks: dict[str, bytes]) -> None:
+        """``put_chunks`` of chunks whose digests the caller computed."""
         try:
-            for digest, data in zip(digests, chunks, strict=True):
-                if digest not in todo and not self._known_fresh(digest):
-                    todo[digest] = data
+            todo = {d: data for d, data in chunks.items() if not self._known_fresh(d)}
             if not todo:
-                return digests
+                return
             if len(todo) == 1:
                 self._put_chunk(*next(iter(todo.items())))
             else:
@@ -316,7 +324,6 @@ class Offload:
             raise ObjectStoreUnavailableError(
                 f"could not store an object in {self.url}: {exc}"
             ) from None
-        return digests
 
     def get_chunks(self, digests: Sequence[str]) -> list[bytes | None]:
         """Each chunk's stored bytes (``None`` for one that is missing), in order;
@@ -346,19 +353,26 @@ class Offload:
         """Written or seen fresh by this process recently enough to skip (no call to the
         store: a chunk this process knows was modified within ``refresh_after`` is one
         ``gc`` keeps, as its grace plus ``refresh_after`` has not passed)."""
+        if self.remembered_fresh(digest):
+            return True
+        if self.refresh_after <= timedelta(0):
+            return False
+        horizon = time.time() - self.refresh_after.total_seconds()
+        found = self.head(chunk_key(digest))
+        if found is None or found.modified.timestamp() <= horizon:
+            return False
+        self._remember(digest, found.modified.timestamp())
+        return True
+
+    def remembered_fresh(self, digest: str) -> bool:
+        """This process wrote the chunk, or saw it modified, within ``refresh_after``."""
         horizon = time.time() - self.refresh_after.total_seconds()
         with self._fresh_lock:
             seen = self._fresh.get(digest)
             if seen is not None and seen > horizon:
                 self._fresh.move_to_end(digest)
                 return True
-        if self.refresh_after <= timedelta(0):
-            return False
-        found = self.head(chunk_key(digest))
-        if found is None or found.modified.timestamp() <= horizon:
-            return False
-        self._remember(digest, found.modified.timestamp())
-        return True
+        return False
 
     def _remember(self, digest: str, modified: float) -> None:
         with self._fresh_lock:
