@@ -303,7 +303,8 @@ def test_big_state_quick_measures_every_saver_and_store(big_state_run: dict) -> 
     if offload["available"]:  # the tool outputs went to the directory, and out of Redis
         assert offload["stored"]["object_files"] >= 1
         assert offload["stored"]["redis_bytes"] < zstd["redis_bytes"]
-    assert {a["saver"] for a in doc["aims"]} == {"dual_zstd", "dual_zstd_offload"}
+    aimed = {"dual_zstd", "dual_zstd_offload", "dual_zstd_chunked"}
+    assert {a["saver"] for a in doc["aims"]} == aimed
 
 
 def test_big_state_quick_writes_report_and_stops_its_servers(big_state_run: dict) -> None:
@@ -314,3 +315,45 @@ def test_big_state_quick_writes_report_and_stops_its_servers(big_state_run: dict
     assert (out / "big_state.png").read_bytes()[:8] == PNG_MAGIC
     pids = big_state_run["doc"]["servers"]["started_pids"]
     assert [pid for pid in pids if _alive(pid)] == []
+
+
+# -- benchmarks/exclusive_cost.py --quick ---------------------------------------------
+
+EXCLUSIVE_COST_TIMEOUT_S = 120
+
+
+def test_exclusive_cost_quick_measures_both_modes_and_stops_its_servers(tmp_path: Path) -> None:
+    from langgraph_dualsaver.chain.saver import MODES
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "exclusive_cost.py"), "--quick"]
+    proc = subprocess.Popen(
+        [*command, "--out", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=EXCLUSIVE_COST_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        pytest.fail(
+            f"exclusive_cost --quick overran {EXCLUSIVE_COST_TIMEOUT_S}s:\n{output[-4000:]}"
+        )
+    assert proc.returncode == 0, output[-4000:]
+    doc = json.loads((tmp_path / "exclusive_cost.json").read_text())
+    results = doc["results"]
+    assert set(results) == {f"{mode}@{c}" for mode in MODES for c in (1, 16)}
+    for row in results.values():
+        assert row["rate"]["off"] > 0 and row["rate"]["on"] > 0, row
+        assert all(len(row["round_rates"][s]) == doc["rounds"] == 2 for s in ("off", "on"))
+    report = (tmp_path / "exclusive_cost.md").read_text()
+    for mode in MODES:
+        assert f"| {mode} | 16 |" in report and f"| {mode} | 1 |" in report
+    pids = doc["servers"]["started_pids"]
+    assert len(pids) == 2 and [pid for pid in pids if _alive(pid)] == []
