@@ -166,16 +166,23 @@ async def postgres_bytes(dsn: str, thread_id: str) -> bytes:
     return b"".join((r["b"] or b"") + r["m"].encode() for r in rows)
 
 
-async def assert_one_history(saver: Any, thread_id: str, winner: str, loser: str) -> None:
+async def assert_one_history(
+    saver: Any, thread_id: str, winner: str, loser: str, runs: int = 1
+) -> None:
     """The thread's root checkpoints are one chain (one root, no checkpoint with two
-    children), its state holds the winner's whole run and nothing of the loser's."""
+    children), its state ends with the winner's whole run (``runs`` of them, one after
+    the other, when both ran: ``winner`` is then a prefix of both names) and holds
+    nothing of the loser's."""
     items = [t async for t in saver.alist(cfg(thread_id))]
     roots = [t for t in items if t.config["configurable"]["checkpoint_ns"] == ""]
     parents = [t.parent_config and t.parent_config["configurable"]["checkpoint_id"] for t in roots]
     assert parents.count(None) == 1, f"{thread_id}: {parents.count(None)} roots"
     assert len(set(parents)) == len(parents), f"{thread_id}: a fork in {parents}"
     log = roots[0].checkpoint["channel_values"]["log"]
-    assert [f"{winner}:{step}" for step in ("input", "a", "b", "c")] == log[-4:], log
+    tail = log[-4 * runs :]
+    names = [tail[at].split(":")[0] for at in range(0, 4 * runs, 4)]
+    assert len(set(names)) == runs and all(name.startswith(winner) for name in names), log
+    assert tail == [f"{name}:{step}" for name in names for step in ("input", "a", "b", "c")], log
     seen = repr([(t.checkpoint["channel_values"], t.pending_writes) for t in items])
     assert f"{loser}:" not in seen
 
@@ -258,14 +265,18 @@ async def test_two_processes_racing_one_run_wins_the_other_writes_nothing(
 
         if isinstance(saver, DualSaver) and kind != "dual_down":
             await saver.aflush()
-        outcomes: dict[str, int] = {}
+        outcomes = {"busy": 0, "moved": 0, "sequential": 0}
         for i in range(rounds):
             a, b = results["racerA"][i], results["racerB"][i]
+            if a["ok"] and b["ok"]:  # a process fell behind (a loaded machine): no race
+                outcomes["sequential"] += 1
+                await assert_one_history(saver, f"{base}-{i}", "racer", "nobody", runs=2)
+                continue
             assert sorted([a["ok"], b["ok"]]) == [False, True], (i, a, b)
             winner, loser = ("racerA", "racerB") if a["ok"] else ("racerB", "racerA")
             refused = results[loser][i]
             assert refused["reason"] in ("busy", "moved"), refused
-            outcomes[refused["reason"]] = outcomes.get(refused["reason"], 0) + 1
+            outcomes[refused["reason"]] += 1
             thread_id = f"{base}-{i}"
             await assert_one_history(saver, thread_id, winner, loser)
             assert loser.encode() not in await postgres_bytes(pg_dsn, thread_id)
@@ -274,7 +285,8 @@ async def test_two_processes_racing_one_run_wins_the_other_writes_nothing(
                 await assert_one_history(saver.durable, thread_id, winner, loser)
                 assert winner.encode() in redis_bytes(redis_url, saver, thread_id)
                 assert loser.encode() not in redis_bytes(redis_url, saver, thread_id)
-        assert outcomes.get("busy", 0) > 0, outcomes  # the runs really overlapped
+        # The runs really overlapped, most of the time.
+        assert outcomes["busy"] > 0 and outcomes["sequential"] <= rounds // 4, outcomes
 
 
 # -- on_busy="wait" -------------------------------------------------------------------

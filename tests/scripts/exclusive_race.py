@@ -54,7 +54,7 @@ def graph(saver: Any, name: str, block: asyncio.Event | None = None) -> Any:
             if block is not None and step == "b":
                 print("holding", flush=True)
                 await block.wait()
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.05)
             return {"log": [f"{name}:{step}"]}
 
         return run
