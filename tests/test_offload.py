@@ -689,6 +689,10 @@ async def test_whole_value_references_and_inline_values_still_read_with_chunking
         ) as saver:
             found = await saver.aget_tuple(config("new"))
             assert found is not None and found.checkpoint["channel_values"]["x"] == new
+    async with saver_of("dual_write_through", redis_url, pg_dsn, redis_prefix) as none:
+        with pytest.raises(OffloadNotConfiguredError, match=r"'msgpack\.chunks'") as raised:
+            await none.aget_tuple(config("new"))
+        assert "thread 'new'" in str(raised.value)
 
 
 @pytest.mark.parametrize("kind", SAVER_KINDS)

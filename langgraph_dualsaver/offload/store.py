@@ -311,15 +311,17 @@ class Offload:
         return digests
 
     def store_chunks(self, chunks: dict[str, bytes]) -> None:
-        """``put_chunks`` of chunks whose digests the caller computed."""
+        """``put_chunks`` of chunks whose digests the caller computed. Each one this
+        process does not remember as fresh is looked at, then written if it is missing
+        or old, concurrently."""
         try:
-            todo = {d: data for d, data in chunks.items() if not self._known_fresh(d)}
+            todo = {d: data for d, data in chunks.items() if not self.remembered_fresh(d)}
             if not todo:
                 return
             if len(todo) == 1:
-                self._put_chunk(*next(iter(todo.items())))
+                self._ensure_chunk(*next(iter(todo.items())))
             else:
-                list(self._executor().map(self._put_chunk, todo, todo.values()))
+                list(self._executor().map(self._ensure_chunk, todo, todo.values()))
         except (ObjectStoreError, OSError) as exc:
             raise ObjectStoreUnavailableError(
                 f"could not store an object in {self.url}: {exc}"
@@ -349,23 +351,23 @@ class Offload:
                 self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="dualsaver-offload")
             return self._pool
 
-    def _known_fresh(self, digest: str) -> bool:
-        """Written or seen fresh by this process recently enough to skip (no call to the
-        store: a chunk this process knows was modified within ``refresh_after`` is one
-        ``gc`` keeps, as its grace plus ``refresh_after`` has not passed)."""
-        if self.remembered_fresh(digest):
-            return True
-        if self.refresh_after <= timedelta(0):
-            return False
-        horizon = time.time() - self.refresh_after.total_seconds()
-        found = self.head(chunk_key(digest))
-        if found is None or found.modified.timestamp() <= horizon:
-            return False
-        self._remember(digest, found.modified.timestamp())
-        return True
+    def _ensure_chunk(self, digest: str, data: bytes) -> None:
+        """The chunk as it is if the store holds it modified within ``refresh_after``
+        (``gc`` keeps it until its grace plus ``refresh_after`` has passed, longer than
+        the record about to reference it takes), else written (or refreshed) now."""
+        if self.refresh_after > timedelta(0):
+            horizon = time.time() - self.refresh_after.total_seconds()
+            found = self.head(chunk_key(digest))
+            if found is not None and found.size == len(data):
+                modified = found.modified.timestamp()
+                if modified > horizon:
+                    self._remember(digest, modified)
+                    return
+        self._put_chunk(digest, data)
 
     def remembered_fresh(self, digest: str) -> bool:
-        """This process wrote the chunk, or saw it modified, within ``refresh_after``."""
+        """This process wrote the chunk, or saw it modified, within ``refresh_after``
+        (no call to the store)."""
         horizon = time.time() - self.refresh_after.total_seconds()
         with self._fresh_lock:
             seen = self._fresh.get(digest)
