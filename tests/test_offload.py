@@ -840,3 +840,30 @@ def test_chunk_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="refresh_after"):
         Offload(directory, refresh_after=timedelta(seconds=-1))
     assert Offload(directory).chunk_bytes == CHUNK
+
+
+async def test_gc_keeps_the_chunks_of_a_record_only_queued_in_the_outbox(
+    location: Location, redis_url: str, pg_dsn: str, redis_prefix: str
+) -> None:
+    offload = chunked(location, refresh_after=timedelta(0))
+    async with saver_of(
+        "dual_write_behind", redis_url, pg_dsn, redis_prefix, offload=offload
+    ) as saver:
+        assert isinstance(saver, DualSaver)
+        await saver.aput(config("queued"), checkpoint(history(120), 1), {"step": 0}, {"x": 1})
+        await evict_from_redis(saver, redis_url, "queued")  # only the outbox entry is left
+        assert await fetch(pg_dsn, "SELECT 1 FROM dualsaver_blobs") == []
+        chunks = set(chunk_objects(offload))
+        assert len(chunks) >= 5
+
+        report = await collect(saver, grace=timedelta(0))
+        assert report.marked == len(chunks) and report.swept == 0
+        assert set(chunk_objects(offload)) == chunks
+
+        await saver.aflush()
+        fresh = chunked(location)  # read back by another process, every chunk fetched
+        async with saver_of(
+            "dual_write_behind", redis_url, pg_dsn, redis_prefix, offload=fresh
+        ) as reader:
+            found = await reader.aget_tuple(config("queued"))
+            assert found is not None and found.checkpoint["channel_values"]["x"] == history(120)
