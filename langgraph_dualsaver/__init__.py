@@ -25,6 +25,7 @@ from langgraph_dualsaver.errors import (
     MissingThreadIdError,
     SerializationError,
     StoreUnavailableError,
+    ThreadBusyError,
     UnsafeRedisConfigError,
     UnsafeValueError,
 )
@@ -36,6 +37,7 @@ from langgraph_dualsaver.offload import (
     OffloadNotConfiguredError,
 )
 from langgraph_dualsaver.records import Limits
+from langgraph_dualsaver.retention import Retention
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 
@@ -60,12 +62,14 @@ __all__ = [
     "OffloadedValueMissingError",
     "PostgresDurableSaver",
     "RedisHotSaver",
+    "Retention",
     "SerializationError",
     "StateSchema",
     "StoreUnavailableError",
     "StoredValueError",
     "StoredValueTooLargeError",
     "StrictSerializer",
+    "ThreadBusyError",
     "Timeouts",
     "UnsafeRedisConfigError",
     "UnsafeValueError",

@@ -42,7 +42,9 @@ from langgraph_dualsaver._paging import ListKey, comes_after, list_key
 from langgraph_dualsaver.chain.committer import GroupCommitter
 from langgraph_dualsaver.chain.flusher import Flusher, FlushSettings
 from langgraph_dualsaver.chain.outbox import OutboxKey, clock_position, position
+from langgraph_dualsaver.chain.retention import ChainHotSide
 from langgraph_dualsaver.compression import DEFAULT_COMPRESSION, Compression
+from langgraph_dualsaver.durable.retention import RetentionReport, Sweeper, sweep
 from langgraph_dualsaver.durable.saver import PostgresDurableSaver, records_tuple
 from langgraph_dualsaver.errors import (
     ConfigurationError,
@@ -66,6 +68,20 @@ from langgraph_dualsaver.records import (
     saved_config,
     validate_id,
     writes_record,
+)
+from langgraph_dualsaver.retention import Retention
+from langgraph_dualsaver.runs import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_LEASE,
+    Claim,
+    OnBusy,
+    checkpoint_claim,
+    exclusive_settings,
+    note_head,
+    note_read,
+    retrying,
+    wait_until_free,
+    writes_claim,
 )
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
@@ -187,6 +203,16 @@ class DualSaver(AsyncFirstSaver):
         aof: write_behind: also wait until the master's append-only file has fsynced
             the put (``WAITAOF 1 0``; needs ``appendonly yes``). ``None``: as the hot
             tier was built.
+        exclusive_runs: one run per thread at a time (``runs``): a second run's write
+            raises ``ThreadBusyError`` and writes nothing; checked in the put's own
+            Redis script, or by PostgreSQL while Redis is down. Off by default.
+        on_busy: ``"raise"``, or ``"wait"`` (up to ``busy_timeout``) for the holder.
+        lease: how long a run holds its thread past its last write (a crashed run
+            blocks it that long): longer than the longest step.
+        retention: a ``Retention`` policy the flusher workers enforce beside their
+            passes (``run_forever``: this saver's background flusher, and ``dualsaver
+            flush --follow`` workers given it), in PostgreSQL and then Redis; ``aretain``
+            applies it at once. ``None``: everything is kept.
     """
 
     def __init__(
@@ -204,8 +230,14 @@ class DualSaver(AsyncFirstSaver):
         state_schema: StateSchema | None = None,
         replicas: int | None = None,
         aof: bool | None = None,
+        exclusive_runs: bool = False,
+        on_busy: OnBusy = "raise",
+        lease: timedelta = DEFAULT_LEASE,
+        busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT,
         offload: Offload | None = None,
+        retention: Retention | None = None,
     ) -> None:
+        self.exclusive = exclusive_settings(exclusive_runs, on_busy, lease, busy_timeout)
         if mode not in MODES:
             raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
         if not hot.outbox_enabled:
@@ -253,6 +285,13 @@ class DualSaver(AsyncFirstSaver):
         self._committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommitter] = (
             weakref.WeakKeyDictionary()
         )
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigurationError(f"retention must be a Retention or None, got {retention!r}")
+        self.retention = retention
+        if retention is not None:
+            sweeper = Sweeper(durable, retention, self._retention_side())
+            for flusher in self.flushers:
+                flusher.retention = sweeper
 
     # -- construction -----------------------------------------------------------------
 
@@ -423,7 +462,8 @@ class DualSaver(AsyncFirstSaver):
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        await self._write(record)
+        claim = checkpoint_claim(self.exclusive, record.thread_id, config, checkpoint, metadata)
+        await retrying(self.exclusive, lambda: self._write(record, claim))
         if record.thread_id in self._paused_threads:
             # A put that finished after the interrupt's flush began (LangGraph saves
             # checkpoints in the background): the paused state is made durable too.
@@ -441,7 +481,8 @@ class DualSaver(AsyncFirstSaver):
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
         if not record.writes:
             return  # nothing to store or queue
-        await self._write(record)
+        claim = writes_claim(self.exclusive, record.thread_id, config, [w[0] for w in writes])
+        await retrying(self.exclusive, lambda: self._write(record, claim))
         if self.mode == "write_behind" and any(w.channel == INTERRUPT for w in record.writes):
             # The human-in-the-loop boundary: a person may take minutes or days to
             # answer, so what led up to the question is made durable now, and so is the
@@ -449,16 +490,22 @@ class DualSaver(AsyncFirstSaver):
             self._paused_threads.add(record.thread_id)
             await self.aflush()
 
-    async def _write(self, record: CheckpointRecord | WritesRecord) -> None:
+    async def _write(
+        self, record: CheckpointRecord | WritesRecord, claim: Claim | None = None
+    ) -> None:
+        """Write the record; ``claim`` (exclusive runs) is checked by the store that
+        takes it, in the same script or transaction."""
         entry_id = None
         if self._health.available():
             key = await self._key()
             try:
-                entry_id = await self._on_hot(lambda: self._enqueue(record, key), repeat=False)
+                entry_id = await self._on_hot(
+                    lambda: self._enqueue(record, key, claim), repeat=False
+                )
             except StoreUnavailableError as exc:
                 self._health.failed(exc)
         if entry_id is None:  # Redis is down: PostgreSQL directly, in both modes
-            await self._write_degraded(record)
+            await self._write_degraded(record, claim)
             return
         if self.mode == "write_through":
             self._wake_flusher(now=False)  # for entries a failed commit leaves behind
@@ -466,19 +513,21 @@ class DualSaver(AsyncFirstSaver):
         else:
             self._wake_flusher()
 
-    async def _enqueue(self, record: CheckpointRecord | WritesRecord, key: OutboxKey) -> str:
+    async def _enqueue(
+        self, record: CheckpointRecord | WritesRecord, key: OutboxKey, claim: Claim | None = None
+    ) -> str:
         """Write Redis and queue the record. In write_behind a shard's outbox holds at
         most its share of ``max_lag`` (checked in the same script, so the bound holds
         whatever the number of processes): a full one is drained first (backpressure),
         and ``StoreUnavailableError`` says PostgreSQL cannot take it."""
         cap = self._shard_cap()
         try:
-            return await self.hot.aenqueue(record, key, cap=cap)
+            return await self.hot.aenqueue(record, key, cap=cap, claim=claim)
         except OutboxFullError:
             logger.info("outbox shard full (max_lag %d): draining", self.max_lag)
             await self.aflush()
         try:
-            return await self.hot.aenqueue(record, key, cap=cap)
+            return await self.hot.aenqueue(record, key, cap=cap, claim=claim)
         except OutboxFullError as exc:
             raise StoreUnavailableError(
                 f"the outbox is at max_lag ({self.max_lag} entries) and PostgreSQL is not "
@@ -490,9 +539,12 @@ class DualSaver(AsyncFirstSaver):
             return 0  # each put commits its own record: nothing accumulates
         return max(1, self.max_lag // self.hot.shards)
 
-    async def _write_degraded(self, record: CheckpointRecord | WritesRecord) -> None:
-        """Write PostgreSQL directly, at this clock's position in outbox order."""
-        refused = await self.durable.awrite_guarded([record], [clock_position()])
+    async def _write_degraded(
+        self, record: CheckpointRecord | WritesRecord, claim: Claim | None = None
+    ) -> None:
+        """Write PostgreSQL directly, at this clock's position in outbox order (a
+        ``claim`` checked against PostgreSQL's own lease and rows)."""
+        refused = await self.durable.awrite_guarded([record], [clock_position()], claim=claim)
         if refused:
             raise DurableWriteError(
                 f"thread {record.thread_id!r} has a delete recorded at a later position "
@@ -546,6 +598,15 @@ class DualSaver(AsyncFirstSaver):
     # -- reads ------------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        if not self.exclusive.enabled:
+            return await self._read(config)
+        checkpoint_ids(config, self.limits)
+        await wait_until_free(self.exclusive, config, note_read(config), self._lease)
+        found = await self._read(config)
+        note_head(config, found)  # what the run read: its writes must land on it
+        return found
+
+    async def _read(self, config: RunnableConfig) -> CheckpointTuple | None:
         checkpoint_ids(config, self.limits)
         if self._health.available():
             try:
@@ -564,6 +625,16 @@ class DualSaver(AsyncFirstSaver):
                 return found
         self._counters.degraded_reads += 1
         return await self.durable.aget_tuple(config)
+
+    async def _lease(self, thread_id: str) -> tuple[str, int] | None:
+        """The thread's live lease, where writes are checked now: Redis, or PostgreSQL
+        while Redis is down."""
+        if self._health.available():
+            try:
+                return await self.hot.alease(thread_id)
+            except StoreUnavailableError as exc:
+                self._health.failed(exc)
+        return await self.durable.alease(thread_id)
 
     async def _backfill(self, records: Sequence[CheckpointRecord | WritesRecord]) -> None:
         """Put a thread's latest checkpoint, as PostgreSQL holds it, back into Redis.
@@ -692,6 +763,26 @@ class DualSaver(AsyncFirstSaver):
         await self.aflush()
         await self.durable.aprune(thread_ids, strategy=strategy)
         await self.hot.aprune(thread_ids, strategy=strategy)
+
+    async def aretain(
+        self, policy: Retention | None = None, *, dry_run: bool = False
+    ) -> RetentionReport:
+        """Apply a retention policy (``policy``, else this saver's ``retention``) to
+        every thread now, after flushing the outbox: PostgreSQL in bounded transactions,
+        then Redis (``chain.retention``). With ``dry_run`` nothing changes and the
+        report says what would go."""
+        chosen = policy or self.retention
+        if chosen is None:
+            raise ConfigurationError("no retention policy: pass one, or build with retention=")
+        await self._key()
+        await self.aflush()
+        return await sweep(self.durable, chosen, dry_run=dry_run, hot=self._retention_side())
+
+    def retain(self, policy: Retention | None = None, *, dry_run: bool = False) -> RetentionReport:
+        return self._sync(self.aretain(policy, dry_run=dry_run))
+
+    def _retention_side(self) -> ChainHotSide:
+        return ChainHotSide(self.hot, self.durable, self.flusher.outbox)
 
     # -- degraded mode ----------------------------------------------------------------
 

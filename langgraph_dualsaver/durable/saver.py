@@ -18,6 +18,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,7 @@ from langgraph_dualsaver.durable import history as delta
 from langgraph_dualsaver.durable import layout as layout
 from langgraph_dualsaver.durable import sql as sql
 from langgraph_dualsaver.durable.audit import AuditEntry, ThreadSummary, audit_entry
+from langgraph_dualsaver.durable.retention import RetentionReport, sweep
 from langgraph_dualsaver.errors import (
     ConfigurationError,
     DualSaverError,
@@ -74,6 +76,21 @@ from langgraph_dualsaver.records import (
     writes_record,
 )
 from langgraph_dualsaver.redact import redact, unparsable
+from langgraph_dualsaver.retention import Retention
+from langgraph_dualsaver.runs import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_LEASE,
+    Claim,
+    OnBusy,
+    checkpoint_claim,
+    exclusive_settings,
+    note_head,
+    note_read,
+    refusal,
+    retrying,
+    wait_until_free,
+    writes_claim,
+)
 from langgraph_dualsaver.settings import Timeouts
 from langgraph_dualsaver.state_upgrades import StateSchema
 
@@ -137,6 +154,12 @@ class PostgresDurableSaver(AsyncFirstSaver):
             latest checkpoint and every write always use the primary.
         compression: how values are compressed (``Compression``; ``None``: not at all).
             Values stored compressed read either way.
+        exclusive_runs: one run per thread at a time (``runs``): a second run's write
+            raises ``ThreadBusyError`` and writes nothing (checked in the write's own
+            transaction). Off by default.
+        on_busy: ``"raise"``, or ``"wait"`` (up to ``busy_timeout``) for the holder.
+        lease: how long a run holds its thread past its last write (a crashed run
+            blocks it that long): longer than the longest step.
         offload: values stored as this many bytes or more go to an object store
             (``Offload``); the table keeps a reference. ``None``: none do (and an
             offloaded value then cannot be read).
@@ -157,6 +180,10 @@ class PostgresDurableSaver(AsyncFirstSaver):
         partitions: int | None = None,
         read_url: str | None = None,
         compression: Compression | None = DEFAULT_COMPRESSION,
+        exclusive_runs: bool = False,
+        on_busy: OnBusy = "raise",
+        lease: timedelta = DEFAULT_LEASE,
+        busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT,
         offload: Offload | None = None,
     ) -> None:
         super().__init__(
@@ -166,6 +193,8 @@ class PostgresDurableSaver(AsyncFirstSaver):
             compression=compression,
             offload=offload,
         )
+        self.exclusive = exclusive_settings(exclusive_runs, on_busy, lease, busy_timeout)
+        """Exclusive runs (``runs``); the chain passes its own claims instead."""
         self.schema = None if schema is None else sql.schema_name(schema)
         self.partitions = layout.partition_count(partitions)
         if (pool is None) == (dsn is None):
@@ -417,9 +446,13 @@ class PostgresDurableSaver(AsyncFirstSaver):
         seqs: Sequence[int],
         *,
         timeout: float | None = None,
+        claim: Claim | None = None,
     ) -> list[int]:
         """Write records at their outbox positions ``seqs``, in one round trip and one
-        transaction; return the indexes of the records a tombstone refused.
+        transaction; return the indexes of the records a tombstone refused. With a
+        ``claim`` (exclusive runs; the records are its thread's), the thread's lease and
+        newest root checkpoint are checked first in the same transaction: a refusal
+        raises ``ThreadBusyError`` and nothing is written.
 
         The batch takes each thread's advisory lock (in key order, so batches never
         deadlock) and refuses every record at or below its thread's tombstone: a flush
@@ -431,16 +464,42 @@ class PostgresDurableSaver(AsyncFirstSaver):
             raise InvalidInputError(f"got {len(seqs)} seqs for {len(records)} records")
         if not records:
             return []
+        arguments = [
+            sorted({record.thread_id for record in records}),
+            [record.thread_id for record in records],
+            list(seqs),
+            *sql.batch_params(records, seqs),
+        ]
         async with self._connection() as conn:
-            refused = await conn.fetchval(
-                sql.WRITE_BATCH_GUARDED,
-                sorted({record.thread_id for record in records}),
-                [record.thread_id for record in records],
-                list(seqs),
-                *sql.batch_params(records, seqs),
-                timeout=timeout,
-            )
+            if claim is None:
+                refused = await conn.fetchval(sql.WRITE_BATCH_GUARDED, *arguments, timeout=timeout)
+            else:
+                reply, refused = await conn.fetchrow(
+                    sql.WRITE_EXCLUSIVE, *_claim_arguments(claim), *arguments, timeout=timeout
+                )
+                if (error := refusal(claim.thread_id, reply)) is not None:
+                    raise error
         return [position - 1 for position in refused]
+
+    async def alease(self, thread_id: str) -> tuple[str, int] | None:
+        """The thread's live lease (exclusive runs): ``(holder, ms left)``, or ``None``."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.LEASE, thread_id)
+        return None if row is None else (row["holder"], int(row["left_ms"]))
+
+    async def _write_claimed(self, record: CheckpointRecord | WritesRecord, claim: Claim) -> None:
+        """A put with exclusive runs: the claim and the write in one transaction, at this
+        clock's position (as the chain writes while Redis is down)."""
+        from langgraph_dualsaver.chain.outbox import clock_position
+
+        refused = await retrying(
+            self.exclusive, lambda: self.awrite_guarded([record], [clock_position()], claim=claim)
+        )
+        if refused:
+            raise DualSaverError(
+                f"thread {record.thread_id!r} has a delete recorded at a later position "
+                "than this process's clock; the write was not accepted"
+            )
 
     async def aping(self, timeout: float) -> None:
         """One trivial query: raises ``StoreUnavailableError`` unless the server answers
@@ -458,7 +517,11 @@ class PostgresDurableSaver(AsyncFirstSaver):
         record = checkpoint_record(
             self.serde, self.limits, config, checkpoint, metadata, new_versions
         )
-        await self.awrite_batch([record])
+        claim = checkpoint_claim(self.exclusive, record.thread_id, config, checkpoint, metadata)
+        if claim is None:
+            await self.awrite_batch([record])
+        else:
+            await self._write_claimed(record, claim)
         return saved_config(record)
 
     async def aput_writes(
@@ -469,16 +532,27 @@ class PostgresDurableSaver(AsyncFirstSaver):
         task_path: str = "",
     ) -> None:
         record = writes_record(self.serde, self.limits, config, writes, task_id, task_path)
-        if record.writes:
+        if not record.writes:
+            return
+        channels = [w[0] for w in writes]
+        claim = writes_claim(self.exclusive, record.thread_id, config, channels)
+        if claim is None:
             await self.awrite_batch([record])
+        else:
+            await self._write_claimed(record, claim)
 
     # -- reads ----------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint in ``config`` (the latest when it has no id), with its channel
         values and pending writes, in one query."""
+        if self.exclusive.enabled:
+            await wait_until_free(self.exclusive, config, note_read(config), self.alease)
         row = await self._fetch_checkpoint(config)
-        return None if row is None else self._tuple(row)
+        found = None if row is None else self._tuple(row)
+        if self.exclusive.enabled:
+            note_head(config, found)
+        return found
 
     async def aload_records(self, config: RunnableConfig) -> list[CheckpointRecord | WritesRecord]:
         """The checkpoint in ``config`` (the latest when it has no id) as the records
@@ -661,6 +735,18 @@ class PostgresDurableSaver(AsyncFirstSaver):
                 await conn.execute(sql.LOCK_THREADS, [thread_id])
                 await delta.keep_latest(conn, thread_id)
 
+    async def aretain(self, policy: Retention, *, dry_run: bool = False) -> RetentionReport:
+        """Apply a retention policy to every thread now, in bounded transactions
+        (``durable.retention``). Nothing runs it in the background for this tier alone
+        (``DualSaver(retention=...)``'s flusher workers do); with ``dry_run`` nothing
+        changes and the report says what would go."""
+        if not isinstance(policy, Retention):
+            raise ConfigurationError(f"policy must be a Retention, got {policy!r}")
+        return await sweep(self, policy, dry_run=dry_run)
+
+    def retain(self, policy: Retention, *, dry_run: bool = False) -> RetentionReport:
+        return self._sync(self.aretain(policy, dry_run=dry_run))
+
     # -- audit and introspection ------------------------------------------------------
 
     async def aaudit(self, thread_id: str) -> list[AuditEntry]:
@@ -731,6 +817,24 @@ class PostgresDurableSaver(AsyncFirstSaver):
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+def _claim_arguments(claim: Claim) -> list[Any]:
+    """``dualsaver_claim``'s arguments (``sql.WRITE_EXCLUSIVE``'s first eight)."""
+
+    def expected(check: bool, checkpoint_id: str | None) -> list[str]:
+        if not check:
+            return ["", ""]
+        return ["id", checkpoint_id] if checkpoint_id is not None else ["none", ""]
+
+    return [
+        claim.thread_id,
+        claim.holder,
+        claim.op,
+        claim.lease_ms,
+        *expected(claim.check_parent, claim.parent),
+        *expected(claim.check_head, claim.head),
+    ]
 
 
 def _stored_bytes(row: Mapping[str, Any]) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "GET_LATEST",
     "GET_SETTING",
     "INSERT_RECORDS",
+    "LEASE",
     "LOCK_THREADS",
     "MIGRATIONS",
     "PARTITIONED_TABLES",
@@ -59,6 +60,14 @@ __all__ = [
     "PUT_SETTING",
     "RECORD_MIGRATION",
     "REMEMBER_DELETED_CHECKPOINTS",
+    "RETENTION_CHECKPOINTS",
+    "RETENTION_DELETE",
+    "RETENTION_DELTA_KEEP",
+    "RETENTION_FORGET",
+    "RETENTION_LOCK",
+    "RETENTION_ORPHANS",
+    "RETENTION_THREADS",
+    "RETENTION_UNLOCK",
     "RUN_THREADS",
     "SCHEMA_EXISTS",
     "SEARCH_PATH",
@@ -68,6 +77,7 @@ __all__ = [
     "THREAD_TABLES",
     "UPSERT_TOMBSTONE",
     "WRITE_BATCH_GUARDED",
+    "WRITE_EXCLUSIVE",
     "batch_params",
     "create_schema_sql",
     "filter_param",
@@ -480,6 +490,74 @@ MIGRATIONS: list[str] = [
     END
     $fn$
     """,
+    # 10: exclusive runs (``runs``): a lease per thread, and the check a write by a run
+    # makes in its own transaction, before it writes (``WRITE_EXCLUSIVE``). Under the
+    # thread's advisory lock: a live lease of another holder refuses it (busy); so does
+    # a newest root checkpoint other than the parent (p_check) or, unless the holder has
+    # the lease, other than the head the run read (p_head_check) (moved; 'none': the
+    # thread must have none; 'id': a thread without any passes). Then the lease is taken
+    # (or renewed, once a tenth of it has run) or let go; a holder never takes back a
+    # lease it let go (a write stored after its run's interrupt).
+    # Times are this server's clock, in ms; lease_until 0: let go.
+    """
+    CREATE TABLE IF NOT EXISTS dualsaver_leases (
+        thread_id TEXT COLLATE "C" PRIMARY KEY,
+        holder TEXT NOT NULL,
+        lease_until BIGINT NOT NULL
+    );
+    CREATE OR REPLACE FUNCTION dualsaver_claim(
+        p_thread text, p_holder text, p_op text, p_lease_ms bigint, p_check text,
+        p_expected text, p_head_check text, p_head text
+    ) RETURNS text[] LANGUAGE plpgsql AS $fn$
+    DECLARE
+        now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        held_by text;
+        held_until bigint;
+        mine boolean;
+        newest text;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_thread, 0));
+        SELECT l.holder, l.lease_until INTO held_by, held_until
+        FROM dualsaver_leases l WHERE l.thread_id = p_thread;
+        mine := p_holder <> '' AND held_by IS NOT DISTINCT FROM p_holder;
+        IF held_until > now_ms AND NOT mine THEN
+            RETURN ARRAY['busy', held_by];
+        END IF;
+        IF p_check <> '' OR (p_head_check <> '' AND NOT mine) THEN
+            SELECT c.checkpoint_id INTO newest FROM dualsaver_checkpoints c
+            WHERE c.thread_id = p_thread AND c.checkpoint_ns = ''
+            ORDER BY c.checkpoint_id DESC LIMIT 1;
+            IF newest IS NOT NULL AND (
+                (p_check <> '' AND (p_check = 'none' OR newest <> p_expected))
+                OR (p_head_check <> '' AND NOT mine
+                    AND (p_head_check = 'none' OR newest <> p_head))
+            ) THEN
+                RETURN ARRAY['moved', coalesce(held_by, '')];
+            END IF;
+        END IF;
+        IF p_op = 'take'
+           AND NOT (mine AND (held_until = 0 OR held_until - now_ms > p_lease_ms * 0.9)) THEN
+            INSERT INTO dualsaver_leases (thread_id, holder, lease_until)
+            VALUES (p_thread, p_holder, now_ms + p_lease_ms)
+            ON CONFLICT (thread_id) DO UPDATE
+            SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until;
+        ELSIF p_op = 'release' THEN
+            INSERT INTO dualsaver_leases (thread_id, holder, lease_until)
+            VALUES (p_thread, p_holder, 0)
+            ON CONFLICT (thread_id) DO UPDATE SET holder = EXCLUDED.holder, lease_until = 0;
+        END IF;
+        RETURN ARRAY['ok'];
+    END
+    $fn$
+    """,
+    # 11: reserved (object-storage offload).
+    "SELECT 1",
+    # 12: retention remembers when it removed a checkpoint, so the remembered ids (which
+    # drop a late write to a removed checkpoint) are themselves forgotten after a while.
+    """
+    ALTER TABLE dualsaver_deleted_checkpoints
+        ADD COLUMN IF NOT EXISTS deleted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    """,
 ]
 """Append-only: a migration's position is its version. A dead one stays as ``SELECT 1``
 so later numbers never shift."""
@@ -553,6 +631,13 @@ PARTITIONED_TABLES: dict[str, str] = {
         checkpoint_ns TEXT COLLATE "C" NOT NULL,
         checkpoint_id TEXT COLLATE "C" NOT NULL,
         PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    ) PARTITION BY HASH (thread_id)
+    """,
+    "dualsaver_leases": """
+    CREATE TABLE IF NOT EXISTS dualsaver_leases (
+        thread_id TEXT COLLATE "C" PRIMARY KEY,
+        holder TEXT NOT NULL,
+        lease_until BIGINT NOT NULL
     ) PARTITION BY HASH (thread_id)
     """,
 }
@@ -708,6 +793,24 @@ WHERE (dualsaver_checkpoints.parent_checkpoint_id, dualsaver_checkpoints.checkpo
 """
 
 WRITE_BATCH_GUARDED = f"SELECT dualsaver_write_batch({', '.join(f'${i}' for i in range(1, 39))})"
+WRITE_EXCLUSIVE = f"""
+SELECT s.claim, CASE WHEN s.claim[1] = 'ok'
+    THEN dualsaver_write_batch({", ".join(f"${i}" for i in range(9, 47))}) END AS refused
+FROM (SELECT dualsaver_claim($1, $2, $3, $4, $5, $6, $7, $8) AS claim OFFSET 0) AS s
+"""
+"""``WRITE_BATCH_GUARDED`` behind a run's claim (exclusive runs), in one round trip and
+one transaction: ``thread, holder, op, lease_ms, parent check, parent, head check,
+head`` (``dualsaver_claim``), then the 38
+arguments of ``WRITE_BATCH_GUARDED``. The claim is evaluated first (the subquery); the
+batch is written only if it returns ``{'ok'}``. Returns ``(claim, refused)``."""
+
+LEASE = """
+SELECT holder,
+       lease_until - floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS left_ms
+FROM dualsaver_leases
+WHERE thread_id = $1 AND lease_until > floor(extract(epoch FROM clock_timestamp()) * 1000)
+"""
+"""A thread's live lease (exclusive runs): its holder and the ms left, or no row."""
 """``INSERT_RECORDS`` behind the threads' locks and tombstones, in one round trip:
 ``lock_threads, rec_threads, rec_seqs``, the 31 arrays of ``batch_params``, then its
 four seq arrays. Returns the 1-based positions of the records a tombstone refused."""
@@ -1008,6 +1111,62 @@ CROSS JOIN LATERAL (
 # $3 is unused by the latest form but kept so both take the same parameters.
 DELTA_HISTORY_LATEST = _CHAIN.format(start="AND $3::text IS NULL " + _START_LATEST) + _HISTORY
 DELTA_HISTORY_BY_ID = _CHAIN.format(start=_START_BY_ID) + _HISTORY
+
+# -- retention (``durable.retention``) ----------------------------------------------------
+
+# The next threads in id order after $1, at most $2: a loose index scan (one primary-key
+# probe per thread), so a thread's length costs nothing here.
+RETENTION_THREADS = """
+WITH RECURSIVE t AS (
+    (SELECT thread_id FROM dualsaver_checkpoints WHERE thread_id > $1
+     ORDER BY thread_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.thread_id FROM dualsaver_checkpoints AS c
+            WHERE c.thread_id > t.thread_id ORDER BY c.thread_id LIMIT 1)
+    FROM t WHERE t.thread_id IS NOT NULL
+)
+SELECT thread_id FROM t WHERE thread_id IS NOT NULL LIMIT $2
+"""
+
+# What the policy looks at, per checkpoint of one thread: age, parent, DeltaChannel
+# counters, and whether it holds an interrupt (a pending ``__interrupt__`` write).
+RETENTION_CHECKPOINTS = """
+SELECT c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.created_at,
+       c.metadata -> 'counters_since_delta_snapshot' AS counters,
+       EXISTS (SELECT 1 FROM dualsaver_writes AS w
+               WHERE w.thread_id = $1 AND w.checkpoint_ns = c.checkpoint_ns
+                 AND w.checkpoint_id = c.checkpoint_id AND w.channel = '__interrupt__')
+           AS interrupted
+FROM dualsaver_checkpoints AS c
+WHERE c.thread_id = $1
+"""
+
+RETENTION_DELETE = """
+DELETE FROM dualsaver_checkpoints
+WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = ANY($3::text[])
+RETURNING checkpoint_id, channel_versions::text AS channel_versions
+"""
+
+# Kept checkpoints whose parent was removed start the history there.
+RETENTION_ORPHANS = """
+UPDATE dualsaver_checkpoints SET parent_checkpoint_id = NULL
+WHERE thread_id = $1 AND checkpoint_ns = $2 AND parent_checkpoint_id = ANY($3::text[])
+"""
+
+# Remembered removals older than $2 are forgotten (a late write has long arrived).
+RETENTION_FORGET = """
+DELETE FROM dualsaver_deleted_checkpoints WHERE thread_id = $1 AND deleted_at < $2
+"""
+
+# One sweeper at a time per schema: a session lock, held for one batch of threads.
+RETENTION_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+RETENTION_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+
+# Retention: the ancestors DeltaChannels need, from every checkpoint in $3 (a text[]).
+RETENTION_DELTA_KEEP = (
+    _CHAIN.format(start="AND checkpoint_id = ANY($3::text[])")
+    + "SELECT DISTINCT checkpoint_id FROM chain"
+)
 
 # -- audit and introspection ------------------------------------------------------------
 
