@@ -43,6 +43,7 @@ bench: $(STAMP)  ## Profiles, then the full grid (under 10 minutes): benchmarks/
 	$(BIN)/python benchmarks/put_writes_scaling.py > benchmarks/results/put_writes_scaling.txt
 	$(BIN)/python benchmarks/durability_cost.py --puts 2000 --invokes 480
 	$(BIN)/python benchmarks/upgrade_cost.py --out benchmarks/results/upgrade_cost.md
+	$(BIN)/python benchmarks/exclusive_cost.py
 	$(BIN)/python benchmarks/big_state.py
 	$(BIN)/python benchmarks/scale.py
 

@@ -475,6 +475,8 @@ FURTHER = (
     ("durability_cost.md", "what replicas= and aof= cost a put and a graph step",
      "benchmarks/durability_cost.py"),
     ("upgrade_cost.md", "what a state-schema upgrade on read costs", "benchmarks/upgrade_cost.py"),
+    ("exclusive_cost.md", "graph steps/s with exclusive_runs on against off",
+     "benchmarks/exclusive_cost.py"),
     ("compression_choice.md", "zstd against lz4 on checkpoint values",
      "benchmarks/compression_choice.py"),
     ("scale.md", "1, 2 and 4 application processes on a Redis Cluster, and the capacity plan",
