@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Two pytest workers, each taking whole test files (so a file's fixtures stay in one
+# process, each worker with its own servers). PARALLEL= runs the suite in one process.
+PARALLEL ?= -n 2 --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test test-pure test-servers notebooks lab bench bench-quick lint clean
@@ -22,13 +25,13 @@ demo: $(STAMP)  ## Run the case_8842 reference app on embedded (or DUALSAVER_*_U
 test: $(STAMP)  ## Run every test: pure, real servers, notebooks, benchmark smoke test
 	$(BIN)/ruff check langgraph_dualsaver tests benchmarks notebooks
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider $(PARALLEL)
 
 test-pure: $(STAMP)  ## Run only the tests that need no server
 	$(BIN)/pytest -q -p no:cacheprovider -m pure
 
 test-servers: $(STAMP)  ## Run only the tests against real servers
-	$(BIN)/pytest -q -p no:cacheprovider -m "not pure"
+	$(BIN)/pytest -q -p no:cacheprovider $(PARALLEL) -m "not pure"
 
 notebooks: $(STAMP)  ## Execute the notebooks and refresh their committed outputs
 	$(BIN)/python notebooks/execute.py --write
