@@ -34,6 +34,8 @@ __all__ = [
     "StoredValueError",
     "StoredValueTooLargeError",
     "compressed_type",
+    "compressor",
+    "decompressor",
     "uncompressed",
     "uncompressed_size",
     "user_serde",
@@ -93,14 +95,16 @@ DEFAULT_COMPRESSION = Compression()
 _local = threading.local()  # zstd contexts are not thread-safe; one per thread and level
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's zstd compressor at ``level`` (the offload chunks use it too)."""
     found: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
     if level not in found:
         found[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return found[level]
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
+def decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's zstd decompressor."""
     if not hasattr(_local, "decompressor"):
         _local.decompressor = zstandard.ZstdDecompressor()
     decompressor: zstandard.ZstdDecompressor = _local.decompressor
@@ -126,7 +130,7 @@ def _inflate(type_: str, data: bytes, limit: int) -> bytes:
         raise _too_large(type_, limit, declared)
     try:
         if declared >= 0:  # the output buffer is the declared size; more fails
-            return _decompressor().decompress(data)
+            return decompressor().decompress(data)
         return _inflate_unsized(type_, data, limit)  # a frame we did not write
     except zstandard.ZstdError as exc:
         raise StoredValueError(f"a stored {type_!r} value does not decompress: {exc}") from None
@@ -135,7 +139,7 @@ def _inflate(type_: str, data: bytes, limit: int) -> bytes:
 def _inflate_unsized(type_: str, data: bytes, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    with _decompressor().stream_reader(data) as reader:
+    with decompressor().stream_reader(data) as reader:
         while chunk := reader.read(_READ_CHUNK):
             size += len(chunk)
             if size > limit:
@@ -205,7 +209,7 @@ class CompressingSerializer(SerializerProtocol):
         settings = self.compression
         if settings is None or len(data) < settings.min_bytes or not data:
             return type_, data
-        packed = _compressor(settings.level).compress(data)
+        packed = compressor(settings.level).compress(data)
         if len(packed) >= len(data):  # already compressed or encrypted: kept as it is
             return type_, data
         return f"{type_}{MARK}{settings.algorithm}", packed

@@ -32,14 +32,18 @@ KiB but cut 1.5-2.5 times slower, and is untyped and unreleased since 2024.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import zstandard
 from pyfastcdc import FastCDC
 
-from langgraph_dualsaver.compression import StoredValueError, StoredValueTooLargeError
+from langgraph_dualsaver.compression import (
+    StoredValueError,
+    StoredValueTooLargeError,
+    compressor,
+    decompressor,
+)
 
 __all__ = [
     "CHUNKS",
@@ -56,21 +60,6 @@ CHUNKS = ".chunks"
 _HEADER = re.compile(rb"chunks 1 ([0-9]{1,12}) ([0-9]{1,9})")
 _LINE = re.compile(rb"sha256:([0-9a-f]{64}):([0-9]{1,12}):([0-9]{1,12}) ([z-])")
 _COMPRESSED = "z"
-_local = threading.local()  # zstd contexts are not thread-safe: one per thread (and level)
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    found: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
-    if level not in found:
-        found[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return found[level]
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    if not hasattr(_local, "decompressor"):
-        _local.decompressor = zstandard.ZstdDecompressor()
-    found: zstandard.ZstdDecompressor = _local.decompressor
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +87,7 @@ def pack(chunk: memoryview, level: int | None) -> tuple[bytes, bool]:
     raw = bytes(chunk)
     if level is None:
         return raw, False
-    packed = _compressor(level).compress(raw)
+    packed = compressor(level).compress(raw)
     return (packed, True) if len(packed) < len(raw) else (raw, False)
 
 
@@ -110,7 +99,7 @@ def unpack(ref: ChunkRef, stored: bytes) -> bytes:
         try:
             if zstandard.frame_content_size(stored) != ref.size:
                 raise StoredValueError(f"chunk sha256:{ref.digest} declares another size")
-            data = _decompressor().decompress(stored)
+            data = decompressor().decompress(stored)
         except zstandard.ZstdError as exc:
             raise StoredValueError(
                 f"chunk sha256:{ref.digest} does not decompress: {exc}"
