@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph_dualsaver.chain.outbox import Outbox, OutboxKey, position, position_ms
 from langgraph_dualsaver.errors import StoreUnavailableError
 from langgraph_dualsaver.hot.keys import cp_field, text, utf8
-from langgraph_dualsaver.hot.scripts import REMOVE
+from langgraph_dualsaver.hot.scripts import PENDING_LUA, REMOVE
 
 if TYPE_CHECKING:
     from langgraph_dualsaver.durable.saver import PostgresDurableSaver
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RETIRE_LUA", "ChainHotSide"]
 
-RETIRE_LUA = r"""
+RETIRE_LUA = PENDING_LUA + r"""
 -- KEYS: meta, cp, idx, blobs, writes, the shard's outbox, the shard's registry.
 -- ARGV: thread_id, idle cutoff (epoch s), entry_id, tag.
 -- {'busy'} if the thread has writes queued or a checkpoint written after the cutoff;
@@ -49,14 +49,8 @@ if owner then
 end
 local score = redis.call('ZSCORE', KEYS[7], ARGV[1])
 if score and tonumber(score) > tonumber(ARGV[2]) then return {'busy'} end
-local ok, id = pcall(redis.call, 'XADD', KEYS[6], ARGV[3], 'd', ARGV[1], 'm', ARGV[4])
-if not ok then
-  local info = redis.call('XINFO', 'STREAM', KEYS[6])
-  for k = 1, #info, 2 do
-    if info[k] == 'last-generated-id' then return {'retry', info[k + 1]} end
-  end
-  return redis.error_reply(tostring(id))
-end
+local id, last = queue_tombstone(KEYS[6], ARGV[3], ARGV[1], ARGV[4])
+if not id then return {'retry', last} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[7], ARGV[1])
 return {'ok', id}

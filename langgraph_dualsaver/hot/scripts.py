@@ -115,9 +115,22 @@ local function release(first, n, ttl_ms)
   expire_thread(first, ttl_ms)
   return 0
 end
+
+-- XADD a thread's tombstone (field 'd' = thread_id, 'm' = tag, which signs entry_id) to
+-- `stream` at exactly entry_id. Returns its id; or nil and the stream's last id when
+-- entry_id is at or below it (the caller signs a later one).
+local function queue_tombstone(stream, entry_id, thread_id, tag)
+  local ok, id = pcall(redis.call, 'XADD', stream, entry_id, 'd', thread_id, 'm', tag)
+  if ok then return id end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' then return nil, info[k + 1] end
+  end
+  error(id)
+end
 """
-"""Lua functions on outbox ids and a thread's pending count, for every script that
-queues or releases records (the dead letters' too)."""
+"""Lua functions on outbox ids, a thread's pending count and its tombstone, for every
+script that queues or releases records (the dead letters' and retention's too)."""
 
 _PRELUDE = (
     PENDING_LUA
@@ -460,14 +473,8 @@ DELETE = _script(
 -- nothing and returns {'retry', last id}: the caller signs a later one.
 read_meta(ARGV[1])
 if ARGV[2] == '1' then
-  local ok, id = pcall(redis.call, 'XADD', KEYS[6], ARGV[3], 'd', ARGV[1], 'm', ARGV[4])
-  if not ok then
-    local info = redis.call('XINFO', 'STREAM', KEYS[6])
-    for k = 1, #info, 2 do
-      if info[k] == 'last-generated-id' then return {'retry', info[k + 1]} end
-    end
-    return redis.error_reply(tostring(id))
-  end
+  local id, last = queue_tombstone(KEYS[6], ARGV[3], ARGV[1], ARGV[4])
+  if not id then return {'retry', last} end
   redis.call('DEL', META, CP, IDX, BLOBS, WRITES)
   redis.call('ZREM', KEYS[7], ARGV[1])
   return id
